@@ -1,0 +1,341 @@
+"""Every peft-bench run is an mlflow run; this module is the one place that writes them.
+
+The default store is a sqlite file inside the results folder (``default_tracking_uri``); artifacts of a
+sqlite store go to ``mlartifacts/`` beside the database file rather than to mlflow's default
+``./mlruns`` under whatever the working directory happens to be.
+
+Schema of a peft-bench run (``peft_bench.table`` reads exactly these names)
+
+Tags (strings):
+    peft_bench.method         method name, e.g. "st_adapter" (the paper table's ``method`` column)
+    peft_bench.backbone       backbone name, e.g. "clip_vitb16"
+    peft_bench.dataset        dataset name, e.g. "k400", "ssv2"
+    peft_bench.seed           the random seed, as a decimal string
+    peft_bench.models_time    "yes" / "no": whether the method models time (the paper's "TM?" column)
+    peft_bench.pretrained     path of the pre-trained weights, or "none" for a random initialisation
+    peft_bench.group          the paper's group, e.g. "Full fine-tuning"
+    peft_bench.architecture   e.g. "SA", "SA+TA"
+    peft_bench.config_hash    first 12 hex digits of the sha256 of the canonical config JSON (``log_config``)
+    peft_bench.git_commit     commit of the peft-bench checkout, or "unknown" (``log_environment``)
+    peft_bench.git_dirty      "yes" / "no" / "unknown": tracked files modified in that checkout
+    peft_bench.device         e.g. "cpu (2 cores)" or "NVIDIA H200"
+    peft_bench.error          set when the run ends FAILED or KILLED: the exception, truncated
+
+Params: the run's config flattened to dotted keys (``optim.lr``), plus ``version.<package>`` for python
+and the libraries whose versions change results. The whole config is also the artifact ``config.json``.
+
+Metrics, per epoch (``step`` = epoch): train_loss, train_top1, val_top1, val_top5.
+Final metrics (no step): top1, top5 (percent, 0-100, as the paper prints them), trainable_params,
+total_params, wall_time_s, decode_failures (videos that could not be decoded and were skipped);
+optional gflops (all test views together, as the paper counts them).
+
+Run status: FINISHED on normal exit of ``RunTracker``, FAILED on an exception, KILLED on Ctrl-C.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+TAG_PREFIX = "peft_bench."
+
+# Libraries whose version can change a result; logged as version.<name> params.
+VERSIONED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "timm",
+    "fvcore",
+    "decord",
+    "av",
+    "mlflow",
+    "pandas",
+)
+
+# mlflow's limits on one log_batch call and on one param value (mlflow.utils.validation).
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VALUE_CHARS = 6000
+MAX_ERROR_TAG_CHARS = 2000
+
+
+def default_tracking_uri(results_dir: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a sqlite store ``<results_dir>/mlflow.db`` (folder created)."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if from_env:
+        return from_env
+    results_dir = Path(results_dir).resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{results_dir / 'mlflow.db'}"
+
+
+def quiet_mlflow_logging() -> None:
+    """Hide the INFO lines mlflow prints when it creates or migrates a sqlite store; warnings still show."""
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.db_migrations"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """First 12 hex digits of the sha256 of the config as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:12]
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    # default=str: configs may hold Paths or other simple objects; their text is what identifies them.
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts become dotted keys; lists and other values become their JSON (or str) text."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = param_text(value)
+    return flat
+
+
+def param_text(value: Any) -> str:
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, default=str)
+        except (TypeError, ValueError):
+            text = str(value)
+    # The full value is kept in config.json; the param only has to be recognisable.
+    if len(text) > MAX_PARAM_VALUE_CHARS:
+        text = text[: MAX_PARAM_VALUE_CHARS - 3] + "..."
+    return text
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def package_versions(packages: Iterable[str] = VERSIONED_PACKAGES) -> dict[str, str]:
+    """``version.<pkg>`` -> installed version or "absent"; ``version.python`` too."""
+    versions = {"version.python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[f"version.{package}"] = "absent"
+    return versions
+
+
+def git_state(source_dir: Path | None = None) -> tuple[str, str]:
+    """(commit, dirty) of the checkout holding peft-bench's source, or ("unknown", "unknown").
+
+    The check that this very file is tracked matters: an installed copy under a virtual environment
+    that lives inside some other checkout must not report that checkout's commit.
+    """
+    source_dir = source_dir or Path(__file__).resolve().parent
+    tracked = run_git(source_dir, "ls-files", "--error-unmatch", Path(__file__).name)
+    commit = run_git(source_dir, "rev-parse", "HEAD")
+    if tracked is None or commit is None:
+        return "unknown", "unknown"
+    # Untracked files (results, caches) do not change the code that ran; modified tracked files do.
+    status = run_git(source_dir, "status", "--porcelain", "--untracked-files=no")
+    dirty = "unknown" if status is None else ("yes" if status.strip() else "no")
+    return commit.strip(), dirty
+
+
+def run_git(cwd: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def describe_device(device: Any = None) -> str:
+    """"cpu (N cores)" or the CUDA device name; ``device`` (a torch.device or str) overrides detection."""
+    wanted = str(device) if device is not None else None
+    if wanted is None or wanted.startswith("cuda"):
+        cuda_name = cuda_device_name(wanted)
+        if cuda_name is not None:
+            return cuda_name
+    return f"cpu ({usable_cpu_count()} cores)"
+
+
+def cuda_device_name(wanted: str | None) -> str | None:
+    try:
+        import torch  # deferred: importing torch costs seconds and is only needed here
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    index = torch.device(wanted).index if wanted else None
+    if index is None:
+        index = torch.cuda.current_device()
+    name = torch.cuda.get_device_name(index)
+    count = torch.cuda.device_count()
+    return f"{name} (x{count} visible)" if count > 1 else name
+
+
+def usable_cpu_count() -> int:
+    # sched_getaffinity honours taskset/cgroup pinning; cpu_count reports the whole machine.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite store beside its database file; other stores keep mlflow's default."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db_path = Path(unquote(parsed.path))
+    if str(db_path) in ("", "/", ":memory:"):
+        return None
+    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment) or "experiment"
+    return (db_path.parent / "mlartifacts" / safe_name).resolve().as_uri()
+
+
+def get_or_create_experiment(client: MlflowClient, tracking_uri: str, name: str) -> str:
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        return existing.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri, name))
+
+
+class RunTracker:
+    """One mlflow run, as a context manager.
+
+    >>> with RunTracker(uri, "cross_modality", "st_adapter-clip_vitb16-k400-s0") as tracker:
+    ...     tracker.log_config(config)
+    ...     tracker.log_environment()
+    ...     tracker.log_metrics({"val_top1": 41.2}, step=1)
+
+    The run is also mlflow's active run while the block runs, so code inside it may call
+    ``mlflow.log_artifact`` and friends directly.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str,
+        *,
+        resume_run_id: str | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_name = run_name
+        self.resume_run_id = resume_run_id
+        self._client: MlflowClient | None = None
+        self._run_id: str | None = None
+
+    # -- context manager -------------------------------------------------------------------------
+
+    def __enter__(self) -> RunTracker:
+        quiet_mlflow_logging()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self._client = MlflowClient(self.tracking_uri)
+        if self.resume_run_id is not None:
+            run = mlflow.start_run(run_id=self.resume_run_id)
+        else:
+            experiment_id = get_or_create_experiment(self._client, self.tracking_uri, self.experiment)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
+        self._run_id = run.info.run_id
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if exc_type is None:
+            status = RunStatus.to_string(RunStatus.FINISHED)
+        else:
+            status = RunStatus.to_string(
+                RunStatus.KILLED if issubclass(exc_type, KeyboardInterrupt) else RunStatus.FAILED
+            )
+            self._record_error(exc_type, exc)
+        mlflow.end_run(status=status)
+        return False  # never swallow the exception
+
+    def _record_error(self, exc_type: type[BaseException], exc: BaseException | None) -> None:
+        text = f"{exc_type.__name__}: {exc}" if exc is not None else exc_type.__name__
+        try:
+            self.set_tags({"error": text[:MAX_ERROR_TAG_CHARS]})
+        except Exception:  # the original exception matters more than a lost tag
+            logging.getLogger(__name__).warning("could not record the error tag", exc_info=True)
+
+    # -- logging ---------------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        if self._run_id is None:
+            raise RuntimeError("RunTracker has no run yet: use it as a context manager")
+        return self._run_id
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            raise RuntimeError("RunTracker has no run yet: use it as a context manager")
+        return self._client
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Flattened params (batched to mlflow's limits), ``config.json`` and the config-hash tag."""
+        params = [Param(key, value) for key, value in flatten_config(config).items()]
+        self._log_params(params)
+        self.client.log_dict(self.run_id, json.loads(canonical_json(config)), "config.json")
+        self.set_tags({"config_hash": config_hash(config)})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags, under the ``peft_bench.`` prefix unless a key already carries a namespace (``mlflow.note``)."""
+        entries = [RunTag(tag_key(key), str(value)) for key, value in tags.items()]
+        for batch in chunks(entries, MAX_PARAMS_PER_BATCH):  # tags share the params' batch limit
+            self.client.log_batch(self.run_id, tags=batch)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        timestamp = int(time.time() * 1000)
+        entries = [
+            Metric(key, float(value), timestamp, step if step is not None else 0)
+            for key, value in metrics.items()
+        ]
+        for batch in chunks(entries, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_environment(self, device: Any = None) -> None:
+        """Git state, device and library versions; ``device`` names the one the run uses, if known."""
+        commit, dirty = git_state()
+        self.set_tags(
+            {"git_commit": commit, "git_dirty": dirty, "device": describe_device(device)}
+        )
+        self._log_params([Param(key, value) for key, value in package_versions().items()])
+
+    def _log_params(self, params: list[Param]) -> None:
+        for batch in chunks(params, MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=batch)
+
+
+def tag_key(key: str) -> str:
+    """"method" -> "peft_bench.method"; keys with a dot are taken as already namespaced."""
+    return key if "." in key else f"{TAG_PREFIX}{key}"
