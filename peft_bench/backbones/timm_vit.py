@@ -1,0 +1,64 @@
+"""Vision Transformers built by timm (ImageNet-21K ViT-B/16 in the paper's benchmark)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import BackboneInfo, FrameBlock, VideoBackbone, merge_heads
+
+IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
+IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+class TimmBlock(FrameBlock):
+    """timm's ``Block``: ``norm1 -> attn -> ls1 -> drop_path1``, ``norm2 -> mlp -> ls2 -> drop_path2``."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+        self.num_heads = block.attn.num_heads
+
+    def norm1(self, x: Tensor) -> Tensor:
+        return self.block.norm1(x)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        attn = self.block.attn
+        n, length, dim = x.shape
+        qkv = attn.qkv(x).view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return attn.q_norm(q), attn.k_norm(k), v
+
+    def project_out(self, attended: Tensor) -> Tensor:
+        attn = self.block.attn
+        out = attn.proj(getattr(attn, "norm", nn.Identity())(merge_heads(attended)))
+        return self.block.drop_path1(self.block.ls1(out))
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.block.drop_path2(self.block.ls2(self.block.mlp(self.block.norm2(x))))
+
+
+class TimmViTBackbone(VideoBackbone):
+    """Wraps a timm ``VisionTransformer`` with a class token (``global_pool='token'``)."""
+
+    def __init__(self, vit: nn.Module, info: BackboneInfo, mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD):
+        super().__init__()
+        if getattr(vit, "cls_token", None) is None or getattr(vit, "no_embed_class", False):
+            raise ValueError("peft-bench needs a timm ViT with a class token inside its position embedding")
+        self.patch_embed = vit.patch_embed
+        self.cls_token = vit.cls_token
+        self.pos_embed = vit.pos_embed
+        self.norm_pre = vit.norm_pre
+        self.blocks = nn.ModuleList(TimmBlock(b) for b in vit.blocks)
+        self.final_norm = vit.norm
+        self.width = vit.embed_dim
+        self.num_heads = self.blocks[0].num_heads
+        self.patch_size = vit.patch_embed.patch_size[0]
+        self.input_size = info.input_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.info = info
+
+    def embed(self, frames: Tensor) -> Tensor:
+        x = self.patch_embed(frames)  # (N, patches, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.norm_pre(x)

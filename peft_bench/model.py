@@ -1,0 +1,73 @@
+"""The video classifier every method builds: backbone -> pooling -> dropout -> linear head.
+
+The default pooling is the released ST-Adapter code's: temporal mean of the per-frame [CLS] tokens,
+then the backbone's frozen final norm. Methods that pool differently (attentional pooling, X-ViT's
+temporal aggregation) pass their own ``pool`` module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import VideoBackbone
+
+
+class ClsTemporalMean(nn.Module):
+    """Mean over frames of the [CLS] token, then the backbone's final norm."""
+
+    def forward(self, tokens: Tensor, final_norm: nn.Module) -> Tensor:
+        return final_norm(tokens[:, :, 0].mean(dim=1))
+
+
+class VideoClassifier(nn.Module):
+    def __init__(self, backbone: VideoBackbone, num_classes: int, dropout: float = 0.5, pool: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = pool if pool is not None else ClsTemporalMean()
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.width, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, video: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> pooled features (B, D)."""
+        return self.pool(self.backbone(video), self.backbone.final_norm)
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.head(self.dropout(self.features(video)))
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    trainable: int
+    total: int
+
+    @property
+    def trainable_m(self) -> float:
+        return self.trainable / 1e6
+
+
+def count_parameters(model: nn.Module) -> ParameterCount:
+    params = list(model.parameters())  # deduplicated by nn.Module
+    return ParameterCount(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Only what the method trains: the checkpoint of a parameter-efficient run stays small."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t.detach().clone() for n, t in model.state_dict(keep_vars=True).items() if n in names}
+
+
+def load_trainable_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"checkpoint does not match this method's trainable parameters: "
+                         f"missing {missing[:5]}, unexpected {extra[:5]}")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in state.items():
+            params[name].copy_(value)
