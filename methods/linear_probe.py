@@ -1,0 +1,23 @@
+"""Linear probe: a new linear head on the temporal mean of the frozen backbone's [CLS] features.
+
+Nothing inside the backbone changes and nothing models time: frames are averaged before the head.
+Parameters: the head alone, D * classes + classes (ViT-B/16, 400 classes: 307,600 = 0.31M).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft_bench.backbones import VideoBackbone
+from peft_bench.model import VideoClassifier
+from peft_bench.registry import register_method
+
+
+@dataclass
+class LinearProbeConfig:
+    dropout: float = 0.5  # the same head as every other row, so rows differ only in what the method adds
+
+
+@register_method("linear_probe", config=LinearProbeConfig, group="Linear probe", architecture="SA", models_time=False)
+def build(backbone: VideoBackbone, num_classes: int, cfg: LinearProbeConfig) -> VideoClassifier:
+    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
