@@ -1,0 +1,182 @@
+"""``peft-bench``: run methods, list them, and regenerate the table from tracked runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .dataclass_io import ConfigError, parse_overrides
+
+EMBEDDED_DATASETS = "synthetic-appearance,synthetic-motion"  # the K400 and SSv2 stand-ins, in the paper's column order
+
+log = logging.getLogger("peft_bench")
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="mlflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in --results-dir)")
+    p.add_argument("--results-dir", default="results", help="where the tracking database and tables go")
+    p.add_argument("--experiment", default="peft-bench", help="mlflow experiment name")
+
+
+def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="a method file of your own to register (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peft-bench", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train and evaluate methods; with no flags, the embedded default")
+    run.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
+    run.add_argument("--backbone", default="tiny", help="clip_vitb16, clip_vitl14, in21k_vitb16 or tiny (default)")
+    run.add_argument("--dataset", "--datasets", dest="datasets", default=EMBEDDED_DATASETS,
+                     help=f"comma-separated dataset names (default: {EMBEDDED_DATASETS})")
+    run.add_argument("--pretrained", default="auto",
+                     help="'auto' (local caches), a weights file, or 'none' for random weights on purpose")
+    run.add_argument("--data-root", help="folder holding the videos (k400, ssv2, list)")
+    run.add_argument("--annotations", help="folder holding the annotation files (default: --data-root)")
+    run.add_argument("--frames", type=int, help="frames per clip (default 8)")
+    run.add_argument("--preset", help="method preset (default: the one matching the dataset, e.g. k400/ssv2)")
+    run.add_argument("--seed", type=int, help="random seed (default 0)")
+    run.add_argument("--seeds", help="comma-separated seeds: one run per seed")
+    run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    run.add_argument("--config", help="a saved config.yaml to start from (other flags override it)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any config value, e.g. train.lr=1e-3 or method.width=256 (repeatable)")
+    run.add_argument("--output-dir", default="runs", help="where checkpoints and per-run configs go")
+    run.add_argument("--resume", action="store_true", help="continue unfinished runs from their checkpoints")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-table", action="store_true", help="do not print the table at the end")
+    _add_tracking_args(run)
+    _add_plugin_arg(run)
+
+    table = sub.add_parser("table", help="the cross-modality table from tracked runs")
+    table.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    table.add_argument("--all-experiments", action="store_true", help="read runs of every experiment")
+    _add_tracking_args(table)
+
+    methods = sub.add_parser("methods", help="list the registered methods")
+    _add_plugin_arg(methods)
+    return parser
+
+
+def _run_configs(args) -> list:
+    """Every run of the command, resolved and checked before any of them starts."""
+    from .config import load_config, resolve_config
+    from .dataclass_io import merge, to_dict
+    from .registry import available_methods
+
+    base = to_dict(load_config(args.config)) if args.config else {}
+    if base:
+        base.pop("method_args", None)  # re-derived for each method below
+    methods = available_methods() if args.methods == "all" else _split(args.methods)
+    if args.methods == "all":
+        methods = _paper_order(methods)
+    seeds = [int(s) for s in _split(args.seeds)] if args.seeds else [args.seed if args.seed is not None else base.get("seed", 0)]
+    flags = {k: v for k, v in {
+        "backbone": args.backbone, "pretrained": args.pretrained, "data_root": args.data_root,
+        "annotations": args.annotations, "num_frames": args.frames, "preset": args.preset, "device": args.device,
+        "experiment": args.experiment, "tracking_uri": args.tracking_uri, "results_dir": args.results_dir,
+        "output_dir": args.output_dir,
+    }.items() if v is not None}
+    overrides = parse_overrides(args.set)
+    configs = []
+    for dataset in _split(args.datasets):
+        for method in methods:
+            for seed in seeds:
+                data = merge(base, flags)
+                data.update(method=method, dataset=dataset, seed=seed)
+                configs.append(resolve_config(merge(data, overrides)))
+    return configs
+
+
+def _paper_order(methods: list[str]) -> list[str]:
+    from .table import paper_method_order
+
+    order = paper_method_order()
+    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
+def cmd_run(args) -> int:
+    from .runner import run
+
+    configs = _run_configs(args)
+    failed = []
+    for i, cfg in enumerate(configs, 1):
+        print(f"[{i}/{len(configs)}] {cfg.method} on {cfg.dataset} ({cfg.backbone}, seed {cfg.seed})", flush=True)
+        try:
+            result = run(cfg, progress=not args.no_progress, resume=args.resume)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # one failing method must not cost the others their runs
+            log.error("%s failed: %s", cfg.run_name(), err, exc_info=args.verbose)
+            failed.append((cfg.run_name(), err))
+            continue
+        print(f"    top-1 {result.top1:.1f}  top-5 {result.top5:.1f}  trainable {result.trainable_params:,}  "
+              f"({result.wall_time_s:.0f} s)", flush=True)
+    if not args.no_table and configs:
+        cfg = configs[0]
+        _print_table(cfg.tracking_uri, Path(cfg.results_dir), cfg.experiment, "markdown")
+    for name, err in failed:
+        print(f"FAILED {name}: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
+    from .table import cross_modality_table, latest_per_key, load_runs, render, write_table
+    from .tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri(results_dir)
+    runs = load_runs(uri, experiment)
+    if runs.empty:
+        print(f"no finished runs in {uri}" + (f" (experiment '{experiment}')" if experiment else ""), file=sys.stderr)
+        return
+    table = cross_modality_table(latest_per_key(runs))
+    print(render(table, fmt))
+    path = write_table(table, results_dir)
+    print(f"\n(saved to {path})", file=sys.stderr)
+
+
+def cmd_table(args) -> int:
+    _print_table(args.tracking_uri, Path(args.results_dir), None if args.all_experiments else args.experiment, args.format)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .registry import available_methods, get_method
+
+    rows = [get_method(name) for name in _paper_order(available_methods())]
+    print(f"{'method':22} {'group':22} {'arch':7} {'models time':12} {'presets':12} source")
+    for s in rows:
+        print(f"{s.name:22} {s.group:22} {s.architecture:7} {'yes' if s.models_time else 'no':12} "
+              f"{','.join(s.presets) or '-':12} {s.source}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .registry import load_plugin
+
+    try:
+        for plugin in getattr(args, "plugin", []):
+            load_plugin(plugin)
+        return {"run": cmd_run, "table": cmd_table, "methods": cmd_methods}[args.command](args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"peft-bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""One object describes a run completely: :class:`RunConfig`.
+
+It is resolved once, before any work: the dataset's training recipe, the method's preset for that
+dataset and the user's overrides are merged, every name is checked against the registries, and every
+value against its type. The resolved config is what the run saves, logs to mlflow and hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .dataclass_io import ConfigError, from_dict, merge, to_dict
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    warmup_epochs: float = 2.0
+    batch_size: int = 192  # the global batch of one optimizer step, as the paper states it
+    micro_batch_size: int = 0  # clips per forward pass (0 = the whole batch); gradients accumulate
+    lr: float = 7.5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.01  # never on biases, norms or other 1-D parameters
+    label_smoothing: float = 0.0
+    eval_every: int = 0  # epochs between validations during training; 0 = only the final evaluation
+    num_workers: int = 8
+    max_failure_fraction: float = 0.05  # of videos that may fail to decode before the run stops
+    val_subset: int = 0  # evaluate on the first N validation videos only (0 = all)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be at least 1 and lr positive")
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
+
+
+# The paper's optimisation recipes (../shared/reference/README.md), and cheap ones for the embedded default.
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "k400": dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4),
+    "ssv2": dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3),
+    "synthetic-appearance": dict(epochs=4, warmup_epochs=1, batch_size=16, lr=2e-3, num_workers=0),
+    "synthetic-motion": dict(epochs=8, warmup_epochs=1, batch_size=16, lr=2e-3, num_workers=0),
+}
+
+# Which of a method's presets (the released K400 / SSv2 configurations) a dataset uses.
+METHOD_PRESET_FOR_DATASET = {"k400": "k400", "ssv2": "ssv2", "synthetic-appearance": "k400", "synthetic-motion": "ssv2"}
+
+
+@dataclass
+class RunConfig:
+    method: str = "st_adapter"
+    backbone: str = "tiny"
+    dataset: str = "synthetic-motion"
+    pretrained: str = "auto"  # "auto" (local caches), a weights file, or "none" for random weights
+    data_root: str | None = None  # where the videos are (synthetic datasets: generated under the cache)
+    annotations: str | None = None  # where the annotation files are (default: data_root)
+    num_frames: int = 8
+    preset: str | None = None  # the method preset; default from the dataset
+    method_args: dict[str, Any] = field(default_factory=dict)  # resolved: the method's full config
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    experiment: str = "peft-bench"
+    tracking_uri: str | None = None  # default: SQLite under results_dir, or MLFLOW_TRACKING_URI
+    results_dir: str = "results"
+    output_dir: str = "runs"  # checkpoints and per-run files
+
+    def digest(self) -> str:
+        """Hash of everything that changes a result (not where outputs go)."""
+        data = to_dict(self)
+        for key in ("experiment", "tracking_uri", "results_dir", "output_dir", "device"):
+            data.pop(key)
+        data["train"].pop("num_workers")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    def run_name(self) -> str:
+        return f"{self.method}-{self.backbone}-{self.dataset}-s{self.seed}"
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.experiment / f"{self.run_name()}-{self.digest()}"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(to_dict(self), sort_keys=False)
+
+
+def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> RunConfig:
+    """Build a complete, checked RunConfig from a saved config (``base``) and overrides.
+
+    Unknown method, backbone or dataset names and malformed values raise ConfigError here, before any
+    work, with what is available.
+    """
+    from .backbones import available_backbones
+    from .data import DATASETS
+    from .registry import available_methods, get_method
+
+    data = merge(base or {}, overrides or {})
+    method_args = data.pop("method", None)  # `--set method.width=256` lands here
+    if method_args is not None:
+        data["method_args"] = merge(data.get("method_args", {}), method_args)
+    dataset = data.get("dataset", RunConfig.dataset)
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset '{dataset}'; available: {', '.join(sorted(DATASETS))}")
+    data["train"] = merge(TRAINING_DEFAULTS.get(dataset, {}), data.get("train", {}))
+    cfg = from_dict(RunConfig, data)
+    if cfg.method not in available_methods():
+        raise ConfigError(f"unknown method '{cfg.method}'; available: {', '.join(available_methods())}")
+    if cfg.backbone not in available_backbones():
+        raise ConfigError(f"unknown backbone '{cfg.backbone}'; available: {', '.join(available_backbones())}")
+    if cfg.num_frames < 1:
+        raise ConfigError(f"num_frames must be at least 1, got {cfg.num_frames}")
+    spec = get_method(cfg.method)
+    preset = cfg.preset or METHOD_PRESET_FOR_DATASET.get(cfg.dataset)
+    if cfg.preset is not None and cfg.preset not in spec.presets:
+        raise ConfigError(f"method '{cfg.method}' has no preset '{cfg.preset}'; it has: {', '.join(spec.presets) or 'none'}")
+    method_cfg = spec.make_config(preset if preset in spec.presets else None, cfg.method_args)
+    return replace(cfg, preset=preset if preset in spec.presets else None, method_args=to_dict(method_cfg))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """A saved run config (config.yaml of a run folder)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return resolve_config(base=data)

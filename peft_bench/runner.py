@@ -1,0 +1,278 @@
+"""The one runner every method shares: frozen backbone + method -> train -> multi-view evaluation.
+
+The method decides what it adds and what trains (``requires_grad``); the runner gives gradients and
+optimizer state to those parameters only. AdamW without decay on 1-D parameters, linear warm-up then
+cosine (per step), bf16 autocast on GPU and fp32 on CPU, top-1/top-5 over softmax-averaged views.
+Checkpoints hold the trainable state, optimizer, scheduler, RNG states and the mlflow run id, so that
+``--resume`` continues the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .backbones import create_backbone
+from .config import RunConfig
+from .data import build_dataset
+from .model import count_parameters, load_trainable_state_dict, trainable_state_dict
+from .registry import get_method
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    top1: float
+    top5: float
+    trainable_params: int
+    total_params: int
+    wall_time_s: float
+    run_dir: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name} was asked for but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: RunConfig, num_classes: int, backbone=None) -> nn.Module:
+    """The backbone, frozen, with the method's additions; only what the method trains has requires_grad."""
+    spec = get_method(cfg.method)
+    backbone = backbone if backbone is not None else create_backbone(cfg.backbone, cfg.pretrained)
+    backbone.requires_grad_(False)
+    return spec.build(backbone, num_classes, spec.make_config(None, cfg.method_args))
+
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters only; no weight decay on biases, norms and other 1-D tensors."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("the method left no trainable parameters")
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    k = min(k, probs.shape[1])
+    return (probs.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False) -> dict[str, float]:
+    """Multi-view accuracy: softmax per view, then the mean over views, then top-1/top-5."""
+    model.eval()
+    correct1 = correct5 = seen = 0
+    for batch in _progress(loader, progress, "eval"):
+        video, labels = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
+        b, v = video.shape[:2]
+        with autocast(device):
+            logits = model(video.flatten(0, 1))
+        probs = logits.float().softmax(dim=-1).view(b, v, -1).mean(dim=1)
+        correct1 += topk_correct(probs, labels, 1)
+        correct5 += topk_correct(probs, labels, 5)
+        seen += b
+    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1)}
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, cfg: RunConfig, seed: int) -> DataLoader:
+    workers = cfg.train.num_workers
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      persistent_workers=workers > 0, drop_last=shuffle, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(seed))
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, run_id: str, digest: str) -> None:
+    state = {
+        "trainable": trainable_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,  # epochs completed
+        "mlflow_run_id": run_id,
+        "config_digest": digest,
+        "rng_torch": torch.get_rng_state(),
+        "rng_python": random.getstate(),
+    }
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a run killed mid-save keeps its previous checkpoint
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
+    from .tracking import RunTracker, default_tracking_uri
+
+    start = time.time()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    spec = get_method(cfg.method)
+    backbone = create_backbone(cfg.backbone, cfg.pretrained)  # the datasets need its input size and normalisation
+    data_kwargs = dict(root=Path(cfg.data_root) if cfg.data_root else None,
+                       annotations=Path(cfg.annotations) if cfg.annotations else None,
+                       input_size=backbone.input_size, mean=backbone.mean, std=backbone.std,
+                       num_frames=cfg.num_frames, seed=cfg.seed)
+    train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
+    val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
+    if cfg.train.val_subset:
+        val_set = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
+
+    pretrained = backbone.info.pretrained
+    model = build_model(cfg, train_set.num_classes, backbone).to(device)
+    counts = count_parameters(model)
+
+    micro = cfg.train.micro_batch_size or cfg.train.batch_size
+    accumulate = cfg.train.batch_size // micro
+    train_loader = _loader(train_set, micro, True, cfg, cfg.seed)
+    val_loader = _loader(val_set, max(1, micro // 2), False, cfg, cfg.seed)
+    steps_per_epoch = max(1, len(train_loader) // accumulate)
+    if len(train_loader) < accumulate:
+        raise ValueError(f"the training set ({len(train_set)} clips) is smaller than one batch ({cfg.train.batch_size})")
+    optimizer = make_optimizer(model, cfg.train)
+    scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
+                              cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr)
+
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    first_epoch, run_id = 0, None
+    if resume and checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        load_trainable_state_dict(model, state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_torch"])
+        random.setstate(_as_python_rng_state(state["rng_python"]))
+        first_epoch, run_id = state["epoch"], state["mlflow_run_id"]
+        log.info("resuming %s from epoch %d (mlflow run %s)", cfg.run_name(), first_epoch, run_id)
+
+    uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
+    with RunTracker(uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id) as tracker:
+        if run_id is None:
+            tracker.log_config(_config_for_tracking(cfg))
+            tracker.log_environment()
+            tracker.set_tags({
+                "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
+                "peft_bench.dataset": cfg.dataset, "peft_bench.seed": str(cfg.seed),
+                "peft_bench.models_time": "yes" if spec.models_time else "no",
+                "peft_bench.pretrained": pretrained,
+                "peft_bench.group": spec.group, "peft_bench.architecture": spec.architecture,
+            })
+            tracker.log_metrics({"trainable_params": counts.trainable, "total_params": counts.total})
+        log.info("%s: %s trainable of %s parameters", cfg.run_name(), f"{counts.trainable:,}", f"{counts.total:,}")
+
+        for epoch in range(first_epoch, cfg.train.epochs):
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, cfg, accumulate,
+                                    progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}")
+            metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "lr": scheduler.get_last_lr()[0]}
+            if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
+                metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
+            tracker.log_metrics(metrics, step=epoch + 1)
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, tracker.run_id, cfg.digest())
+
+        final = evaluate(model, val_loader, device, progress)
+        wall = time.time() - start
+        failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
+        tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
+        tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
+                             "decode_failures": failures})
+        run_id = tracker.run_id
+    return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig, accumulate: int,
+                    progress: bool, desc: str) -> dict[str, float]:
+    model.train()
+    total_loss = correct = seen = 0.0
+    optimizer.zero_grad(set_to_none=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for i, batch in enumerate(_progress(loader, progress, desc)):
+        video = batch["video"][:, 0].to(device, non_blocking=True)  # training clips carry one view
+        labels = batch["label"].to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(video)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()}: lower train.lr or check the data")
+        (loss / accumulate).backward()
+        if (i + 1) % accumulate == 0:
+            torch.nn.utils.clip_grad_norm_(trainable, max_norm=1e3)  # guards against a rare blow-up only
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": total_loss / max(seen, 1), "top1": 100.0 * correct / max(seen, 1)}
+
+
+def _config_for_tracking(cfg: RunConfig) -> dict:
+    from .dataclass_io import to_dict
+
+    data = to_dict(cfg)
+    data["config_digest"] = cfg.digest()
+    return data
+
+
+def _as_python_rng_state(state):
+    # torch.save turns the tuple into lists on the way through weights_only loading; random wants tuples.
+    version, internal, gauss = state
+    return int(version), tuple(int(x) for x in internal), gauss
