@@ -76,10 +76,10 @@ def load_runs(
     """One row per run (columns ``RUN_COLUMNS``) of ``experiment``, or of every active experiment.
 
     Missing tags are missing values, missing metrics NaN. ``seed`` is an integer (nullable).
-    Raises ValueError when a named experiment does not exist: a typo must not look like "no runs".
+    An experiment that does not exist (yet) has no runs: the result is empty, as for an empty store.
     """
     quiet_mlflow_logging()
-    experiments = experiment_names_by_id(MlflowClient(tracking_uri), tracking_uri, experiment)
+    experiments = experiment_names_by_id(MlflowClient(tracking_uri), experiment)
     if not experiments:
         return empty_runs_frame()
     with tracking_uri_set(tracking_uri):
@@ -93,14 +93,10 @@ def load_runs(
     return runs_frame(raw, experiments)
 
 
-def experiment_names_by_id(
-    client: MlflowClient, tracking_uri: str, experiment: str | None
-) -> dict[str, str]:
+def experiment_names_by_id(client: MlflowClient, experiment: str | None) -> dict[str, str]:
     if experiment is not None:
         found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise ValueError(f"no experiment named {experiment!r} in {tracking_uri}")
-        return {found.experiment_id: found.name}
+        return {} if found is None else {found.experiment_id: found.name}
     names: dict[str, str] = {}
     page_token = None
     while True:
