@@ -176,6 +176,8 @@ def describe_device(device: Any = None) -> str:
         cuda_name = cuda_device_name(wanted)
         if cuda_name is not None:
             return cuda_name
+    elif not wanted.startswith("cpu"):
+        return wanted  # e.g. "mps": no better description is available portably
     return f"cpu ({usable_cpu_count()} cores)"
 
 
