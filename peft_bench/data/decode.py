@@ -203,7 +203,7 @@ def _decode_pyav_indices(path: Path, container, stream, wanted: list[int]) -> np
             f"frames {sorted(missing)[:5]} could not be decoded (file truncated or shorter than its "
             f"header's {stream.frames} frames?)",
         )
-    rgb = {index: frame.to_ndarray(format="rgb24") for index, frame in found.items()}
+    rgb = dict(zip(found, _frames_to_rgb(list(found.values()))))
     return np.stack([rgb[i] for i in wanted])
 
 
@@ -254,7 +254,11 @@ def _decode_range_counting(container, stream, last: int, needed: set[int]) -> di
 def _frames_to_rgb(frames: list) -> np.ndarray:
     if not frames:
         return _empty_frames()
-    return np.stack([frame.to_ndarray(format="rgb24") for frame in frames])
+    from av.video.reformatter import VideoReformatter
+
+    # One reformatter for the clip reuses its conversion context (to_ndarray would build one per frame).
+    reformatter = VideoReformatter()
+    return np.stack([reformatter.reformat(frame, format="rgb24").to_ndarray() for frame in frames])
 
 
 def _short_cause(error: BaseException) -> str:

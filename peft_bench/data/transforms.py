@@ -198,10 +198,11 @@ def long_side_crops(clip: Tensor, size: int, num_crops: int) -> list[Tensor]:
 
 
 def normalize(clip: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 (..., 3, H, W) -> float32 normalised; mean/std are on the 0..1 scale (e.g. CLIP's)."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (clip.float().div_(255.0) - mean_t) / std_t
+    """(..., 3, H, W) pixel values 0..255 (uint8 or float) -> float32 normalised by mean/std on the 0..1
+    scale (e.g. CLIP's)."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
+    return (clip.float() - mean_t) / std_t
 
 
 # --------------------------------------------------------------------------------------------- pipelines
@@ -230,6 +231,8 @@ def train_transform(
 
     def transform(clip: Tensor) -> Tensor:
         x = clip_to_tchw(clip)
+        if randaugment is None:
+            x = x.float()  # resizing floats skips the round trip back to uint8 after every resize
         if recipe.train_random_resized_crop_area is not None:
             x = random_resized_crop(x, recipe.train_random_resized_crop_area, input_size)
         else:
@@ -249,7 +252,7 @@ def test_views(recipe: Recipe, input_size: int, mean: Sequence[float], std: Sequ
     short_side = max(scaled_size(recipe.test_short_side, input_size), input_size)
 
     def views(clip: Tensor) -> Tensor:
-        x = resize_short_side(clip_to_tchw(clip), short_side)
+        x = resize_short_side(clip_to_tchw(clip).float(), short_side)
         crops = long_side_crops(x, input_size, recipe.test_crops)
         return normalize(torch.stack(crops), mean, std)
 

@@ -1,0 +1,231 @@
+"""A dataset of video clips: sampling, decoding and augmentation, robust to broken videos.
+
+A video that fails to decode is logged, counted and replaced by another (deterministically chosen) sample,
+so one truncated file does not stop a training run; too many failures raise `DataError`, so a broken copy
+of a dataset is not silently trained on. Counters live in shared memory, so they add up across DataLoader
+workers and the trainer reads the total in the main process.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from peft_bench.data.annotations import Annotations, DirectoryListing, VideoSample
+from peft_bench.data.decode import VideoDecodeError, read_clip
+from peft_bench.data.sampling import dense_indices, segment_indices
+from peft_bench.data.transforms import Recipe, test_views, train_transform
+
+log = logging.getLogger(__name__)
+
+# The failure rate is judged only after this many decode attempts (or the whole dataset, if smaller).
+MIN_ATTEMPTS_BEFORE_JUDGING = 20
+# Consecutive replacements tried for one item before giving up.
+MAX_REPLACEMENTS = 10
+_ATTEMPTS, _FAILURES, _EPOCH = range(3)
+
+
+class DataError(RuntimeError):
+    """The data is unusable as given: too many unreadable or missing videos, or no videos at all."""
+
+
+class VideoClipDataset(Dataset):
+    """Items are dict(video=float32 (V, T, 3, S, S), label=int, index=int).
+
+    V is 1 in training and `test_crops * test_clips` at test (clip-major: all crops of clip 0 first).
+    `index` is the index of the sample actually returned (a replacement's, if the asked-for video failed).
+    Randomness of an item depends only on (seed, epoch, index): call `set_epoch` before each epoch.
+    """
+
+    def __init__(
+        self,
+        annotations: Annotations,
+        recipe: Recipe,
+        *,
+        train: bool,
+        input_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int = 0,
+        max_failure_fraction: float = 0.05,
+        decoder: str = "auto",
+    ) -> None:
+        if not 0 <= max_failure_fraction <= 1:
+            raise ValueError(f"max_failure_fraction must be within [0, 1], got {max_failure_fraction}")
+        self.recipe = recipe
+        self.train = train
+        self.input_size = input_size
+        self.seed = seed
+        self.max_failure_fraction = max_failure_fraction
+        self.decoder = decoder
+        self.class_names = list(annotations.class_names)
+        self.num_classes = len(self.class_names)
+        self.samples, missing = _split_present_and_missing(annotations.samples)
+        self.missing_count = len(missing)
+        self._check_missing(missing, total=len(annotations.samples))
+        self._check_labels()
+        if train:
+            self._transform = train_transform(recipe, input_size, mean, std)
+        else:
+            self._transform = test_views(recipe, input_size, mean, std)
+        # Shared memory: workers add to the same counters and see the epoch the trainer set.
+        self._counters = multiprocessing.Array("q", 3)
+        self._warned_paths: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------ counters
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self._counters[_EPOCH] = epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._counters[_EPOCH])
+
+    @property
+    def failures(self) -> int:
+        """Videos that failed to decode so far, over all DataLoader workers."""
+        return int(self._counters[_FAILURES])
+
+    @property
+    def failed_count(self) -> int:
+        return self.failures
+
+    @property
+    def attempts(self) -> int:
+        """Decode attempts so far, over all DataLoader workers."""
+        return int(self._counters[_ATTEMPTS])
+
+    @property
+    def num_views(self) -> int:
+        return 1 if self.train else self.recipe.num_views
+
+    # ------------------------------------------------------------------------------------------- items
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
+        sample_index = index
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            item_seed = self._item_seed(index, attempt)
+            try:
+                video = self._load(self.samples[sample_index], item_seed)
+            except VideoDecodeError as error:
+                self._record_failure(error)
+                sample_index = self._replacement_index(index, item_seed)
+                continue
+            self._record_success()
+            return {"video": video, "label": self.samples[sample_index].label, "index": sample_index}
+        raise DataError(
+            f"{MAX_REPLACEMENTS + 1} videos in a row failed to decode while loading item {index}; "
+            f"{self.failures} of {self.attempts} decode attempts failed so far"
+        )
+
+    def _item_seed(self, index: int, attempt: int) -> int:
+        entropy = [self.seed, self.epoch, index, attempt]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+    def _replacement_index(self, index: int, item_seed: int) -> int:
+        if len(self.samples) == 1:
+            return index
+        other = random.Random(item_seed).randrange(len(self.samples) - 1)
+        return other if other < index else other + 1  # any sample but the asked-for one
+
+    def _load(self, sample: VideoSample, item_seed: int) -> torch.Tensor:
+        rng = random.Random(item_seed)
+        frames, _ = read_clip(sample.path, lambda num_frames: self._clip_indices(num_frames, rng), self.decoder)
+        clip = torch.from_numpy(frames)
+        if self.train:
+            # An isolated generator state: reproducible per item, and the caller's torch RNG is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed)
+                return self._transform(clip).unsqueeze(0)
+        num_frames = self.recipe.num_frames
+        clips = clip.split(num_frames)  # test clips were read together, one after another
+        return torch.cat([self._transform(one_clip) for one_clip in clips])
+
+    def _clip_indices(self, num_video_frames: int, rng: random.Random) -> list[int]:
+        """Frame indices of the training clip, or of all test clips one after another."""
+        recipe = self.recipe
+        if recipe.sampling == "segment":
+            clips = [segment_indices(num_video_frames, recipe.num_frames, train=self.train, rng=rng)]
+            if not self.train:
+                clips = clips * recipe.test_clips  # segments cover the whole video: all test clips agree
+        elif self.train:
+            clips = [dense_indices(num_video_frames, recipe.num_frames, recipe.stride, train=True, rng=rng)]
+        else:
+            clips = [
+                dense_indices(
+                    num_video_frames,
+                    recipe.num_frames,
+                    recipe.stride,
+                    train=False,
+                    clip_index=clip_index,
+                    num_clips=recipe.test_clips,
+                )
+                for clip_index in range(recipe.test_clips)
+            ]
+        return [index for clip in clips for index in clip]
+
+    # ------------------------------------------------------------------------------------------ failures
+
+    def _record_success(self) -> None:
+        with self._counters.get_lock():
+            self._counters[_ATTEMPTS] += 1
+
+    def _record_failure(self, error: VideoDecodeError) -> None:
+        with self._counters.get_lock():
+            self._counters[_ATTEMPTS] += 1
+            self._counters[_FAILURES] += 1
+            attempts, failures = self._counters[_ATTEMPTS], self._counters[_FAILURES]
+        if error.path not in self._warned_paths:  # once per video and process, not once per epoch
+            self._warned_paths.add(error.path)
+            log.warning("skipping unreadable video %s: %s (replaced by another sample)", error.path, error.cause)
+        if attempts >= min(MIN_ATTEMPTS_BEFORE_JUDGING, len(self.samples)) and (
+            failures > self.max_failure_fraction * attempts
+        ):
+            raise DataError(
+                f"{failures} of {attempts} videos failed to decode ({failures / attempts:.1%}), more than the "
+                f"allowed {self.max_failure_fraction:.1%}; last failure: {error}. Check the dataset copy, "
+                "or raise max_failure_fraction if these losses are expected."
+            )
+
+    def _check_missing(self, missing: list[VideoSample], total: int) -> None:
+        if not self.samples:
+            example = f" (e.g. {missing[0].path})" if missing else ""
+            raise DataError(f"none of the {total} videos listed in the annotations exist{example}")
+        if not missing:
+            return
+        examples = ", ".join(str(sample.path) for sample in missing[:3])
+        fraction = len(missing) / total
+        log.warning(
+            "%d of %d listed videos are missing (%.1f%%), e.g. %s", len(missing), total, 100 * fraction, examples
+        )
+        if fraction > self.max_failure_fraction:
+            raise DataError(
+                f"{len(missing)} of {total} listed videos are missing ({fraction:.1%}), more than the allowed "
+                f"{self.max_failure_fraction:.1%}; e.g. {examples}. Is the video root right?"
+            )
+
+    def _check_labels(self) -> None:
+        bad = [sample for sample in self.samples if not 0 <= sample.label < self.num_classes]
+        if bad:
+            raise DataError(f"label {bad[0].label} of {bad[0].path} is outside the {self.num_classes} classes")
+
+
+def _split_present_and_missing(samples: list[VideoSample]) -> tuple[list[VideoSample], list[VideoSample]]:
+    listing = DirectoryListing()
+    present, missing = [], []
+    for sample in samples:
+        (present if listing.exists(sample.path) else missing).append(sample)
+    return present, missing
