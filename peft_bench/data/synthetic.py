@@ -314,15 +314,27 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
 
 
-def write_video(path: Path, frames: np.ndarray, codec: str, fps: int = FPS) -> None:
-    """Encode uint8 (T, H, W, 3) RGB frames as yuv420p with high quality and byte-reproducible output."""
+def write_video(
+    path: Path, frames: np.ndarray, codec: str, fps: int = FPS, keyframe_interval: int | None = None
+) -> None:
+    """Encode uint8 (T, H, W, 3) RGB frames as yuv420p with high quality and byte-reproducible output.
+
+    `codec` is "libx264" (for .mp4) or "libvpx-vp9" (for .webm); H and W must be even.
+    """
     import av
+
+    if codec not in VIDEO_OPTIONS:
+        raise ValueError(f"unsupported codec {codec!r}; choose one of {', '.join(VIDEO_OPTIONS)}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3) with even H and W, got {frames.shape}")
 
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=fps, options=dict(VIDEO_OPTIONS[codec]))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        if keyframe_interval is not None:
+            stream.codec_context.gop_size = keyframe_interval
         for index, planes in enumerate(rgb_to_yuv420p(frames)):
             video_frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
             # Explicit timestamps: without them x264's rate control gave different files from the same frames.
