@@ -237,7 +237,10 @@ def test_ssv2_layout_with_the_published_video_folder(tmp_path, video_files):
     (tmp_path / "labels.json").write_text(
         json.dumps({t.replace("[", "").replace("]", ""): str(i) for i, t in enumerate(templates)})
     )
-    entries = [{"id": str(1000 + i), "label": "x", "template": t, "placeholders": ["x"]} for i, t in enumerate(templates)]
+    entries = [
+        {"id": str(1000 + i), "label": "x", "template": template, "placeholders": ["x"]}
+        for i, template in enumerate(templates)
+    ]
     (tmp_path / "train.json").write_text(json.dumps(entries))
     video_folder = tmp_path / "20bn-something-something-v2"
     video_folder.mkdir()
