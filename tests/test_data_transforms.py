@@ -210,3 +210,13 @@ def test_rejects_clips_of_the_wrong_layout():
         transform(torch.zeros(8, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="uint8"):
         transform(torch.zeros(8, 32, 32, 3))
+
+
+@pytest.mark.parametrize("recipe_name", ["k400", "ssv2"])
+def test_transforms_pickle_for_spawned_dataloader_workers(recipe_name):
+    import pickle
+
+    recipe = load_recipe(recipe_name)
+    for make in (train_transform, test_views):
+        transform = pickle.loads(pickle.dumps(make(recipe, 32, MEAN, STD)))
+        assert transform(still_clip()).shape[-2:] == (32, 32)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from peft_bench.data.annotations import Annotations, DirectoryListing, VideoSample
 from peft_bench.data.decode import VideoDecodeError, read_clip
@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 MIN_ATTEMPTS_BEFORE_JUDGING = 20
 # Consecutive replacements tried for one item before giving up.
 MAX_REPLACEMENTS = 10
-_ATTEMPTS, _FAILURES, _EPOCH = range(3)
+# Counter slots: slot 0 for the main process, one per DataLoader worker after it. Each process writes only
+# its own slot, so no lock is needed (a lock would tie the dataset to one multiprocessing start method).
+_COUNTER_SLOTS = 1 + 256
 
 
 class DataError(RuntimeError):
@@ -74,8 +76,10 @@ class VideoClipDataset(Dataset):
             self._transform = train_transform(recipe, input_size, mean, std)
         else:
             self._transform = test_views(recipe, input_size, mean, std)
-        # Shared memory: workers add to the same counters and see the epoch the trainer set.
-        self._counters = multiprocessing.Array("q", 3)
+        # Shared memory: the trainer sums the workers' counters and the workers see the epoch it set.
+        self._attempt_slots = multiprocessing.RawArray("q", _COUNTER_SLOTS)
+        self._failure_slots = multiprocessing.RawArray("q", _COUNTER_SLOTS)
+        self._shared_epoch = multiprocessing.RawValue("q", 0)
         self._warned_paths: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ counters
@@ -86,16 +90,16 @@ class VideoClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
-        self._counters[_EPOCH] = epoch
+        self._shared_epoch.value = epoch
 
     @property
     def epoch(self) -> int:
-        return int(self._counters[_EPOCH])
+        return int(self._shared_epoch.value)
 
     @property
     def failures(self) -> int:
         """Videos that failed to decode so far, over all DataLoader workers."""
-        return int(self._counters[_FAILURES])
+        return int(sum(self._failure_slots))
 
     @property
     def failed_count(self) -> int:
@@ -104,7 +108,7 @@ class VideoClipDataset(Dataset):
     @property
     def attempts(self) -> int:
         """Decode attempts so far, over all DataLoader workers."""
-        return int(self._counters[_ATTEMPTS])
+        return int(sum(self._attempt_slots))
 
     @property
     def num_views(self) -> int:
@@ -179,15 +183,19 @@ class VideoClipDataset(Dataset):
 
     # ------------------------------------------------------------------------------------------ failures
 
+    @staticmethod
+    def _counter_slot() -> int:
+        worker = get_worker_info()
+        return 0 if worker is None else 1 + worker.id % (_COUNTER_SLOTS - 1)
+
     def _record_success(self) -> None:
-        with self._counters.get_lock():
-            self._counters[_ATTEMPTS] += 1
+        self._attempt_slots[self._counter_slot()] += 1
 
     def _record_failure(self, error: VideoDecodeError) -> None:
-        with self._counters.get_lock():
-            self._counters[_ATTEMPTS] += 1
-            self._counters[_FAILURES] += 1
-            attempts, failures = self._counters[_ATTEMPTS], self._counters[_FAILURES]
+        slot = self._counter_slot()
+        self._attempt_slots[slot] += 1
+        self._failure_slots[slot] += 1
+        attempts, failures = self.attempts, self.failures
         if error.path not in self._warned_paths:  # once per video and process, not once per epoch
             self._warned_paths.add(error.path)
             log.warning("skipping unreadable video %s: %s (replaced by another sample)", error.path, error.cause)

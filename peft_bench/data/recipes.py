@@ -40,7 +40,17 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 def _recipe_folder():
-    return importlib.resources.files("benchmarks") / "recipes"
+    try:
+        return importlib.resources.files("benchmarks") / "recipes"
+    except NotADirectoryError:
+        # An editable install made before benchmarks/__init__.py existed maps `benchmarks` as a namespace
+        # package with a non-folder path entry, which importlib.resources refuses; use its real folder.
+        import benchmarks
+
+        for entry in benchmarks.__path__:
+            if (Path(entry) / "recipes").is_dir():
+                return Path(entry) / "recipes"
+        raise
 
 
 def _looks_like_path(name_or_path: str | Path) -> bool:

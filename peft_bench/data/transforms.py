@@ -206,57 +206,81 @@ def normalize(clip: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tens
 
 
 # --------------------------------------------------------------------------------------------- pipelines
+# Transforms are dataclasses rather than closures so that datasets holding them pickle into DataLoader
+# workers started with "spawn" or "forkserver" (macOS, Python 3.14+).
+
+
+@dataclass
+class TrainTransform:
+    """uint8 (T, H, W, 3) -> float32 (T, 3, S, S): the recipe's training augmentation, one draw per clip."""
+
+    recipe: Recipe
+    input_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __post_init__(self) -> None:
+        self.randaugment = None
+        if self.recipe.randaugment is not None:
+            num_ops, magnitude = self.recipe.randaugment
+            # torchvision draws the ops once per call and applies them to the whole (T, 3, H, W) tensor, so
+            # every frame gets the same ops and magnitudes (AutoContrast/Equalize still use each frame's own
+            # histogram).
+            self.randaugment = RandAugment(
+                num_ops=num_ops,
+                magnitude=magnitude,
+                num_magnitude_bins=RANDAUGMENT_MAGNITUDE_BINS,
+                interpolation=InterpolationMode.BILINEAR,
+            )
+        side_range = self.recipe.train_short_side_range or (REFERENCE_INPUT_SIZE, REFERENCE_INPUT_SIZE)
+        self.short_side_range = tuple(max(scaled_size(v, self.input_size), self.input_size) for v in side_range)
+
+    def __call__(self, clip: Tensor) -> Tensor:
+        recipe, size = self.recipe, self.input_size
+        x = clip_to_tchw(clip)
+        if self.randaugment is None:
+            x = x.float()  # resizing floats skips the round trip back to uint8 after every resize
+        if recipe.train_random_resized_crop_area is not None:
+            x = random_resized_crop(x, recipe.train_random_resized_crop_area, size)
+        else:
+            low, high = self.short_side_range
+            short_side = int(torch.randint(low, high + 1, (1,)))
+            x = random_square_crop(resize_short_side(x, short_side), size)
+        if recipe.hflip:
+            x = random_horizontal_flip(x)
+        if self.randaugment is not None:
+            x = self.randaugment(x.contiguous())
+        return normalize(x, self.mean, self.std)
+
+
+@dataclass
+class TestViews:
+    """uint8 (T, H, W, 3) -> float32 (crops, T, 3, S, S): short side to test_short_side, then the crops."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    recipe: Recipe
+    input_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __call__(self, clip: Tensor) -> Tensor:
+        short_side = max(scaled_size(self.recipe.test_short_side, self.input_size), self.input_size)
+        x = resize_short_side(clip_to_tchw(clip).float(), short_side)
+        crops = long_side_crops(x, self.input_size, self.recipe.test_crops)
+        return normalize(torch.stack(crops), self.mean, self.std)
 
 
 def train_transform(
     recipe: Recipe, input_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> ClipTransform:
-    """uint8 (T, H, W, 3) -> float32 (T, 3, S, S): the recipe's training augmentation, one draw per clip."""
-    randaugment = None
-    if recipe.randaugment is not None:
-        num_ops, magnitude = recipe.randaugment
-        # torchvision draws the ops once per call and applies them to the whole (T, 3, H, W) tensor, so every
-        # frame gets the same ops and magnitudes (AutoContrast/Equalize still use each frame's own histogram).
-        randaugment = RandAugment(
-            num_ops=num_ops,
-            magnitude=magnitude,
-            num_magnitude_bins=RANDAUGMENT_MAGNITUDE_BINS,
-            interpolation=InterpolationMode.BILINEAR,
-        )
-    if recipe.train_short_side_range is not None:
-        low, high = (scaled_size(v, input_size) for v in recipe.train_short_side_range)
-    else:
-        low = high = input_size
-    low, high = max(low, input_size), max(high, input_size)
-
-    def transform(clip: Tensor) -> Tensor:
-        x = clip_to_tchw(clip)
-        if randaugment is None:
-            x = x.float()  # resizing floats skips the round trip back to uint8 after every resize
-        if recipe.train_random_resized_crop_area is not None:
-            x = random_resized_crop(x, recipe.train_random_resized_crop_area, input_size)
-        else:
-            short_side = int(torch.randint(low, high + 1, (1,)))
-            x = random_square_crop(resize_short_side(x, short_side), input_size)
-        if recipe.hflip:
-            x = random_horizontal_flip(x)
-        if randaugment is not None:
-            x = randaugment(x.contiguous())
-        return normalize(x, mean, std)
-
-    return transform
+    """The recipe's training augmentation at `input_size` (see TrainTransform)."""
+    return TrainTransform(recipe, input_size, tuple(mean), tuple(std))
 
 
 def test_views(recipe: Recipe, input_size: int, mean: Sequence[float], std: Sequence[float]) -> ClipTransform:
-    """uint8 (T, H, W, 3) -> float32 (crops, T, 3, S, S): short side to test_short_side, then the crops."""
-    short_side = max(scaled_size(recipe.test_short_side, input_size), input_size)
-
-    def views(clip: Tensor) -> Tensor:
-        x = resize_short_side(clip_to_tchw(clip).float(), short_side)
-        crops = long_side_crops(x, input_size, recipe.test_crops)
-        return normalize(torch.stack(crops), mean, std)
-
-    return views
+    """The recipe's test views at `input_size` (see TestViews)."""
+    return TestViews(recipe, input_size, tuple(mean), tuple(std))
 
 
 # The name starts with "test_": tell pytest it is not a test when a test module imports it.
