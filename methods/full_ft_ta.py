@@ -1,0 +1,40 @@
+"""Full fine-tuning with TimeSformer divided space-time attention (SA+TA) (Bertasius et al., ICML 2021).
+
+Before each block's spatial attention, a temporal attention layer (norm, attention across the frames
+at each spatial position, proj, zero-initialised ``temporal_fc``, residual) lets tokens see the same
+place in the other frames; a learned temporal embedding is added to the input tokens. Everything
+trains. Zero ``temporal_fc`` and a zero temporal embedding make the model start as the image model
+(TimeSformer zeroes ``temporal_fc`` in all blocks but the first; we zero all of them).
+
+TimeSformer initialises its temporal attention from the image model's spatial attention; the
+FrameBlock interface exposes the spatial attention as functions, not weights, so here it starts from
+ViT's random initialisation.
+
+Parameters, ViT-B/16 (D=768): backbone 85,799,424 + 12 temporal layers x 2,954,496 (5D^2 + 7D)
++ temporal embedding 8 x 768 = 6,144 + head 307,600 = 121,567,120 = 121.57M (paper: 121.57M).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft_bench.backbones import VideoBackbone
+from peft_bench.layers import resolve_layers
+from peft_bench.model import VideoClassifier
+from peft_bench.registry import register_method
+from peft_bench.temporal import add_divided_attention
+
+
+@dataclass
+class FullFTTAConfig:
+    num_frames: int = 8  # length of the learned temporal embedding (resampled for other clip lengths)
+    layers: tuple[int, ...] | None = None  # blocks that get temporal attention (None = all)
+    dropout: float = 0.5
+
+
+@register_method("full_ft_ta", config=FullFTTAConfig, group="Full fine-tuning", architecture="SA+TA",
+                 models_time=True)
+def build(backbone: VideoBackbone, num_classes: int, cfg: FullFTTAConfig) -> VideoClassifier:
+    backbone.requires_grad_(True)
+    add_divided_attention(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.num_frames)
+    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
