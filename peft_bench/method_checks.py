@@ -1,0 +1,148 @@
+"""Checks of what each registered method claims, measured on randomly initialised backbones.
+
+* :func:`parameter_parity`: every method's trainable and total parameters beside the paper's figure.
+* :func:`measures_time`: whether a method's output depends on the order of the frames.
+* :func:`frozen_after_step`: whether anything outside a method's trainable set moves in a training step.
+* :func:`starts_as_backbone`: how far a method's initial features are from the frozen backbone's.
+
+All use random weights (``pretrained="none"``): they test architectures, never results.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import NO_WEIGHTS, VideoBackbone, create_backbone
+from .model import count_parameters
+from .registry import available_methods, get_method
+
+# The paper's table as published (peft_bench.table.PAPER_TABLE_PATH; read here without pulling in mlflow).
+PAPER_TABLE_PATH = Path(__file__).resolve().parents[1] / "results" / "paper_cross_modality.csv"
+
+NOISE_STD = 0.02  # perturbation of trainable parameters in measures_time (ViT's init scale)
+NUM_CLASSES = 10  # head size for the forward checks
+
+
+def paper_params_m(path: Path = PAPER_TABLE_PATH) -> dict[str, float]:
+    """The paper's fine-tuned parameter figure (M) per method name; reported by others, not measured."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["method"]: float(row["params_m"]) for row in csv.DictReader(f) if row.get("params_m")}
+
+
+def build_method(method_name: str, backbone: VideoBackbone, num_classes: int) -> nn.Module:
+    """The method with its default configuration on ``backbone`` (frozen first, as the runner does)."""
+    spec = get_method(method_name)
+    backbone.requires_grad_(False)
+    return spec.build(backbone, num_classes, spec.make_config())
+
+
+def parameter_parity(backbone_name: str, num_classes: int) -> list[dict]:
+    """One row per registered method: declared group/architecture/models_time, counts, the paper's figure.
+
+    Models are built on the meta device (shapes only, no memory, no initialisation), so that counting
+    ViT-B/16 for every method takes seconds; a method that cannot be built there is built for real.
+    """
+    paper = paper_params_m()
+    rows = []
+    for name in available_methods():
+        spec = get_method(name)
+        try:
+            with torch.device("meta"):
+                model = build_method(name, create_backbone(backbone_name, NO_WEIGHTS), num_classes)
+        except (NotImplementedError, RuntimeError):  # a plugin that needs real tensors while building
+            model = build_method(name, create_backbone(backbone_name, NO_WEIGHTS), num_classes)
+        counts = count_parameters(model)
+        paper_m = paper.get(name)
+        rows.append({
+            "method": name,
+            "group": spec.group,
+            "architecture": spec.architecture,
+            "models_time": spec.models_time,
+            "trainable": counts.trainable,
+            "total": counts.total,
+            "paper_m": paper_m,
+            "diff_pct": None if paper_m is None else 100.0 * (counts.trainable / 1e6 - paper_m) / paper_m,
+        })
+    return rows
+
+
+def _random_clip(backbone: VideoBackbone, num_frames: int, batch: int = 2, seed: int = 0) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    size = backbone.input_size
+    return torch.randn(batch, num_frames, 3, size, size, generator=gen)
+
+
+def shuffled_order(num_frames: int) -> list[int]:
+    """A fixed permutation that is not the identity, a reversal or a cyclic shift (for 4 frames or more)."""
+    if num_frames < 2:
+        raise ValueError("shuffling needs at least 2 frames")
+    if num_frames < 4:
+        return [1, 0, *range(2, num_frames)]
+    # Odd positions first, then even ones: 4 frames -> [1, 3, 0, 2].
+    return [*range(1, num_frames, 2), *range(0, num_frames, 2)]
+
+
+def measures_time(method_name: str, backbone_name: str = "tiny", num_frames: int = 4) -> bool:
+    """True when the method's output changes once the frames of a clip are shuffled.
+
+    Trainable parameters get small random noise first, so that zero-initialised layers (temporal
+    attention's output, adapters' up-projections) are not trivially the identity. The comparison runs
+    in double precision: rounding (a frame mean summed in another order) is then ~1e-16, far below a
+    real but weak dependence on order such as attentional pooling's near-uniform attention at
+    initialisation (~1e-6 of the output; within float32 rounding of it).
+    """
+    torch.manual_seed(0)
+    model = build_method(method_name, create_backbone(backbone_name, NO_WEIGHTS), NUM_CLASSES)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * NOISE_STD)
+    model.double().eval()
+    clip = _random_clip(model.backbone, num_frames).double()
+    with torch.no_grad():
+        out = model(clip)
+        shuffled = model(clip[:, shuffled_order(num_frames)])
+    return not torch.allclose(out, shuffled, rtol=1e-9, atol=1e-12)
+
+
+def frozen_after_step(method_name: str, backbone_name: str = "tiny") -> list[str]:
+    """Names of parameters outside the trainable set that changed, got a gradient or optimizer state
+    in one AdamW step of the shared runner's optimizer (an empty list is what a method must give)."""
+    from .config import TrainConfig
+    from .runner import make_optimizer
+
+    torch.manual_seed(0)
+    model = build_method(method_name, create_backbone(backbone_name, NO_WEIGHTS), NUM_CLASSES)
+    model.train()
+    frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
+    before = {name: p.detach().clone() for name, p in frozen.items()}
+    optimizer = make_optimizer(model, TrainConfig())
+    clip = _random_clip(model.backbone, num_frames=2)
+    labels = torch.arange(clip.shape[0]) % NUM_CLASSES
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(clip), labels).backward()
+    optimizer.step()
+    moved = []
+    for name, p in frozen.items():
+        if p.grad is not None or p in optimizer.state or not torch.equal(p.detach(), before[name]):
+            moved.append(name)
+    return moved
+
+
+def starts_as_backbone(method_name: str, backbone_name: str = "tiny") -> float:
+    """Max abs difference between the method's pooled features at initialisation and the linear probe's
+    (the frozen backbone's) on the same weights and clip; 0 for methods built to start as the backbone."""
+    torch.manual_seed(0)
+    backbone = create_backbone(backbone_name, NO_WEIGHTS)
+    reference = build_method("linear_probe", copy.deepcopy(backbone), NUM_CLASSES).eval()
+    model = build_method(method_name, copy.deepcopy(backbone), NUM_CLASSES).eval()
+    clip = _random_clip(backbone, num_frames=4)
+    with torch.no_grad():
+        return (model.features(clip) - reference.features(clip)).abs().max().item()
