@@ -485,7 +485,7 @@ def ensure_synthetic(
     temporary.mkdir()
     try:
         started = time.perf_counter()
-        with _job_runner(workers) as run:
+        with _JobRunner(workers) as run:
             SYNTHETIC_WRITERS[name](temporary, seed, num_train, num_val, run)
         marker = dict(expected, seconds=round(time.perf_counter() - started, 2))
         (temporary / MARKER_FILE).write_text(json.dumps(marker, indent=1) + "\n")
@@ -543,7 +543,7 @@ def _default_workers() -> int:
     return min(4, cores)
 
 
-class _job_runner:
+class _JobRunner:
     """Context giving `run(jobs) -> results in order`, in worker processes when more than one core helps."""
 
     def __init__(self, workers: int | None) -> None:
