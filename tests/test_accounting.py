@@ -95,6 +95,43 @@ def test_sdpa_counts_the_same_as_explicit_matrix_products():
     assert fused.uncounted_ops == explicit.uncounted_ops == {}
 
 
+class AttentionKernel(nn.Module):
+    """Calls one of SDPA's kernels directly, as a trace may show them."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, q, k, v):
+        return self.kernel(q, k, v)[0]
+
+
+@pytest.mark.parametrize("kernel", [torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+                                    torch.ops.aten._scaled_dot_product_attention_math])
+def test_attention_kernels_are_counted_like_the_public_op(kernel):
+    q, k, v = torch.zeros(2, 4, 10, 8), torch.zeros(2, 4, 6, 8), torch.zeros(2, 4, 6, 8)
+    counted = count_flops(AttentionKernel(kernel), (q, k, v))
+    assert counted.by_operator == {"attention": 2 * 4 * 10 * 6 * (8 + 8)}
+
+
+def test_matmul_with_a_broadcast_first_operand():
+    class Product(nn.Module):
+        def forward(self, a, b):
+            return a @ b
+
+    assert count_flops(Product(), (torch.zeros(10, 8), torch.zeros(3, 8, 6))).total == 3 * 10 * 6 * 8
+
+
+def test_rounding_a_traced_size_works_and_leaves_torch_unchanged():
+    class GridSide(nn.Module):  # what ST-Adapter does to find its patch grid
+        def forward(self, x):
+            side = int(round((x.shape[1] - 1) ** 0.5))
+            return x[:, 1:].reshape(x.shape[0], side, side, -1).sum()
+
+    assert count_flops(GridSide(), (torch.zeros(2, 17, 4),)).uncounted_ops == {}
+    assert not hasattr(torch.Tensor, "__round__")
+
+
 def test_fused_multihead_attention_counts_projections_and_attention():
     mha = nn.MultiheadAttention(32, 4, batch_first=True).requires_grad_(False)  # frozen + eval: fused path
 
