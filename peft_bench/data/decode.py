@@ -13,7 +13,12 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
+import av  # noqa: F401  -- before decord, always: see below
 import numpy as np
+
+# decord bundles its own FFmpeg libraries; when they are loaded before PyAV's, PyAV's VP9 encoder fails
+# to open ("avcodec_open2(libvpx-vp9) returned 22"). Loading PyAV first, here, in the module every decord
+# user imports, keeps both working in one process.
 
 log = logging.getLogger(__name__)
 
