@@ -15,6 +15,7 @@ The paper's table prints 7.20M, which no released configuration gives.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,7 +66,7 @@ class STAdapter(nn.Module):
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         n, length, _ = x.shape
-        side = int(round((length - 1) ** 0.5))
+        side = math.isqrt(int(length) - 1)  # int(): under tracing, sizes are 0-d tensors
         if side * side != length - 1:
             raise ValueError(f"ST-Adapter needs [CLS] plus a square grid of patches, got {length} tokens")
         patches = self.down(x[:, 1:])  # (B*T, HW, r)

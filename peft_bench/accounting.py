@@ -36,7 +36,6 @@ import sys
 import time
 import warnings
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
@@ -232,26 +231,6 @@ def flop_analysis(model: nn.Module, inputs: tuple[torch.Tensor, ...], convention
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
 
 
-@contextmanager
-def sizes_roundable_while_tracing():
-    """Let ``round()`` take a traced size for the duration of a trace.
-
-    While tracing, ``x.shape`` holds 0-d tensors, not ints, and ``torch.Tensor`` has no ``__round__``, so
-    code that is fine in eager mode (``round((tokens - 1) ** 0.5)``, as ST-Adapter computes its grid side)
-    fails to trace. The count is for one fixed input shape, so baking the value in is harmless here.
-    """
-    import torch
-
-    if hasattr(torch.Tensor, "__round__"):
-        yield
-        return
-    torch.Tensor.__round__ = lambda self, ndigits=None: round(self.item(), ndigits)
-    try:
-        yield
-    finally:
-        del torch.Tensor.__round__
-
-
 def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...], convention: Convention = "all") -> FlopCount:
     """Trace ``model(*inputs)`` once and count. The model is put in eval mode (dropout off, fused paths on)."""
     import torch
@@ -259,7 +238,7 @@ def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...], convention: 
     model.eval()
     start = time.perf_counter()
     analysis = flop_analysis(model, inputs, convention)
-    with torch.no_grad(), warnings.catch_warnings(), sizes_roundable_while_tracing():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         total = int(analysis.total())  # the trace happens here; the calls below reuse it
     return FlopCount(total, {k: int(v) for k, v in analysis.by_operator().items()},
