@@ -63,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--all-experiments", action="store_true", help="read runs of every experiment")
     _add_tracking_args(table)
 
-    methods = sub.add_parser("methods", help="list the registered methods")
+    methods = sub.add_parser("methods", help="list the registered methods, their parameter counts beside the paper's")
+    methods.add_argument("--backbone", default="clip_vitb16", help="backbone to count on (default clip_vitb16)")
+    methods.add_argument("--num-classes", type=int, default=400, help="classes of the head (default 400, as K400)")
+    methods.add_argument("--check", action="store_true",
+                         help="measure temporal modelling (frame-shuffle test) instead of trusting the declaration")
     _add_plugin_arg(methods)
+
+    from .accounting import add_account_parser
+
+    add_account_parser(sub)
     return parser
 
 
@@ -151,13 +159,24 @@ def cmd_table(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .registry import available_methods, get_method
+    """Every method: what it is, what it trains on the chosen backbone, and the paper's figure beside it."""
+    from .method_checks import measures_time, parameter_parity
+    from .registry import get_method
 
-    rows = [get_method(name) for name in _paper_order(available_methods())]
-    print(f"{'method':22} {'group':22} {'arch':7} {'models time':12} {'presets':12} source")
-    for s in rows:
-        print(f"{s.name:22} {s.group:22} {s.architecture:7} {'yes' if s.models_time else 'no':12} "
-              f"{','.join(s.presets) or '-':12} {s.source}")
+    rows = {row["method"]: row for row in parameter_parity(args.backbone, args.num_classes)}
+    time_header = "models time (measured)" if args.check else "models time (declared)"
+    print(f"{'method':20} {'group':20} {'arch':6} {time_header:23} {'trainable':>13} {'paper (M)':>9} "
+          f"{'diff':>7}  presets")
+    for name in _paper_order(list(rows)):
+        row, spec = rows[name], get_method(name)
+        models_time = measures_time(name) if args.check else spec.models_time
+        mark = "yes" if models_time else "no"
+        if args.check and models_time != spec.models_time:
+            mark += f" (declared {'yes' if spec.models_time else 'no'}!)"
+        paper = f"{row['paper_m']:.2f}" if row["paper_m"] is not None else "-"
+        diff = f"{row['diff_pct']:+.1f}%" if row["diff_pct"] is not None else "-"
+        print(f"{name:20} {spec.group:20} {spec.architecture:6} {mark:23} {row['trainable']:>13,} {paper:>9} "
+              f"{diff:>7}  {','.join(spec.presets) or '-'}")
     return 0
 
 
@@ -172,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for plugin in getattr(args, "plugin", []):
             load_plugin(plugin)
-        return {"run": cmd_run, "table": cmd_table, "methods": cmd_methods}[args.command](args)
+        from .accounting import cmd_account
+
+        commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account}
+        return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"peft-bench: error: {err}", file=sys.stderr)
         return 2
