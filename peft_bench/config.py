@@ -102,9 +102,8 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     from .registry import available_methods, get_method
 
     data = merge(base or {}, overrides or {})
-    method_args = data.pop("method", None)  # `--set method.width=256` lands here
-    if method_args is not None:
-        data["method_args"] = merge(data.get("method_args", {}), method_args)
+    if isinstance(data.get("method"), dict):  # `--set method.width=256` lands here
+        data["method_args"] = merge(data.get("method_args", {}), data.pop("method"))
     dataset = data.get("dataset", RunConfig.dataset)
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset '{dataset}'; available: {', '.join(sorted(DATASETS))}")

@@ -23,7 +23,7 @@ from torch import nn
 
 from .base import BackboneInfo, VideoBackbone
 from .clip import CLIP_MEAN, CLIP_STD, ClipBackbone
-from .weights import AUTO, NO_WEIGHTS, load_into, load_state_dict
+from .weights import AUTO, NO_WEIGHTS, load_into, load_state_dict, strip_prefix
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def create_tiny(pretrained: str, cfg: TinyConfig = TinyConfig()) -> VideoBackbon
     visual = build_visual(cfg)
     if pretrained != NO_WEIGHTS:
         path = weights_path(cfg) if pretrained == AUTO else Path(pretrained)
-        load_into(visual, load_state_dict(path), str(path))
+        load_into(visual, strip_prefix(load_state_dict(path), "visual."), str(path))
         pretrained = str(path)
     info = BackboneInfo("tiny", pretrained, cfg.width, cfg.depth, cfg.heads, cfg.patch_size, cfg.image_size)
     return ClipBackbone(visual, info)

@@ -1,0 +1,108 @@
+"""The method registry finds methods without a central list; configs reject bad input before any work."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from peft_bench.config import resolve_config
+from peft_bench.dataclass_io import ConfigError, parse_overrides
+from peft_bench.registry import available_methods, get_method, load_plugin
+
+PLUGIN = textwrap.dedent('''
+    from dataclasses import dataclass
+    from peft_bench.model import VideoClassifier
+    from peft_bench.registry import register_method
+
+    @dataclass
+    class FrozenMeanConfig:
+        dropout: float = 0.0
+
+    @register_method("{name}", config=FrozenMeanConfig, group="Linear probe", architecture="SA", models_time=False)
+    def build(backbone, num_classes, cfg):
+        return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+''')
+
+
+def test_every_module_in_methods_registers_itself():
+    import pkgutil
+
+    import methods
+
+    modules = {m.name for m in pkgutil.iter_modules(methods.__path__) if not m.name.startswith("_")}
+    sources = {get_method(name).source.removeprefix("methods.") for name in available_methods()}
+    assert modules <= sources
+    assert {"linear_probe", "st_adapter"} <= set(available_methods())
+
+
+def test_plugin_file_from_a_temporary_folder_registers(tmp_path):
+    path = tmp_path / "my_method.py"
+    path.write_text(PLUGIN.format(name="tmp_plugin_method"))
+    assert "tmp_plugin_method" not in available_methods()
+    load_plugin(path)
+    spec = get_method("tmp_plugin_method")
+    assert spec.group == "Linear probe" and spec.make_config().dropout == 0.0
+
+
+def test_plugin_through_the_cli(tmp_path, capsys):
+    from peft_bench.cli import main
+
+    path = tmp_path / "cli_plugin.py"
+    path.write_text(PLUGIN.format(name="cli_plugin_method"))
+    assert main(["methods", "--plugin", str(path)]) == 0
+    assert "cli_plugin_method" in capsys.readouterr().out
+
+
+def test_missing_plugin_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="plugin not found"):
+        load_plugin(tmp_path / "nope.py")
+
+
+def test_presets_follow_the_dataset():
+    ssv2 = resolve_config({"method": "st_adapter", "dataset": "ssv2"})
+    k400 = resolve_config({"method": "st_adapter", "dataset": "k400"})
+    assert ssv2.method_args["positions"] == ["attention", "mlp"]
+    assert k400.method_args["positions"] == ["mlp"]
+    assert ssv2.train.epochs == 50 and k400.train.epochs == 12  # the paper's schedules
+
+
+def test_overrides_reach_the_method_and_training_config():
+    cfg = resolve_config(parse_overrides(["method.width=128", "train.lr=0.01", "dataset=synthetic-motion"]))
+    assert cfg.method_args["width"] == 128 and cfg.train.lr == 0.01
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"method": "no_such_method"}, "unknown method 'no_such_method'; available: .*st_adapter"),
+    ({"backbone": "resnet"}, "unknown backbone 'resnet'; available: .*clip_vitb16"),
+    ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; available: .*k400"),
+    ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
+    ({"train": {"epochs": 0}}, "epochs"),
+    ({"train": {"nonsense": 1}}, "unknown key train.nonsense"),
+    ({"method": "st_adapter", "method_args": {"width": "wide"}}, "method.width: expected an integer"),
+    ({"method": "st_adapter", "method_args": {"positions": ["attention", "head"]}}, "positions"),
+    ({"method": "st_adapter", "preset": "k700"}, "no preset 'k700'"),
+])
+def test_malformed_config_stops_with_a_message(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(overrides)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["train.lr"])
+
+
+def test_config_digest_ignores_where_outputs_go_but_not_what_changes_results():
+    a = resolve_config({"dataset": "synthetic-motion"})
+    b = resolve_config({"dataset": "synthetic-motion", "output_dir": "elsewhere", "train": {"num_workers": 3}})
+    c = resolve_config({"dataset": "synthetic-motion", "train": {"lr": 0.5}})
+    assert a.digest() == b.digest() != c.digest()
+
+
+def test_cli_rejects_unknown_method_before_any_work(capsys):
+    from peft_bench.cli import main
+
+    assert main(["run", "--methods", "linear_probe,bogus", "--no-table"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'bogus'" in err and "linear_probe" in err
