@@ -1,0 +1,368 @@
+"""Loader throughput in clips per second for one worker process: the project's loader against the way the
+released ST-Adapter code loads a clip (decode every frame with PyAV, then sample), on Kinetics-like and
+Something-Something-v2-like videos, and on the Kinetics-like ones after `peft-bench data prepare`.
+
+    python -m benchmarks.loader_speed        # writes results/loader_speed.csv and results/loader_speed.md
+
+One "clip" is one training item: sample the frame indices, decode, and apply the recipe's training
+augmentation at 224 px (`load_recipe("k400")` / `load_recipe("ssv2")`), as a DataLoader worker does. Every
+loader gets the same augmentation, so the figures differ by decoding alone. The process is pinned to one
+CPU core with one torch thread, so FFmpeg's automatic thread count is one as well: the figure is what one
+DataLoader worker delivers on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av  # noqa: F401  -- before decord (see peft_bench/data/decode.py)
+import numpy as np
+import torch
+
+from peft_bench.data.annotations import Annotations, VideoSample
+from peft_bench.data.dataset import VideoClipDataset
+from peft_bench.data.prepare import EncodeSettings, prepare_videos
+from peft_bench.data.recipes import load_recipe
+from peft_bench.data.sampling import dense_indices, segment_indices
+from peft_bench.data.transforms import Recipe, train_transform
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BASELINE = "baseline: decode all (PyAV), then sample"
+OURS = "ours"
+
+
+@dataclass(frozen=True)
+class VideoSet:
+    """A handful of generated videos standing in for one dataset."""
+
+    name: str
+    recipe: str
+    count: int
+    seconds: float
+    fps: int
+    width: int
+    height: int
+    codec: str
+    suffix: str
+    encoder_options: tuple[tuple[str, str], ...]
+    description: str
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.seconds * self.fps)
+
+
+# The usual 340x256 Kinetics copies are made with ffmpeg's defaults: x264 crf 23, preset medium, a keyframe
+# at most every 250 frames, CABAC and B-frames.
+K400_LIKE = VideoSet("k400-like", "k400", 6, 10.0, 30, 340, 256, "libx264", ".mp4",
+                     (("crf", "23"), ("preset", "medium")),
+                     "340x256, 30 fps, 10 s, H.264 (x264 crf 23 preset medium, keyframes <= 250 apart)")
+# SSv2 ships VP9 .webm, 240 px high, 12 fps, a few seconds long.
+SSV2_LIKE = VideoSet("ssv2-like", "ssv2", 6, 4.0, 12, 427, 240, "libvpx-vp9", ".webm",
+                     (("crf", "32"), ("b:v", "0"), ("deadline", "good"), ("cpu-used", "4")),
+                     "427x240, 12 fps, 4 s, VP9 .webm (libvpx crf 32)")
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    k400: VideoSet = K400_LIKE
+    ssv2: VideoSet = SSV2_LIKE
+    repeats: int = 7
+    clips_per_repeat: int = 12
+    input_size: int = 224
+    prepared_short_side: int = 256
+    prepared_keyframe_interval: int = 16
+
+
+# ----------------------------------------------------------------------------------------- the videos
+
+
+def render_frames(video_set: VideoSet, seed: int) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) frames: a panning texture under a drifting colour gradient and two moving discs.
+
+    Textured and moving everywhere, so the encoder spends bits and the decoder real work, as on real
+    footage (flat synthetic frames would decode unrealistically fast).
+    """
+    rng = np.random.default_rng(seed)
+    height, width = video_set.height, video_set.width
+    texture = rng.integers(0, 256, (height // 4 + 64, width // 4 + 64, 3)).astype(np.float32)
+    texture = np.repeat(np.repeat(texture, 4, axis=0), 4, axis=1)  # 4-pixel grain
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    tint = rng.uniform(-1, 1, 3).astype(np.float32)
+    discs = [(rng.uniform(0.1, 0.3) * height, rng.uniform(0.5, 2.0), rng.integers(60, 256, 3)) for _ in range(2)]
+    for t in range(video_set.num_frames):
+        shift_x, shift_y = int(t * 0.8) % 256, int(t * 0.5) % 256  # the texture is 256 pixels larger
+        texture_view = texture[shift_y : shift_y + height, shift_x : shift_x + width]
+        gradient = 128 + 90 * np.sin((cols + 4 * t) / 41.0 + rows / 67.0)[..., None] * tint
+        frame = 0.45 * texture_view + 0.55 * gradient
+        for number, (radius, speed, colour) in enumerate(discs):
+            centre_x = width / 2 + 0.35 * width * np.sin(speed * t / video_set.fps + number)
+            centre_y = height / 2 + 0.3 * height * np.cos(speed * t / video_set.fps * 1.3 + number)
+            frame[(cols - centre_x) ** 2 + (rows - centre_y) ** 2 < radius**2] = colour
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def write_video_set(video_set: VideoSet, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number in range(video_set.count):
+        path = folder / f"{video_set.name}-{number:02d}{video_set.suffix}"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream(video_set.codec, rate=video_set.fps, options=dict(video_set.encoder_options))
+            stream.width, stream.height, stream.pix_fmt = video_set.width, video_set.height, "yuv420p"
+            for index, rgb in enumerate(render_frames(video_set, seed=number)):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts, frame.time_base = index, Fraction(1, video_set.fps)
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------- the loaders
+
+Loader = Callable[[int], torch.Tensor]  # clip number -> augmented clip
+
+
+def ours_loader(paths: list[Path], recipe: Recipe, input_size: int) -> Loader:
+    """The project's VideoClipDataset (decord for .mp4, PyAV for .webm; only the sampled frames)."""
+    annotations = Annotations([VideoSample(path, 0) for path in paths], ["any"])
+    dataset = VideoClipDataset(annotations, recipe, train=True, input_size=input_size, mean=CLIP_MEAN,
+                               std=CLIP_STD, max_failure_fraction=0.0)
+
+    def load(clip_number: int) -> torch.Tensor:
+        dataset.set_epoch(clip_number // len(paths))  # a new random clip each time round the videos
+        return dataset[clip_number % len(paths)]["video"]
+
+    return load
+
+
+def decode_all_then_sample(path: Path, choose: Callable[[int], list[int]]) -> np.ndarray:
+    """The released ST-Adapter code's reading, as we read it: the file into memory, every frame decoded by
+    PyAV on one thread and kept by timestamp, then the chosen ones converted to RGB."""
+    with av.open(io.BytesIO(Path(path).read_bytes())) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        by_pts = {frame.pts: frame for frame in container.decode(stream)}
+    frames = [by_pts[pts] for pts in sorted(by_pts)]
+    return np.stack([frames[index].to_rgb().to_ndarray() for index in choose(len(frames))])
+
+
+def training_indices(recipe: Recipe, num_video_frames: int, rng: random.Random) -> list[int]:
+    if recipe.sampling == "segment":
+        return segment_indices(num_video_frames, recipe.num_frames, train=True, rng=rng)
+    return dense_indices(num_video_frames, recipe.num_frames, recipe.stride, train=True, rng=rng)
+
+
+def baseline_loader(paths: list[Path], recipe: Recipe, input_size: int) -> Loader:
+    transform = train_transform(recipe, input_size, CLIP_MEAN, CLIP_STD)
+
+    def load(clip_number: int) -> torch.Tensor:
+        rng = random.Random(clip_number)
+        frames = decode_all_then_sample(paths[clip_number % len(paths)], lambda n: training_indices(recipe, n, rng))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(clip_number)
+            return transform(torch.from_numpy(frames))
+
+    return load
+
+
+# ---------------------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Case:
+    video_set: str
+    loader: str
+    load: Loader
+    files: list[Path]
+    rates: list[float] = field(default_factory=list)  # clips per second, one per repeat
+
+
+@dataclass(frozen=True)
+class Measurement:
+    video_set: str
+    loader: str
+    clips_per_s: float  # median over repeats
+    clips_per_s_min: float
+    clips_per_s_max: float
+    speedup: float  # over the baseline on the same video set
+    repeats: int
+    clips_per_repeat: int
+    mean_file_kb: float
+
+
+def measure(cases: list[Case], repeats: int, clips_per_repeat: int) -> None:
+    """Fill each case's `rates`. Cases take turns within every repeat (in a rotating order), so a burst of
+    load from other processes on a shared machine hits every loader alike."""
+    for case in cases:
+        case.load(0)  # warm-up: imports, first-open costs
+    for repeat in range(repeats):
+        shift = repeat % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            first = 1 + repeat * clips_per_repeat
+            started = time.perf_counter()
+            for clip_number in range(first, first + clips_per_repeat):
+                case.load(clip_number)
+            case.rates.append(clips_per_repeat / (time.perf_counter() - started))
+
+
+def summarise(cases: list[Case], clips_per_repeat: int) -> list[Measurement]:
+    baselines = {case.video_set: statistics.median(case.rates) for case in cases if case.loader == BASELINE}
+    measurements = []
+    for case in cases:
+        median = statistics.median(case.rates)
+        measurements.append(Measurement(
+            case.video_set, case.loader, median, min(case.rates), max(case.rates),
+            median / baselines[case.video_set] if case.video_set in baselines else float("nan"),
+            len(case.rates), clips_per_repeat, statistics.mean(p.stat().st_size for p in case.files) / 1e3))
+    return measurements
+
+
+def prepared_variants(settings: BenchmarkSettings, video_set: VideoSet) -> list[tuple[str, str, EncodeSettings]]:
+    """(loader label, folder name, encode settings) of the prepared copies to measure on this video set."""
+    encode = EncodeSettings(short_side=settings.prepared_short_side,
+                            keyframe_interval=settings.prepared_keyframe_interval)
+    what = f"short side {encode.short_side}, keyframe every {encode.keyframe_interval}"
+    if video_set.codec != "libx264":  # fastdecode is an x264 tuning: one VP9 copy
+        return [(f"ours, prepared ({what}, VP9)", "prepared", encode)]
+    # With and without the fastdecode tuning, to show what the keyframes alone buy.
+    return [(f"ours, prepared ({what}, x264 fastdecode)", "prepared", encode),
+            (f"ours, prepared ({what}, x264 default tuning)", "prepared-default-tuning",
+             dataclasses.replace(encode, fast_decode=False))]
+
+
+def build_cases(settings: BenchmarkSettings, work_dir: Path, progress: bool = False) -> list[Case]:
+    """Write the videos (and the prepared copies) under `work_dir`; the loaders to compare on them."""
+    cases = []
+    size = settings.input_size
+    for video_set in (settings.k400, settings.ssv2):
+        recipe = load_recipe(video_set.recipe)
+        source = work_dir / video_set.name / "source"
+        paths = write_video_set(video_set, source)
+        cases.append(Case(video_set.name, BASELINE, baseline_loader(paths, recipe, size), paths))
+        cases.append(Case(video_set.name, OURS, ours_loader(paths, recipe, size), paths))
+        for label, folder_name, encode in prepared_variants(settings, video_set):
+            folder = work_dir / video_set.name / folder_name
+            prepare_videos(source, folder, encode, workers=1, progress=progress)
+            prepared_paths = [folder / path.name for path in paths]
+            cases.append(Case(video_set.name, label, ours_loader(prepared_paths, recipe, size), prepared_paths))
+    return cases
+
+
+def run_benchmark(settings: BenchmarkSettings = BenchmarkSettings(), work_dir: Path | None = None) -> list[Measurement]:
+    with tempfile.TemporaryDirectory(prefix="loader_speed-") as temporary:
+        cases = build_cases(settings, Path(work_dir or temporary))
+        measure(cases, settings.repeats, settings.clips_per_repeat)
+        return summarise(cases, settings.clips_per_repeat)
+
+
+# ---------------------------------------------------------------------------------------- reporting
+
+
+def pin_to_one_cpu(cpu: int | None = None) -> int | None:
+    """Pin this process to one core (default: the last one it may use); None where that is not possible."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        chosen = allowed[-1] if cpu is None else cpu
+        os.sched_setaffinity(0, {chosen})
+        return chosen
+    except (AttributeError, OSError):
+        return None
+
+
+def write_results(measurements: list[Measurement], settings: BenchmarkSettings, results_dir: Path,
+                  setup: str) -> tuple[Path, Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = results_dir / "loader_speed.csv", results_dir / "loader_speed.md"
+    columns = [f.name for f in dataclasses.fields(Measurement)]
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for m in measurements:
+            writer.writerow([round(v, 3) if isinstance(v, float) else v for v in dataclasses.astuple(m)])
+    md_path.write_text(markdown(measurements, settings, setup))
+    return csv_path, md_path
+
+
+def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup: str) -> str:
+    lines = ["# Loader speed: clips per second in one worker process", "",
+             "Generated by `python -m benchmarks.loader_speed`; do not edit by hand.", "",
+             "| video set | loader | clips/s (median) | min - max | vs baseline | ms per clip | mean file size |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for m in measurements:
+        lines.append(f"| {m.video_set} | {m.loader} | {m.clips_per_s:.1f} | {m.clips_per_s_min:.1f} - "
+                     f"{m.clips_per_s_max:.1f} | {m.speedup:.2f}x | {1000 / m.clips_per_s:.0f} | "
+                     f"{m.mean_file_kb:.0f} kB |")
+    lines += ["", "## Setup", "",
+              f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe: dense "
+              "sampling, 8 frames at stride 16, short-side jitter 224-258, random 224 crop, flip.",
+              f"- ssv2-like: {settings.ssv2.count} videos, {settings.ssv2.description}; SSv2 recipe: 8 segments, "
+              "random-resized crop, RandAugment (n 4, m 7).",
+              "- baseline: the file read into memory, every frame decoded by PyAV on one thread, then the "
+              "sampled frames converted to RGB (the released ST-Adapter code's reading); same augmentation.",
+              "- ours: `VideoClipDataset` (decord decodes only the sampled frames of .mp4; .webm goes to PyAV, "
+              "which decodes the whole file because WebM stores no frame count).",
+              f"- prepared: `peft-bench data prepare` applied to the same videos (`prepare_videos`): short side "
+              f"{settings.prepared_short_side} (so no video here is scaled: none is larger), a keyframe every "
+              f"{settings.prepared_keyframe_interval} frames, x264 crf 23 preset fast with or without its fastdecode "
+              "tuning (no CABAC, no deblocking; the default of `data prepare`), VP9 crf 32 for .webm.",
+              f"- {settings.repeats} repeats of {settings.clips_per_repeat} clips per loader, loaders taking "
+              "turns within each repeat; median and range over repeats.",
+              f"- {setup}", ""]
+    return "\n".join(lines)
+
+
+def describe_setup(pinned: int | None) -> str:
+    import decord
+
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    pinning = f"pinned to core {pinned}" if pinned is not None else "not pinned"
+    return (f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, one process {pinning}, 1 torch thread; "
+            f"Python {platform.python_version()}, PyAV {av.__version__}, decord {decord.__version__}, "
+            f"torch {torch.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loader_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=6, help="videos per set (default 6)")
+    parser.add_argument("--repeats", type=int, default=BenchmarkSettings.repeats)
+    parser.add_argument("--clips", type=int, default=BenchmarkSettings.clips_per_repeat, help="clips per repeat")
+    parser.add_argument("--cpu", type=int, help="core to pin to (default: the last allowed one)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one core")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--note", default="", help="a remark for the setup line (e.g. 'machine shared with ...')")
+    args = parser.parse_args(argv)
+    settings = BenchmarkSettings(k400=dataclasses.replace(K400_LIKE, count=args.videos),
+                                 ssv2=dataclasses.replace(SSV2_LIKE, count=args.videos),
+                                 repeats=args.repeats, clips_per_repeat=args.clips)
+    pinned = None if args.no_pin else pin_to_one_cpu(args.cpu)
+    torch.set_num_threads(1)
+    measurements = run_benchmark(settings)
+    setup = describe_setup(pinned) + (f". {args.note}" if args.note else "")
+    csv_path, md_path = write_results(measurements, settings, Path(args.results_dir), setup)
+    print(markdown(measurements, settings, setup))
+    print(f"(saved {csv_path} and {md_path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
