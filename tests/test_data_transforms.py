@@ -72,7 +72,7 @@ def test_synthetic_recipes_are_cheap_and_motion_is_not_flipped():
     appearance, motion = load_recipe("synthetic-appearance"), load_recipe("synthetic-motion")
     assert (appearance.sampling, appearance.stride, appearance.test_clips, appearance.test_crops) == ("dense", 2, 2, 1)
     assert motion.sampling == "segment" and motion.num_frames == 8 and not motion.hflip
-    assert motion.randaugment is None and motion.train_random_resized_crop_area == (0.5, 1.0)
+    assert motion.randaugment is None and motion.train_random_resized_crop_area == (0.7, 1.0)
     assert motion.num_views == 1
 
 

@@ -5,7 +5,7 @@
   the first class played backwards, so the *set* of frames has the same distribution for both: a method
   that ignores frame order cannot beat chance within a pair.
 * `synthetic-appearance` stands in for Kinetics-400 (Kinetics layout, H.264 `.mp4`): the class is *what*
-  is in the clip (shape x colour family); the motion is random and carries no label information.
+  is in the clip (an object with its own shape and hue band); the motion is random and carries no label information.
 * `random_still_images` gives still images of shape types, for pre-training the tiny backbone on images
   only (its classes are shape types, not the appearance dataset's classes).
 
@@ -38,16 +38,21 @@ FPS = 8
 DEFAULT_NUM_TRAIN = 480
 DEFAULT_NUM_VAL = 160
 # Bump when the rendering or the layout changes, so cached copies made by older code are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 MARKER_FILE = "synthetic.json"
 SSV2_VIDEO_FOLDER = "20bn-something-something-v2"
 
 # Shape types: ("ell" and "half_disc" have no rotational symmetry, so their rotation direction is visible.)
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "ell", "half_disc", "bar")
 ROTATION_SHAPES = ("ell", "half_disc")
-APPEARANCE_SHAPES = ("circle", "square", "triangle", "cross")
-# Hue ranges (0..1 turns) of the appearance dataset's colour families.
-COLOUR_FAMILIES = {"warm": (-0.06, 0.14), "cool": (0.45, 0.68)}
+# The appearance dataset's objects: each has its own shape and its own hue band (centre, in turns), the way
+# a Kinetics class comes with its own objects and scenery, so that appearance alone tells the class.
+APPEARANCE_OBJECTS = {
+    "red circle": ("circle", 0.0), "orange square": ("square", 0.09), "yellow triangle": ("triangle", 0.16),
+    "green cross": ("cross", 0.33), "cyan ring": ("ring", 0.5), "blue bar": ("bar", 0.64),
+    "purple ell": ("ell", 0.76), "pink half_disc": ("half_disc", 0.89),
+}
+APPEARANCE_HUE_SPREAD = 0.025  # +- around the band centre
 
 # Pairs of (forward class, its time reverse), as SSv2-style templates.
 MOTION_TEMPLATES = (
@@ -164,25 +169,42 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 STILL_CLASSES = SHAPES
 
 
-def random_still_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+# Generic appearance attributes recorded alongside the shape, as extra pre-training targets: a denser
+# signal than the shape alone, which a small ViT learns slowly. (bins of hue, size, horizontal and
+# vertical position)
+STILL_ATTRIBUTE_BINS = (6, 3, 3, 3)
+
+
+def random_still_images(n: int, size: int, seed: int, with_attributes: bool = False):
     """`n` images (N, size, size, 3) uint8 of one random shape each on a random background.
 
     Labels index the shape type (balanced); colour, position, size and rotation are random. For
-    pre-training the tiny backbone on still images only.
+    pre-training the tiny backbone on still images only. With `with_attributes`, also an int64 array
+    (N, 4) of the hue, size, x and y bins of the shape (see STILL_ATTRIBUTE_BINS).
     """
     rng = np.random.default_rng([seed, 0x5717])
     labels = rng.permutation(np.arange(n) % len(STILL_CLASSES))
     images = np.empty((n, size, size, 3), dtype=np.uint8)
+    attributes = np.empty((n, len(STILL_ATTRIBUTE_BINS)), dtype=np.int64)
     for i, label in enumerate(labels):
         canvas = random_background(rng, size)[None]
         for _ in range(int(rng.integers(0, 2))):  # sometimes a small grey speck, so "one blob" is not a cue
             speck = render_shape("circle", size, *rng.uniform(0, size, 2), rng.uniform(0.04, 0.08) * size)
             canvas = composite(canvas, speck, hsv_colour(0, 0, rng.uniform(0.1, 0.9)))
-        radius = rng.uniform(0.18, 0.34) * size
+        relative_radius = rng.uniform(0.18, 0.34)
+        radius = relative_radius * size
         centre = rng.uniform(radius, size - radius, 2)
-        colour = hsv_colour(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
+        hue = rng.random()
+        colour = hsv_colour(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
         coverage = render_shape(STILL_CLASSES[label], size, centre[0], centre[1], radius, rng.uniform(0, 2 * np.pi))
         images[i] = to_uint8(composite(canvas, coverage, colour))[0]
+        hue_bins, size_bins, x_bins, y_bins = STILL_ATTRIBUTE_BINS
+        attributes[i] = (min(int(hue * hue_bins), hue_bins - 1),
+                         min(int((relative_radius - 0.18) / 0.16 * size_bins), size_bins - 1),
+                         min(int(centre[0] / size * x_bins), x_bins - 1),
+                         min(int(centre[1] / size * y_bins), y_bins - 1))
+    if with_attributes:
+        return images, labels.astype(np.int64), list(STILL_CLASSES), attributes
     return images, labels.astype(np.int64), list(STILL_CLASSES)
 
 
@@ -202,7 +224,7 @@ def render_motion_clip(label: int, rng: np.random.Generator, size: int = FRAME_S
         raise ValueError(f"motion label {label} outside 0..{len(MOTION_TEMPLATES) - 1}")
     kind = MOTION_KINDS[label // 2]
     canvas = np.broadcast_to(random_background(rng, size), (NUM_FRAMES, size, size, 3))
-    for _ in range(int(rng.integers(1, 3))):
+    for _ in range(int(rng.integers(0, 2))):
         canvas = _draw_distractor(canvas, rng, size)
     shape = str(rng.choice(ROTATION_SHAPES if kind == "rotation" else SHAPES))
     coverage = _forward_motion_coverage(kind, shape, rng, size)
@@ -218,7 +240,7 @@ def _draw_distractor(canvas: np.ndarray, rng: np.random.Generator, size: int) ->
     shape = str(rng.choice(SHAPES))
     radius = rng.uniform(0.07, 0.12) * size
     start = rng.uniform(radius, size - radius, 2)
-    speed = 0.0 if rng.random() < 0.5 else rng.uniform(0.1, 0.6)  # pixels per frame, slower than the actor
+    speed = 0.0 if rng.random() < 0.5 else rng.uniform(0.1, 0.4)  # pixels per frame, slower than the actor
     heading = rng.uniform(0, 2 * np.pi)
     t = np.arange(NUM_FRAMES, dtype=np.float32) - (NUM_FRAMES - 1) / 2
     centre_x = start[0] + speed * np.cos(heading) * t
@@ -237,7 +259,7 @@ def _forward_motion_coverage(kind: str, shape: str, rng: np.random.Generator, si
     margin = radius + 1
     centre = rng.uniform(margin, size - margin, 2)
     if kind in ("horizontal", "vertical"):
-        distance = rng.uniform(0.35, 0.55) * size
+        distance = rng.uniform(0.45, 0.6) * size
         start = rng.uniform(margin, size - margin - distance)
         path = start + distance * progress
         if kind == "horizontal":  # left to right
@@ -262,18 +284,18 @@ def _forward_motion_coverage(kind: str, shape: str, rng: np.random.Generator, si
 
 
 def appearance_class_names() -> list[str]:
-    return [f"{family} {shape}" for shape in APPEARANCE_SHAPES for family in COLOUR_FAMILIES]
+    return list(APPEARANCE_OBJECTS)
 
 
 def render_appearance_clip(label: int, rng: np.random.Generator, size: int = FRAME_SIZE) -> np.ndarray:
-    """(T, size, size, 3) uint8 frames of appearance class `label`: its shape in its colour family, with
+    """(T, size, size, 3) uint8 frames of appearance class `label`: its object (shape and hue band), with
     random drift, jitter, spin and background that say nothing about the class."""
     names = appearance_class_names()
     if not 0 <= label < len(names):
         raise ValueError(f"appearance label {label} outside 0..{len(names) - 1}")
-    family, shape = names[label].split(" ")
-    low_hue, high_hue = COLOUR_FAMILIES[family]
-    colour = hsv_colour(rng.uniform(low_hue, high_hue), rng.uniform(0.65, 1.0), rng.uniform(0.65, 1.0))
+    shape, hue = APPEARANCE_OBJECTS[names[label]]
+    hue = (hue + rng.uniform(-APPEARANCE_HUE_SPREAD, APPEARANCE_HUE_SPREAD)) % 1.0
+    colour = hsv_colour(hue, rng.uniform(0.65, 1.0), rng.uniform(0.65, 1.0))
     radius = rng.uniform(0.16, 0.24) * size
     t = np.arange(NUM_FRAMES, dtype=np.float32) - (NUM_FRAMES - 1) / 2
     heading, speed = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.8)
