@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import random
+from pathlib import Path
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,6 +58,7 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         max_failure_fraction: float = 0.05,
         decoder: str = "auto",
+        keep_decoded: bool = False,
     ) -> None:
         if not 0 <= max_failure_fraction <= 1:
             raise ValueError(f"max_failure_fraction must be within [0, 1], got {max_failure_fraction}")
@@ -66,6 +68,10 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.max_failure_fraction = max_failure_fraction
         self.decoder = decoder
+        # Small datasets (the synthetic suite) decode each video once per process and keep its frames:
+        # real datasets never do, they decode only the frames a clip needs.
+        self.keep_decoded = keep_decoded
+        self._decoded: dict[Path, np.ndarray] = {}
         self.class_names = list(annotations.class_names)
         self.num_classes = len(self.class_names)
         self.samples, missing = _split_present_and_missing(annotations.samples)
@@ -147,7 +153,14 @@ class VideoClipDataset(Dataset):
 
     def _load(self, sample: VideoSample, item_seed: int) -> torch.Tensor:
         rng = random.Random(item_seed)
-        frames, _ = read_clip(sample.path, lambda num_frames: self._clip_indices(num_frames, rng), self.decoder)
+        if self.keep_decoded:
+            whole = self._decoded.get(sample.path)
+            if whole is None:
+                whole, _ = read_clip(sample.path, lambda num_frames: list(range(num_frames)), self.decoder)
+                self._decoded[sample.path] = whole
+            frames = whole[self._clip_indices(len(whole), rng)]
+        else:
+            frames, _ = read_clip(sample.path, lambda num_frames: self._clip_indices(num_frames, rng), self.decoder)
         clip = torch.from_numpy(frames)
         if self.train:
             # An isolated generator state: reproducible per item, and the caller's torch RNG is untouched.
