@@ -67,7 +67,7 @@ class PromptedBlock(FrameBlock):
 
 
 @register_method("prompt_tuning", config=PromptTuningConfig, group="Prompt tuning", architecture="SA",
-                 models_time=False)
+                 models_time=False, presets={"tiny": {"num_prompts": 8}})  # half of tiny's 16 patches, as 100 is of 196
 def build(backbone: VideoBackbone, num_classes: int, cfg: PromptTuningConfig) -> VideoClassifier:
     init_range = math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + backbone.width))
     for i in resolve_layers(cfg.layers, len(backbone.blocks)):

@@ -42,11 +42,15 @@ class MethodSpec:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = ""  # the module it came from
 
-    def make_config(self, preset: str | None = None, overrides: dict[str, Any] | None = None):
-        """The config: class defaults, then the preset (if the method has it), then overrides."""
+    def make_config(self, preset: str | list[str] | None = None, overrides: dict[str, Any] | None = None):
+        """The config: class defaults, then each named preset the method has (in order), then overrides.
+
+        Presets are named after datasets (the released K400 / SSv2 configurations) or after backbones
+        (how a method scales to one, e.g. a bottleneck width for the narrow `tiny`).
+        """
         values: dict[str, Any] = {}
-        if preset is not None and preset in self.presets:
-            values.update(self.presets[preset])
+        for name in [preset] if isinstance(preset, str) else (preset or []):
+            values.update(self.presets.get(name, {}))
         values.update(overrides or {})
         try:
             return from_dict(self.config_class, values, prefix="method.")
