@@ -9,6 +9,7 @@ Checkpoints hold the trainable state, optimizer, scheduler, RNG states and the m
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from .backbones import create_backbone
 from .config import RunConfig
 from .data import build_dataset
 from .model import count_parameters, load_trainable_state_dict, trainable_state_dict
+from .method_checks import measures_time
 from .registry import get_method
 
 log = logging.getLogger(__name__)
@@ -66,16 +68,24 @@ def build_model(cfg: RunConfig, num_classes: int, backbone=None) -> nn.Module:
     return spec.build(backbone, num_classes, spec.make_config(None, cfg.method_args))
 
 
-def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only; no weight decay on biases, norms and other 1-D tensors."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def make_optimizer(model: nn.Module, cfg, pretrained: set[int] | frozenset[int] = frozenset()) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters only.
+
+    No weight decay on biases, norms and other 1-D tensors. Parameters in ``pretrained`` (ids of the
+    backbone's own weights) learn at ``lr * backbone_lr_scale``: what a method adds starts from scratch,
+    what it fine-tunes should not be pushed as hard.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    if not decay and not no_decay:
+            groups.setdefault((p.ndim > 1, id(p) in pretrained), []).append(p)
+    if not groups:
         raise ValueError("the method left no trainable parameters")
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    return torch.optim.AdamW([
+        {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0,
+         "lr": cfg.lr * (cfg.backbone_lr_scale if is_pretrained else 1.0)}
+        for (decays, is_pretrained), params in sorted(groups.items())
+    ], lr=cfg.lr)
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
@@ -169,21 +179,23 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                        num_frames=cfg.num_frames, seed=cfg.seed)
     train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
+    val_items = val_set
     if cfg.train.val_subset:
-        val_set = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
+        val_items = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
 
     pretrained = backbone.info.pretrained
+    pretrained_ids = {id(p) for p in backbone.parameters()}
     model = build_model(cfg, train_set.num_classes, backbone).to(device)
     counts = count_parameters(model)
 
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
     accumulate = cfg.train.batch_size // micro
     train_loader = _loader(train_set, micro, True, cfg, cfg.seed)
-    val_loader = _loader(val_set, max(1, micro // 2), False, cfg, cfg.seed)
+    val_loader = _loader(val_items, max(1, micro // 2), False, cfg, cfg.seed)
     steps_per_epoch = max(1, len(train_loader) // accumulate)
     if len(train_loader) < accumulate:
         raise ValueError(f"the training set ({len(train_set)} clips) is smaller than one batch ({cfg.train.batch_size})")
-    optimizer = make_optimizer(model, cfg.train)
+    optimizer = make_optimizer(model, cfg.train, pretrained_ids)
     scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
                               cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr)
 
@@ -207,19 +219,27 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
         if run_id is None:
             tracker.log_config(_config_for_tracking(cfg))
             tracker.log_environment()
+            with torch.random.fork_rng():  # the check must not shift this run's random stream
+                models_time = measures_time(cfg.method)
             tracker.set_tags({
                 "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
                 "peft_bench.dataset": cfg.dataset, "peft_bench.seed": str(cfg.seed),
-                "peft_bench.models_time": "yes" if spec.models_time else "no",
+                # Measured (frame-shuffle test on a random tiny backbone), not taken from the declaration.
+                "peft_bench.models_time": "yes" if models_time else "no",
                 "peft_bench.pretrained": pretrained,
                 "peft_bench.group": spec.group, "peft_bench.architecture": spec.architecture,
             })
-            tracker.log_metrics({"trainable_params": counts.trainable, "total_params": counts.total})
+            flops = count_gflops(model, cfg.num_frames, backbone.input_size)
+            views = getattr(val_set, "num_views", 1)
+            tracker.log_metrics({"trainable_params": counts.trainable, "total_params": counts.total,
+                                 "gflops_per_view": flops, "gflops": flops * views})
         log.info("%s: %s trainable of %s parameters", cfg.run_name(), f"{counts.trainable:,}", f"{counts.total:,}")
 
         for epoch in range(first_epoch, cfg.train.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
+            # The epoch's shuffle depends on (seed, epoch) alone, so a resumed run sees the same order.
+            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
             stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, cfg, accumulate,
                                     progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}")
             metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "lr": scheduler.get_last_lr()[0]}
@@ -236,6 +256,16 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                              "decode_failures": failures})
         run_id = tracker.run_id
     return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
+
+
+def count_gflops(model: nn.Module, num_frames: int, input_size: int) -> float:
+    """GFLOPs of one view (1 multiply-add = 1 FLOP), counted on a CPU copy so the run's model is untouched."""
+    from .accounting import count_video_flops
+
+    counted = count_video_flops(copy.deepcopy(model).cpu().eval(), num_frames, input_size)
+    if counted.uncounted_ops:
+        log.warning("GFLOPs leave out ops with no counter: %s", ", ".join(sorted(counted.uncounted_ops)))
+    return counted.total / 1e9
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig, accumulate: int,

@@ -58,7 +58,7 @@ RUN_COLUMNS = [
     "start_time",
     "status",
 ]
-DESCRIPTION_COLUMNS = ["group", "architecture", "models time", "params (M)"]
+DESCRIPTION_COLUMNS = ["group", "architecture", "models time", "params (M)", "GFLOPs"]
 # Where a method's description comes from (run tag -> table column).
 DESCRIPTION_TAGS = {"group": "group", "architecture": "architecture", "models time": "models_time"}
 # Dataset names that mean Kinetics-400, whose runs the paper's params column counts.
@@ -125,6 +125,10 @@ def runs_frame(raw: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
     for name in TAG_COLUMNS:
         frame[name] = column_or_missing(raw, f"tags.{TAG_PREFIX}{name}")
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
+    # Runs from random weights are a different backbone as far as results go: keep them in their own
+    # column, so a smoke test can never take the place of a pre-trained result.
+    random_init = frame["pretrained"] == "none"
+    frame.loc[random_init, "backbone"] = frame.loc[random_init, "backbone"] + " (random init)"
     for name in METRIC_COLUMNS:
         frame[name] = pd.to_numeric(column_or_missing(raw, f"metrics.{name}"), errors="coerce").astype(
             float
@@ -190,6 +194,7 @@ def cross_modality_table(df: pd.DataFrame, method_order: list[str] | None = None
     A top-1 cell is the mean over seeds, written ``"82.0"`` for one seed and ``"82.0 ± 0.3 (n=3)"``
     for several (sample std). A cell with no run stays an empty string.
 
+    ``GFLOPs`` (all test views of one clip) comes from the same run as ``params (M)``.
     ``params (M)`` is trainable_params / 1e6 of the method's run on the first K400 column, because the
     paper counts parameters with the K400 head (400 classes); without a K400 run, of its first column.
     The same rule picks the run whose tags fill ``group``, ``architecture`` and ``models time`` (first
@@ -257,7 +262,14 @@ def describe_method(described: pd.DataFrame) -> list[str]:
     texts = [first_present(described[tag]) for tag in DESCRIPTION_TAGS.values()]
     params = described["trainable_params"].dropna()
     texts.append(f"{params.iloc[0] / 1e6:.2f}" if len(params) else "")
+    gflops = described["gflops"].dropna()  # all test views together, as the paper's system tables count
+    texts.append(format_gflops(gflops.iloc[0]) if len(gflops) else "")
     return texts
+
+
+def format_gflops(value: float) -> str:
+    """One decimal for real models (455.3); three significant digits for toy ones (0.0612)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
 
 
 def first_present(values: pd.Series) -> str:

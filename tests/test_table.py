@@ -183,6 +183,7 @@ def test_missing_results_stay_empty_cells() -> None:
         "architecture",
         "models time",
         "params (M)",
+        "GFLOPs",
         "clip_vitb16 / k400",
         "clip_vitb16 / ssv2",
     ]
@@ -246,3 +247,19 @@ def test_paper_table_is_the_reference_copy() -> None:
     assert pd.isna(paper.set_index("method").loc["partial_ft", "clip_k400"])  # lost in the seed, not 0
     assert len(paper) == 11
 
+
+
+def test_random_init_runs_get_their_own_column_and_never_replace_pretrained_ones(store: str) -> None:
+    tags = {"method": "st_adapter", "backbone": "clip_vitb16", "dataset": "k400", "seed": "0"}
+    log_run(store, "e", {**tags, "pretrained": "/weights/ViT-B-16.safetensors"}, {"top1": 82.0})
+    log_run(store, "e", {**tags, "pretrained": "none"}, {"top1": 0.3})  # a later smoke test
+    table = cross_modality_table(latest_per_key(load_runs(store, "e")))
+    assert table.loc["st_adapter", "clip_vitb16 / k400"] == "82.0"
+    assert table.loc["st_adapter", "clip_vitb16 (random init) / k400"] == "0.3"
+
+
+def test_gflops_column_comes_from_the_runs(store: str) -> None:
+    tags = {"method": "st_adapter", "backbone": "clip_vitb16", "dataset": "k400", "seed": "0", "pretrained": "w"}
+    log_run(store, "e", tags, {"top1": 82.0, "gflops": 455.33, "trainable_params": 7_417_744})
+    table = cross_modality_table(load_runs(store, "e"))
+    assert table.loc["st_adapter", "GFLOPs"] == "455.3" and table.loc["st_adapter", "params (M)"] == "7.42"
