@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_arg(methods)
 
     from .accounting import add_account_parser
+    from .data.cli import add_data_parser
 
     add_account_parser(sub)
+    add_data_parser(sub)
     return parser
 
 
@@ -192,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         for plugin in getattr(args, "plugin", []):
             load_plugin(plugin)
         from .accounting import cmd_account
+        from .data.cli import cmd_data
 
-        commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account}
+        commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account,
+                    "data": cmd_data}
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"peft-bench: error: {err}", file=sys.stderr)
