@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peft_bench.backbones import FrameBlock, VideoBackbone
+from peft_bench.layers import WrappedBlock
 from peft_bench.model import VideoClassifier
 from peft_bench.registry import register_method
 from peft_bench.temporal import Attention, TemporalEmbedding, init_vit_linear
@@ -69,27 +70,13 @@ def mix_time(x: Tensor, num_frames: int, window: int) -> Tensor:
     return torch.cat([*past, present, *future], dim=-1).flatten(0, 1)
 
 
-class SpaceTimeMixingBlock(FrameBlock):
+class SpaceTimeMixingBlock(WrappedBlock):
     """A backbone block whose attention takes keys and values from a local temporal window."""
 
     def __init__(self, block: FrameBlock, window: int, time_embedding: TemporalEmbedding | None = None):
-        super().__init__()
-        self.inner = block
-        self.num_heads = block.num_heads
+        super().__init__(block)
         self.window = window
         self.time_embedding = time_embedding  # the first block adds X-ViT's temporal embedding
-
-    def norm1(self, x: Tensor) -> Tensor:
-        return self.inner.norm1(x)
-
-    def project_qkv(self, x: Tensor):
-        return self.inner.project_qkv(x)
-
-    def project_out(self, attended: Tensor) -> Tensor:
-        return self.inner.project_out(attended)
-
-    def mlp(self, x: Tensor) -> Tensor:
-        return self.inner.mlp(x)
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         if self.time_embedding is not None:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from peft_bench.backbones import FrameBlock, VideoBackbone
-from peft_bench.layers import resolve_layers
+from peft_bench.layers import WrappedBlock, resolve_layers
 from peft_bench.model import VideoClassifier
 from peft_bench.registry import register_method
 
@@ -38,26 +38,12 @@ class PromptTuningConfig:
             raise ValueError(f"num_prompts must be at least 1, got {self.num_prompts}")
 
 
-class PromptedBlock(FrameBlock):
+class PromptedBlock(WrappedBlock):
     """A block that runs on [CLS], its own prompts and the patches, and returns [CLS] and the patches."""
 
     def __init__(self, block: FrameBlock, num_prompts: int, dim: int, init_range: float):
-        super().__init__()
-        self.inner = block
-        self.num_heads = block.num_heads
+        super().__init__(block)
         self.prompts = nn.Parameter(torch.empty(num_prompts, dim).uniform_(-init_range, init_range))
-
-    def norm1(self, x: Tensor) -> Tensor:
-        return self.inner.norm1(x)
-
-    def project_qkv(self, x: Tensor):
-        return self.inner.project_qkv(x)
-
-    def project_out(self, attended: Tensor) -> Tensor:
-        return self.inner.project_out(attended)
-
-    def mlp(self, x: Tensor) -> Tensor:
-        return self.inner.mlp(x)
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         prompts = self.prompts.to(x.dtype).expand(x.shape[0], -1, -1)

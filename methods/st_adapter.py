@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from peft_bench.backbones import VideoBackbone
-from peft_bench.layers import HookedBlock, resolve_layers
+from peft_bench.layers import hook_blocks
 from peft_bench.model import VideoClassifier
 from peft_bench.registry import register_method
 
@@ -85,10 +85,5 @@ def build(backbone: VideoBackbone, num_classes: int, cfg: STAdapterConfig) -> Vi
     def adapter() -> STAdapter:
         return STAdapter(backbone.width, cfg.width, cfg.kernel_size, cfg.activation)
 
-    for i in resolve_layers(cfg.layers, len(backbone.blocks)):
-        backbone.blocks[i] = HookedBlock(
-            backbone.blocks[i],
-            before_attention=adapter() if "attention" in cfg.positions else None,
-            before_mlp=adapter() if "mlp" in cfg.positions else None,
-        )
+    hook_blocks(backbone, cfg.layers, cfg.positions, adapter)
     return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)

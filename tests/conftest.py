@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
+
+from peft_bench.tracking import quiet_mlflow_logging
 
 # Shared across the session (and across sessions on one machine): the synthetic suite and the tiny
 # backbone are deterministic, so tests reuse one copy instead of regenerating per test.
@@ -18,3 +24,21 @@ def _isolated_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # relative defaults (results/, runs/) land in the test's own folder
+
+
+@pytest.fixture(scope="session")
+def migrated_empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Creating a sqlite store runs mlflow's schema migrations (seconds); copying a migrated one is instant.
+    quiet_mlflow_logging()
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(migrated_empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store out of the next.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copyfile(migrated_empty_store, tmp_path / "mlflow.db")
+    yield f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(None)

@@ -1,14 +1,10 @@
 """The cross-modality table from runs: reading the store, reducing reruns and seeds, rendering."""
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from peft_bench.table import (
     RUN_COLUMNS,
@@ -20,27 +16,9 @@ from peft_bench.table import (
     seed_statistics,
     write_table,
 )
-from peft_bench.tracking import RunTracker, quiet_mlflow_logging
+from peft_bench.tracking import RunTracker
 
 PAPER_ORDER = ["full_ft", "linear_probe", "st_adapter"]
-
-
-@pytest.fixture(scope="session")
-def migrated_empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Creating a sqlite store runs mlflow's schema migrations (seconds); copying a migrated one is instant.
-    quiet_mlflow_logging()
-    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(migrated_empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store out of the next.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copyfile(migrated_empty_store, tmp_path / "mlflow.db")
-    yield f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(None)
 
 
 def runs(*rows: dict) -> pd.DataFrame:

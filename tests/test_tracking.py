@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -17,27 +15,8 @@ from peft_bench.tracking import (
     flatten_config,
     git_state,
     package_versions,
-    quiet_mlflow_logging,
     tag_key,
 )
-
-
-@pytest.fixture(scope="session")
-def migrated_empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Creating a sqlite store runs mlflow's schema migrations (seconds); copying a migrated one is instant.
-    quiet_mlflow_logging()
-    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(migrated_empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store out of the next.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copyfile(migrated_empty_store, tmp_path / "mlflow.db")
-    yield f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(None)
 
 
 def test_default_tracking_uri_is_a_sqlite_file_in_the_results_folder(
