@@ -33,6 +33,9 @@ class WrappedBlock(FrameBlock):
     def attention(self, x: Tensor) -> Tensor:
         return self.inner.attention(x)
 
+    def attention_weights(self):
+        return self.inner.attention_weights()
+
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         return self.inner(x, num_frames)
 

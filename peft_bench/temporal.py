@@ -8,8 +8,9 @@
   space-time attention): norm -> attention across the frames at each spatial position -> ``proj`` ->
   ``temporal_fc`` (zero-initialised) -> residual. Parameters: 2D + (3D^2 + 3D) + (D^2 + D) + (D^2 + D)
   = 5D^2 + 7D; ViT-B/16: 2,954,496 per block.
-* :func:`add_divided_attention`: puts one before the spatial attention of the chosen blocks, with the
-  clip's temporal embedding in front of the first (full_ft_ta, partial_ft_ta, temporal_ft).
+* :func:`add_divided_attention`: puts one before the spatial attention of the chosen blocks, initialised
+  from that block's spatial attention as TimeSformer does, with the clip's temporal embedding in front of
+  the first (full_ft_ta, partial_ft_ta, temporal_ft).
 """
 
 from __future__ import annotations
@@ -113,6 +114,22 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
 
+    @torch.no_grad()
+    def init_from_spatial(self, weights: dict[str, Tensor | None]) -> None:
+        """Start norm, qkv and proj as copies of the block's spatial attention, as TimeSformer does:
+        pre-trained attention already makes meaningful mixtures, so the zero ``fc`` gets a useful gradient
+        from the first step (from small random weights, attention, ``fc`` and the zero time embedding
+        wait on each other). ``fc`` stays zero: the layer still starts as the identity."""
+        pairs = [(self.norm.weight, "norm_weight"), (self.norm.bias, "norm_bias"),
+                 (self.attn.qkv.weight, "qkv_weight"), (self.attn.qkv.bias, "qkv_bias"),
+                 (self.attn.proj.weight, "proj_weight"), (self.attn.proj.bias, "proj_bias")]
+        for target, key in pairs:
+            source = weights.get(key)
+            if source is None:  # e.g. a ViT without qkv bias: keep ours at zero
+                target.zero_()
+            else:
+                target.copy_(source)
+
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         if self.time_embedding is not None:
             x = self.time_embedding(x, num_frames)
@@ -135,4 +152,5 @@ def add_divided_attention(backbone: VideoBackbone, layers: list[int], num_frames
     for rank, i in enumerate(sorted(layers)):
         embedding = TemporalEmbedding(backbone.width, num_frames) if rank == 0 else None
         temporal = TemporalAttention(backbone.width, backbone.num_heads, embedding)
+        temporal.init_from_spatial(backbone.blocks[i].attention_weights())
         backbone.blocks[i] = HookedBlock(backbone.blocks[i], before_attention=temporal)

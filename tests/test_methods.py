@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from peft_bench import method_checks
-from peft_bench.backbones import create_backbone
+from peft_bench.backbones import NO_WEIGHTS, create_backbone
 from peft_bench.registry import available_methods, get_method
 
 MINE = ["full_ft", "full_ft_ta", "full_ft_ts", "partial_ft", "partial_ft_ta", "temporal_ft", "prompt_tuning",
@@ -182,3 +182,21 @@ def test_forward_on_every_backbone_family(name, family):
     with torch.no_grad():
         logits = model(torch.randn(batch, frames, 3, size, size))
     assert logits.shape == (batch, 7) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny", "clip_vitb16", "in21k_vitb16"])
+def test_temporal_attention_starts_from_the_blocks_spatial_attention(backbone_name):
+    """As TimeSformer: each temporal layer's norm, qkv and proj begin as copies of its block's own."""
+    from peft_bench.layers import HookedBlock
+
+    backbone = create_backbone(backbone_name, NO_WEIGHTS).requires_grad_(False)
+    spatial = backbone.blocks[-1].attention_weights()
+    model = get_method("temporal_ft").build(backbone, 5, get_method("temporal_ft").make_config())
+    block = model.backbone.blocks[-1]
+    assert isinstance(block, HookedBlock)
+    temporal = block.before_attention
+    assert torch.equal(temporal.attn.qkv.weight, spatial["qkv_weight"])
+    assert torch.equal(temporal.attn.proj.bias, spatial["proj_bias"])
+    assert torch.equal(temporal.norm.weight, spatial["norm_weight"])
+    assert temporal.attn.qkv.weight.data_ptr() != spatial["qkv_weight"].data_ptr()  # a copy, trained apart
+    assert not temporal.fc.weight.any()  # still the identity at start

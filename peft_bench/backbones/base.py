@@ -58,6 +58,12 @@ class FrameBlock(nn.Module):
         """The whole MLP branch (norm, MLP, layer scale), without the residual add."""
         raise NotImplementedError
 
+    def attention_weights(self) -> dict[str, Tensor | None]:
+        """The attention branch's weights, library-neutral: ``norm_weight``, ``norm_bias``, ``qkv_weight``
+        (3D x D, q then k then v), ``qkv_bias``, ``proj_weight``, ``proj_bias``. For layers that start
+        from them (TimeSformer initialises its temporal attention from the spatial one)."""
+        raise NotImplementedError
+
     def attention(self, x: Tensor) -> Tensor:
         """The whole attention branch, without the residual add."""
         q, k, v = self.project_qkv(self.norm1(x))

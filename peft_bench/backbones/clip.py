@@ -42,6 +42,11 @@ class ClipBlock(FrameBlock):
     def mlp(self, x: Tensor) -> Tensor:
         return self.block.ls_2(self.block.mlp(self.block.ln_2(x)))
 
+    def attention_weights(self) -> dict[str, Tensor | None]:
+        b = self.block
+        return {"norm_weight": b.ln_1.weight, "norm_bias": b.ln_1.bias, "qkv_weight": b.attn.in_proj_weight,
+                "qkv_bias": b.attn.in_proj_bias, "proj_weight": b.attn.out_proj.weight, "proj_bias": b.attn.out_proj.bias}
+
 
 class ClipBackbone(VideoBackbone):
     """Wraps an open_clip ``VisionTransformer``; takes its modules, leaves the projection behind."""

@@ -37,6 +37,11 @@ class TimmBlock(FrameBlock):
     def mlp(self, x: Tensor) -> Tensor:
         return self.block.drop_path2(self.block.ls2(self.block.mlp(self.block.norm2(x))))
 
+    def attention_weights(self) -> dict[str, Tensor | None]:
+        b = self.block
+        return {"norm_weight": b.norm1.weight, "norm_bias": b.norm1.bias, "qkv_weight": b.attn.qkv.weight,
+                "qkv_bias": b.attn.qkv.bias, "proj_weight": b.attn.proj.weight, "proj_bias": b.attn.proj.bias}
+
 
 class TimmViTBackbone(VideoBackbone):
     """Wraps a timm ``VisionTransformer`` with a class token (``global_pool='token'``)."""
