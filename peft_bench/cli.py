@@ -18,10 +18,11 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _add_tracking_args(p: argparse.ArgumentParser) -> None:
+def _add_tracking_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument("--tracking-uri", help="mlflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in --results-dir)")
-    p.add_argument("--results-dir", default="results", help="where the tracking database and tables go")
-    p.add_argument("--experiment", default="peft-bench", help="mlflow experiment name")
+    p.add_argument("--results-dir", default="results" if defaults else None,
+                   help="where the tracking database and tables go (default: results)")
+    p.add_argument("--experiment", default="peft-bench" if defaults else None, help="mlflow experiment name (default: peft-bench)")
 
 
 def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
@@ -35,12 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train and evaluate methods; with no flags, the embedded default")
-    run.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
-    run.add_argument("--backbone", default="tiny", help="clip_vitb16, clip_vitl14, in21k_vitb16 or tiny (default)")
-    run.add_argument("--dataset", "--datasets", dest="datasets", default=EMBEDDED_DATASETS,
+    # Flags left out fall back to --config's values, then to RunConfig's defaults: hence default=None.
+    run.add_argument("--methods", help="comma-separated method names, or 'all' (default)")
+    run.add_argument("--backbone", help="clip_vitb16, clip_vitl14, in21k_vitb16 or tiny (default)")
+    run.add_argument("--dataset", "--datasets", dest="datasets",
                      help=f"comma-separated dataset names (default: {EMBEDDED_DATASETS})")
-    run.add_argument("--pretrained", default="auto",
-                     help="'auto' (local caches), a weights file, or 'none' for random weights on purpose")
+    run.add_argument("--pretrained",
+                     help="'auto' (default: local caches), a weights file, or 'none' for random weights on purpose")
     run.add_argument("--data-root", help="folder holding the videos (k400, ssv2, list)")
     run.add_argument("--annotations", help="folder holding the annotation files (default: --data-root)")
     run.add_argument("--frames", type=int, help="frames per clip (default 8)")
@@ -51,11 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a saved config.yaml to start from (other flags override it)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config value, e.g. train.lr=1e-3 or method.width=256 (repeatable)")
-    run.add_argument("--output-dir", default="runs", help="where checkpoints and per-run configs go")
+    run.add_argument("--output-dir", help="where checkpoints and per-run configs go (default: runs)")
     run.add_argument("--resume", action="store_true", help="continue unfinished runs from their checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-table", action="store_true", help="do not print the table at the end")
-    _add_tracking_args(run)
+    _add_tracking_args(run, defaults=False)
     _add_plugin_arg(run)
 
     table = sub.add_parser("table", help="the cross-modality table from tracked runs")
@@ -85,11 +87,10 @@ def _run_configs(args) -> list:
     from .registry import available_methods
 
     base = to_dict(load_config(args.config)) if args.config else {}
-    if base:
-        base.pop("method_args", None)  # re-derived for each method below
-    methods = available_methods() if args.methods == "all" else _split(args.methods)
-    if args.methods == "all":
-        methods = _paper_order(methods)
+    base_method_args = base.pop("method_args", {})  # they belong to the config's method alone
+    selection = args.methods or base.get("method", "all")
+    methods = _paper_order(available_methods()) if selection == "all" else _split(selection)
+    datasets = _split(args.datasets or base.get("dataset", EMBEDDED_DATASETS))
     seeds = [int(s) for s in _split(args.seeds)] if args.seeds else [args.seed if args.seed is not None else base.get("seed", 0)]
     flags = {k: v for k, v in {
         "backbone": args.backbone, "pretrained": args.pretrained, "data_root": args.data_root,
@@ -99,11 +100,13 @@ def _run_configs(args) -> list:
     }.items() if v is not None}
     overrides = parse_overrides(args.set)
     configs = []
-    for dataset in _split(args.datasets):
+    for dataset in datasets:
         for method in methods:
             for seed in seeds:
                 data = merge(base, flags)
                 data.update(method=method, dataset=dataset, seed=seed)
+                if method == base.get("method"):
+                    data["method_args"] = base_method_args
                 configs.append(resolve_config(merge(data, overrides)))
     return configs
 
