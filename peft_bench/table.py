@@ -261,10 +261,16 @@ def runs_in_description_order(
 def describe_method(described: pd.DataFrame) -> list[str]:
     texts = [first_present(described[tag]) for tag in DESCRIPTION_TAGS.values()]
     params = described["trainable_params"].dropna()
-    texts.append(f"{params.iloc[0] / 1e6:.2f}" if len(params) else "")
+    texts.append(format_millions(params.iloc[0]) if len(params) else "")
     gflops = described["gflops"].dropna()  # all test views together, as the paper's system tables count
     texts.append(format_gflops(gflops.iloc[0]) if len(gflops) else "")
     return texts
+
+
+def format_millions(count: float) -> str:
+    """Two decimals, as the paper prints (7.42); two significant digits below 0.1M (toy models: 0.00078)."""
+    millions = count / 1e6
+    return f"{millions:.2f}" if millions >= 0.1 else f"{millions:.2g}"
 
 
 def format_gflops(value: float) -> str:

@@ -241,3 +241,10 @@ def test_gflops_column_comes_from_the_runs(store: str) -> None:
     log_run(store, "e", tags, {"top1": 82.0, "gflops": 455.33, "trainable_params": 7_417_744})
     table = cross_modality_table(load_runs(store, "e"))
     assert table.loc["st_adapter", "GFLOPs"] == "455.3" and table.loc["st_adapter", "params (M)"] == "7.42"
+
+
+def test_small_parameter_counts_stay_readable(store: str) -> None:
+    tags = {"method": "linear_probe", "backbone": "tiny", "dataset": "k400", "seed": "0", "pretrained": "w"}
+    log_run(store, "e", tags, {"top1": 50.0, "trainable_params": 776, "gflops": 0.1299})
+    table = cross_modality_table(load_runs(store, "e"))
+    assert table.loc["linear_probe", "params (M)"] == "0.00078" and table.loc["linear_probe", "GFLOPs"] == "0.13"
