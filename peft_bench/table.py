@@ -25,39 +25,13 @@ TABLE_FILE_NAME = "cross_modality.csv"
 
 # A run is identified by these; reruns of the same key replace each other (latest_per_key).
 RUN_KEY = ["method", "backbone", "dataset", "seed"]
-TAG_COLUMNS = [
-    "method",
-    "backbone",
-    "dataset",
-    "seed",
-    "models_time",
-    "group",
-    "architecture",
-    "pretrained",
-    "config_hash",
-    "git_commit",
-]
+# What a run is (its tags), and where it came from.
+IDENTITY_TAGS = ["method", "backbone", "dataset", "seed", "models_time", "group", "architecture", "pretrained"]
+PROVENANCE_TAGS = ["config_hash", "git_commit"]
+TAG_COLUMNS = IDENTITY_TAGS + PROVENANCE_TAGS
 METRIC_COLUMNS = ["top1", "top5", "trainable_params", "gflops"]
-RUN_COLUMNS = [
-    "run_id",
-    "experiment",
-    "method",
-    "backbone",
-    "dataset",
-    "seed",
-    "models_time",
-    "group",
-    "architecture",
-    "pretrained",
-    "top1",
-    "top5",
-    "trainable_params",
-    "gflops",
-    "config_hash",
-    "git_commit",
-    "start_time",
-    "status",
-]
+# One row per run: where it is, what it is (tags), what it measured, when and how it ended.
+RUN_COLUMNS = ["run_id", "experiment", *IDENTITY_TAGS, *METRIC_COLUMNS, *PROVENANCE_TAGS, "start_time", "status"]
 DESCRIPTION_COLUMNS = ["group", "architecture", "models time", "params (M)", "GFLOPs"]
 # Where a method's description comes from (run tag -> table column).
 DESCRIPTION_TAGS = {"group": "group", "architecture": "architecture", "models time": "models_time"}

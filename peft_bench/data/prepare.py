@@ -37,6 +37,7 @@ from pathlib import Path
 
 from peft_bench.data import DATASETS
 from peft_bench.data.check import default_workers, parallel_map
+from peft_bench.data.synthetic import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -286,18 +287,9 @@ def _remove_abandoned_partials(out: Path) -> None:
     for folder, _, names in os.walk(out):
         for name in names:
             match = _PARTIAL.match(name)
-            if match and not _process_alive(int(match["pid"])):
+            if match and not process_alive(int(match["pid"])):
                 log.info("removing %s, left by an interrupted run", Path(folder) / name)
                 (Path(folder) / name).unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -539,11 +539,12 @@ def _remove_abandoned_temporaries(root: Path, final_name: str) -> None:
             pid = int(candidate.name.rsplit(".tmp-", 1)[1].split("-")[0])
         except (IndexError, ValueError):
             continue
-        if not _process_alive(pid):
+        if not process_alive(pid):
             shutil.rmtree(candidate, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (the owner of a temporary folder or file may have died)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
