@@ -42,3 +42,14 @@ def store(migrated_empty_store: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     shutil.copyfile(migrated_empty_store, tmp_path / "mlflow.db")
     yield f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny tensors: a second intra-op thread only adds contention on a 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,12 +23,7 @@ STD = (0.25, 0.25, 0.25)
 LONG, SHORT = 40, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def index_frames(num_frames: int, size: int = 64) -> np.ndarray:

@@ -14,13 +14,7 @@ MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
 STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny tensors: a second intra-op thread only adds contention on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def still_clip(num_frames: int = 8, height: int = 72, width: int = 96, seed: int = 0) -> torch.Tensor:
