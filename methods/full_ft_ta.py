@@ -6,9 +6,8 @@ place in the other frames; a learned temporal embedding is added to the input to
 trains. Zero ``temporal_fc`` and a zero temporal embedding make the model start as the image model
 (TimeSformer zeroes ``temporal_fc`` in all blocks but the first; we zero all of them).
 
-TimeSformer initialises its temporal attention from the image model's spatial attention; the
-FrameBlock interface exposes the spatial attention as functions, not weights, so here it starts from
-ViT's random initialisation.
+As in TimeSformer, each temporal layer's norm, qkv and proj start as copies of its block's spatial
+attention (``TemporalAttention.init_from_spatial``); only ``temporal_fc`` starts at zero.
 
 Parameters, ViT-B/16 (D=768): backbone 85,799,424 + 12 temporal layers x 2,954,496 (5D^2 + 7D)
 + temporal embedding 8 x 768 = 6,144 + head 307,600 = 121,567,120 = 121.57M (paper: 121.57M).
