@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(run, defaults=False)
     _add_plugin_arg(run)
 
-    table = sub.add_parser("table", help="the cross-modality table from tracked runs")
-    table.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    table = sub.add_parser("table", help="the cross-modality or system-level tables (and Figure 1) from tracked runs")
+    from .table import add_table_arguments
+
+    add_table_arguments(table)
     table.add_argument("--all-experiments", action="store_true", help="read runs of every experiment")
     _add_tracking_args(table)
 
@@ -159,8 +161,9 @@ def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | 
 
 
 def cmd_table(args) -> int:
-    _print_table(args.tracking_uri, Path(args.results_dir), None if args.all_experiments else args.experiment, args.format)
-    return 0
+    from .table import table_command
+
+    return table_command(args)
 
 
 def cmd_methods(args) -> int:

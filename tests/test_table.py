@@ -214,7 +214,7 @@ def test_markdown_and_csv_render_the_same_cells(tmp_path: Path) -> None:
     assert written.read_text(encoding="utf-8") == render(table, "csv")
 
     with pytest.raises(ValueError, match="unknown table format"):
-        render(table, "html")  # type: ignore[arg-type]
+        render(table, "docx")
 
 
 def test_paper_table_is_the_reference_copy() -> None:
