@@ -21,12 +21,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from peft_bench.table import (  # noqa: E402
+    benchmark_runs,
     column_name,
     paper_column,
     paper_method_order,
     paper_table,
     rank_in,
-    runs_for_table,
 )
 
 MARKERS = "osD^v<>pP*Xh"
@@ -73,7 +73,7 @@ def method_styles(methods: list[str]) -> dict[str, tuple[str, str]]:
 
 def figure1(runs: pd.DataFrame, every_run: bool = False) -> Figure:
     """One panel per (backbone, dataset) that has runs; measured filled, the paper hollow."""
-    used = runs_for_table(runs, every_run)
+    used = benchmark_runs(runs, every_run)
     panels = measured_points(used)
     if not panels:
         raise ValueError("no run with both a top-1 and a trainable-parameter count: nothing to plot")

@@ -90,7 +90,8 @@ def dirty_tree_warnings(runs: pd.DataFrame) -> list[str]:
     dirty = int((runs["git_dirty"] == "yes").sum())
     if not dirty:
         return []
-    return [f"{plural(dirty, 'run')} came from a checkout with uncommitted changes: its commit does not name the code that ran"]
+    return [f"{plural(dirty, 'run')} came from a checkout with uncommitted changes: "
+            "its commit does not name the code that ran"]
 
 
 def mixed_cell_warnings(runs: pd.DataFrame) -> list[str]:
@@ -99,10 +100,12 @@ def mixed_cell_warnings(runs: pd.DataFrame) -> list[str]:
         name = f"{key[0]} on {key[1]} / {key[2]}"
         recipes = cell["recipe_hash"].dropna().unique()
         if len(recipes) > 1:
-            warnings.append(f"{name} mixes runs of {len(recipes)} different configs ({seeds_by(cell, 'recipe_hash', SHORT_HASH)})")
+            which = seeds_by(cell, "recipe_hash", SHORT_HASH)
+            warnings.append(f"{name} mixes runs of {len(recipes)} different configs ({which})")
         commits = cell["git_commit"].dropna().unique()
         if len(commits) > 1:
-            warnings.append(f"{name} mixes runs of {len(commits)} commits ({seeds_by(cell, 'git_commit', SHORT_COMMIT)})")
+            which = seeds_by(cell, "git_commit", SHORT_COMMIT)
+            warnings.append(f"{name} mixes runs of {len(commits)} commits ({which})")
     return warnings
 
 

@@ -1,15 +1,16 @@
-"""``peft-bench table``: the cross-modality table, regenerated from this project's own mlflow runs.
+"""``peft-bench table``: the cross-modality and system-level tables, regenerated from this project's own runs.
 
-Every number in ``cross_modality_table`` comes from a run in the tracking store. The paper's table
-(``results/paper_cross_modality.csv``, read by ``paper_table``) is *reported by others*; it is used here
-only for the order of the rows and must never be shown as a measurement. A side-by-side comparison with
-it can be built from ``seed_statistics`` (numbers) and ``paper_table``, clearly labelled as the paper's.
+Every measured number comes from a run in the tracking store. The paper's tables
+(``results/paper_*.csv``) are *reported by others*: they give the order of the rows, and their figures
+appear only in columns (``--with-paper``) or rows (``--kind k400|ssv2``) labelled as the paper's, never
+in a measured cell. Rendering is ``table_output``'s job, the footer ``provenance``'s, Figure 1 ``plot``'s.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ NOT_RECIPE_PARAMS = {
     "seed", "config_digest", "experiment", "tracking_uri", "results_dir", "output_dir", "device", "train.num_workers",
 }
 VERSION_PARAM_PREFIX = "version."
+RANDOM_INIT_SUFFIX = " (random init)"  # appended to the backbone of runs from random weights
 
 
 # -- reading the store -----------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def runs_frame(raw: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
     # Runs from random weights are a different backbone as far as results go: keep them in their own
     # column, so a smoke test can never take the place of a pre-trained result.
     random_init = frame["pretrained"] == "none"
-    frame.loc[random_init, "backbone"] = frame.loc[random_init, "backbone"] + " (random init)"
+    frame.loc[random_init, "backbone"] = frame.loc[random_init, "backbone"] + RANDOM_INIT_SUFFIX
     for name in METRIC_COLUMNS:
         frame[name] = pd.to_numeric(column_or_missing(raw, f"metrics.{name}"), errors="coerce").astype(
             float
@@ -378,11 +380,6 @@ def is_bare_date(text: str) -> bool:
     return len(text.strip()) == len("YYYY-MM-DD")
 
 
-def runs_for_table(runs: pd.DataFrame, every_run: bool) -> pd.DataFrame:
-    """The runs whose numbers end up in the table: what the footer's provenance must describe."""
-    return benchmark_runs(runs, every_run)
-
-
 # -- the paper beside the measurements -------------------------------------------------------------
 
 # The paper's cross-modality columns: (pre-training, dataset) of a ViT-B/16.
@@ -467,7 +464,6 @@ REPORTED = "reported by the paper"
 MEASURED = "measured here"
 MEASURED_GROUP = "peft-bench runs"
 PRETRAINING_NAMES = {"clip": "CLIP", "in21k": "IN21K", "tiny": "synthetic stills (peft-bench tiny)"}
-RANDOM_INIT_SUFFIX = " (random init)"
 
 
 def system_paper_table(kind: str) -> pd.DataFrame:
@@ -480,7 +476,9 @@ def system_paper_table(kind: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def system_table(runs: pd.DataFrame, kind: str, every_run: bool = False, any_dataset: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def system_table(
+    runs: pd.DataFrame, kind: str, every_run: bool = False, any_dataset: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's rows, then one row per (method, backbone, dataset) measured here.
 
     Measured rows use the runs on the kind's dataset (``any_dataset``: every run given, e.g. a stand-in
@@ -491,23 +489,31 @@ def system_table(runs: pd.DataFrame, kind: str, every_run: bool = False, any_dat
         "model": paper["model"],
         "group": paper["group"],
         "pre-training": paper["pretrain"].fillna(""),
-        "frames × crops × clips": [views_text(f, cr, cl) for f, cr, cl in zip(paper["frames"], paper["crops"], paper["clips"])],
+        "frames × crops × clips": [
+            views_text(*views) for views in zip(paper["frames"], paper["crops"], paper["clips"])
+        ],
         "GFLOPs": paper["gflops"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
         "top-1": paper["top1"].map(format_reported),
         "top-5": paper["top5"].map(format_reported),
         "source": REPORTED,
     })
     numbers = pd.DataFrame({"top-1": paper["top1"].to_numpy(), "top-5": paper["top5"].to_numpy()})
-    dataset_runs = benchmark_runs(runs, every_run)
-    if not any_dataset:
-        on_kind = dataset_runs["dataset"].map(is_k400 if kind == "k400" else is_ssv2)
-        dataset_runs = dataset_runs[on_kind.astype(bool)]
-    measured, measured_numbers = measured_system_rows(dataset_runs)
+    measured, measured_numbers = measured_system_rows(system_runs(runs, kind, every_run, any_dataset))
     cells = pd.concat([reported, measured], ignore_index=True)
     numbers = pd.concat([numbers, measured_numbers], ignore_index=True)
     cells.index = pd.Index(cells.pop("model"), name="model")
     numbers.index = cells.index
     return cells[SYSTEM_COLUMNS], numbers
+
+
+def system_runs(runs: pd.DataFrame, kind: str, every_run: bool, any_dataset: bool) -> pd.DataFrame:
+    """The runs behind a system table's measured rows: those on the kind's dataset, or all (any_dataset)."""
+    used = benchmark_runs(runs, every_run)
+    return used if any_dataset else used[on_dataset_of(used, kind)]
+
+
+def on_dataset_of(runs: pd.DataFrame, kind: str) -> pd.Series:
+    return runs["dataset"].map(is_k400 if kind == "k400" else is_ssv2).astype(bool)
 
 
 def measured_system_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -552,17 +558,17 @@ def views_text(frames: object, crops: object, clips: object) -> str:
 
 
 def measured_views(cell: pd.DataFrame, dataset: str) -> str:
-    """Frames from the runs' config; crops × clips from the dataset's recipe, checked against the GFLOPs."""
+    """Frames from the runs' config; crops × clips from the dataset's recipe, else the views the GFLOPs imply."""
     frames = cell["num_frames"].dropna()
     frame_text = str(int(frames.mode().iloc[0])) if len(frames) else "?"
-    recipe = test_views_of(dataset)
+    recipe = recipe_test_views(dataset)
     if recipe is not None:
         return f"{frame_text} × {recipe[0]} × {recipe[1]}"
     ratio = (cell["gflops"] / cell["gflops_per_view"]).dropna()
     return f"{frame_text} × {round(ratio.iloc[0])} views" if len(ratio) else f"{frame_text} × ?"
 
 
-def test_views_of(dataset: str) -> tuple[int, int] | None:
+def recipe_test_views(dataset: str) -> tuple[int, int] | None:
     """(crops, clips) of the packaged recipe ``benchmarks/recipes/<dataset>.yaml``; None if there is none.
 
     Read as YAML rather than through peft_bench.data, which would import torch for two numbers.
@@ -583,15 +589,15 @@ TABLE_KINDS = ("cross-modality", "k400", "ssv2")
 
 def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_paper: bool = False) -> TableReport:
     """The cross-modality table of ``runs`` with its provenance footer (and the paper beside it)."""
-    used = runs_for_table(runs, every_run)
+    used = benchmark_runs(runs, every_run)
     table = cross_modality_table(used, every_run=True)
     means = mean_top1_frame(used, table.index.tolist(), every_run=True)
     notes = []
     if with_paper:
         table, matched = with_paper_columns(table, means)
         if matched:
-            notes.append(f"columns marked paper: figures reported by {PAPER_SOURCE} (results/paper_cross_modality.csv), "
-                         "not measured here; Δ = measured mean − paper")
+            notes.append(f"columns marked paper: figures reported by {PAPER_SOURCE} "
+                         "(results/paper_cross_modality.csv), not measured here; Δ = measured mean − paper")
         else:
             notes.append("--with-paper: no column has a paper figure (the paper reports clip_vitb16 and in21k_vitb16 "
                          "on k400 and ssv2 only)")
@@ -620,15 +626,13 @@ def measured_row_legend(every_run: bool) -> str:
 def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_dataset: bool = False) -> TableReport:
     """The paper's system-level table for ``kind`` with this harness's runs as extra, marked rows."""
     cells, numbers = system_table(runs, kind, every_run, any_dataset)
-    used = runs_for_table(runs, every_run)
-    if not any_dataset:
-        used = used[used["dataset"].map(is_k400 if kind == "k400" else is_ssv2).astype(bool)]
+    used = system_runs(runs, kind, every_run, any_dataset)
     name = "Kinetics-400" if kind == "k400" else "Something-Something v2"
     notes = [f"rows '{REPORTED}': {PAPER_SOURCE} (results/{SYSTEM_TABLE_PATHS[kind].name}); "
              f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"]
     if used.empty:
         notes.append(f"no run on {kind} matched: only the paper's rows are shown")
-    elif any_dataset and not used["dataset"].map(is_k400 if kind == "k400" else is_ssv2).all():
+    elif not on_dataset_of(used, kind).all():
         notes.append(f"measured rows include datasets other than {name}: not comparable with the paper's rows")
     found = provenance(used)
     return TableReport(
@@ -655,7 +659,8 @@ def store_uri(tracking_uri: str | None, results_dir: Path) -> str:
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
         # sqlite:////abs/path parses to the path "//abs/path"; one slash is the same file, and reads better.
-        path = Path("/" + unquote(parsed.path).lstrip("/")) if parsed.path.startswith("//") else Path(unquote(parsed.path))
+        text = unquote(parsed.path)
+        path = Path("/" + text.lstrip("/")) if text.startswith("//") else Path(text)
         if str(path) not in ("", "/", ":memory:") and not path.is_file():
             raise FileNotFoundError(f"no tracking store at {path}: run `peft-bench run` first, or pass --tracking-uri")
     return uri
@@ -664,8 +669,9 @@ def store_uri(tracking_uri: str | None, results_dir: Path) -> str:
 def selected_runs(uri: str, experiment: str | None, selection: RunSelection) -> pd.DataFrame:
     """The store's runs (finished only unless every_run) after the filters; an error if none is left."""
     quiet_mlflow_logging()
-    if experiment is not None and not experiment_names_by_id(MlflowClient(uri), experiment):
-        known = sorted(experiment_names_by_id(MlflowClient(uri), None).values())
+    client = MlflowClient(uri)
+    if experiment is not None and not experiment_names_by_id(client, experiment):
+        known = sorted(experiment_names_by_id(client, None).values())
         raise ValueError(f"no experiment '{experiment}' in {uri}; it has: {', '.join(known) or 'none'} "
                          "(--experiment NAME, or --all-experiments)")
     runs = load_runs(uri, experiment, finished_only=not selection.every_run)
@@ -740,8 +746,6 @@ def comma_list(value: str | None) -> list[str]:
 
 def table_command(args) -> int:
     """``peft-bench table``: read, filter, build the report, print or write it, and draw Figure 1."""
-    import sys
-
     selection = RunSelection(
         backbones=comma_list(args.backbone), datasets=comma_list(args.dataset), commits=comma_list(args.commit),
         since=args.since, until=args.until, every_run=args.every_run,
@@ -765,7 +769,7 @@ def table_command(args) -> int:
     else:
         print(text, end="" if text.endswith("\n") else "\n")
         if args.kind == "cross-modality":  # as before: the plain table also lands in results/ as CSV
-            saved = write_table(cross_modality_table(runs_for_table(runs, args.every_run), every_run=True),
+            saved = write_table(cross_modality_table(benchmark_runs(runs, args.every_run), every_run=True),
                                 Path(args.results_dir))
             print(f"(saved to {saved})", file=sys.stderr)
     if args.format == "csv":  # CSV carries cells only: the footer goes to the terminal

@@ -68,7 +68,8 @@ def test_one_marker_per_method_and_panel_with_the_paper_hollow_beside(frame: pd.
     assert hollow["st_adapter"].get_ydata()[0] == paper.loc["st_adapter", "clip_k400"]
     assert markers(motion, "paper") == {}  # the paper reports nothing on synthetic data
     # One method, one look, in every panel.
-    assert hollow["st_adapter"].get_marker() == st_adapter.get_marker() == markers(motion, "measured")["st_adapter"].get_marker()
+    same_method_elsewhere = markers(motion, "measured")["st_adapter"]
+    assert hollow["st_adapter"].get_marker() == st_adapter.get_marker() == same_method_elsewhere.get_marker()
     plt.close(figure)
 
 
