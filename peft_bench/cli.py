@@ -146,7 +146,7 @@ def cmd_run(args) -> int:
 
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
-    from .table import cross_modality_table, latest_per_key, load_runs, render, write_table
+    from .table import cross_modality_report, load_runs, render, write_table
     from .tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri(results_dir)
@@ -154,9 +154,9 @@ def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | 
     if runs.empty:
         print(f"no finished runs in {uri}" + (f" (experiment '{experiment}')" if experiment else ""), file=sys.stderr)
         return
-    table = cross_modality_table(latest_per_key(runs))
-    print(render(table, fmt))
-    path = write_table(table, results_dir)
+    report = cross_modality_report(runs)  # with the provenance footer, as `peft-bench table` prints it
+    print(render(report, fmt), end="")
+    path = write_table(report.cells, results_dir)
     print(f"\n(saved to {path})", file=sys.stderr)
 
 
