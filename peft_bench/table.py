@@ -613,14 +613,19 @@ def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_pape
     )
 
 
+def counted_as(every_run: bool) -> str:
+    if every_run:
+        return "over runs, n = number of runs (--all: reruns and unfinished runs included)"
+    return "over seeds, n = number of seeds (the latest finished run of each)"
+
+
 def cell_legend(every_run: bool) -> str:
-    counted = "runs (--all: every run, reruns included)" if every_run else "seeds (latest finished run per seed)"
-    return f"top-1 cells: mean ± sample std (n = {counted}); params (M) and GFLOPs from the K400 run where there is one"
+    return (f"top-1 cells: mean ± sample std {counted_as(every_run)}; "
+            "params (M) and GFLOPs from the K400 run where there is one")
 
 
 def measured_row_legend(every_run: bool) -> str:
-    counted = "runs (--all)" if every_run else "seeds"
-    return f"measured rows: top-1/top-5 as mean ± sample std (n = {counted}); one row per method, backbone and dataset"
+    return f"measured rows: top-1/top-5 as mean ± sample std {counted_as(every_run)}"
 
 
 def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_dataset: bool = False) -> TableReport:
