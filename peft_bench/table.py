@@ -751,20 +751,41 @@ def comma_list(value: str | None) -> list[str]:
 
 def table_command(args) -> int:
     """``peft-bench table``: read, filter, build the report, print or write it, and draw Figure 1."""
-    selection = RunSelection(
-        backbones=comma_list(args.backbone), datasets=comma_list(args.dataset), commits=comma_list(args.commit),
-        since=args.since, until=args.until, every_run=args.every_run,
-    )
+    selection = selection_from(args)
+    uri = store_uri(args.tracking_uri, Path(args.results_dir))
+    runs = selected_runs(uri, None if args.all_experiments else args.experiment, selection)
+    report = build_report(runs, args)
+    emit(report, args)
+    if args.out is None and args.kind == "cross-modality":  # as before: the plain table also lands in results/
+        plain = cross_modality_table(benchmark_runs(runs, args.every_run), every_run=True)
+        print(f"(saved to {write_table(plain, Path(args.results_dir))})", file=sys.stderr)
+    if args.plot:
+        from peft_bench.plot import save_figure1
+
+        paths = save_figure1(runs, args.plot, args.every_run)
+        print("(figure written to " + ", ".join(map(str, paths)) + ")", file=sys.stderr)
+    return 0
+
+
+def selection_from(args) -> RunSelection:
     for flag, text in (("--since", args.since), ("--until", args.until)):
         if text:
             date_bound(text, flag)  # a typo in a date is an error before any reading
-    uri = store_uri(args.tracking_uri, Path(args.results_dir))
-    experiment = None if args.all_experiments else args.experiment
-    runs = selected_runs(uri, experiment, selection)
+    return RunSelection(
+        backbones=comma_list(args.backbone), datasets=comma_list(args.dataset), commits=comma_list(args.commit),
+        since=args.since, until=args.until, every_run=args.every_run,
+    )
+
+
+def build_report(runs: pd.DataFrame, args) -> TableReport:
     if args.kind == "cross-modality":
-        report = cross_modality_report(runs, args.every_run, args.with_paper)
-    else:
-        report = system_report(runs, args.kind, args.every_run, any_dataset=bool(selection.datasets))
+        return cross_modality_report(runs, args.every_run, args.with_paper)
+    # A --dataset filter names the runs to show beside the paper's rows, stand-ins included.
+    return system_report(runs, args.kind, args.every_run, any_dataset=bool(comma_list(args.dataset)))
+
+
+def emit(report: TableReport, args) -> None:
+    """The table to --out or stdout; whatever of the footer the chosen output cannot carry, to stderr."""
     text = render(report, args.format)
     if args.out:
         out = Path(args.out)
@@ -773,19 +794,9 @@ def table_command(args) -> int:
         print(f"(table written to {out})", file=sys.stderr)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
-        if args.kind == "cross-modality":  # as before: the plain table also lands in results/ as CSV
-            saved = write_table(cross_modality_table(benchmark_runs(runs, args.every_run), every_run=True),
-                                Path(args.results_dir))
-            print(f"(saved to {saved})", file=sys.stderr)
-    if args.format == "csv":  # CSV carries cells only: the footer goes to the terminal
-        for line in [f"warning: {w}" for w in report.warnings] + report.notes:
-            print(line, file=sys.stderr)
-    elif report.warnings and args.out:
-        for warning in report.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-    if args.plot:
-        from peft_bench.plot import save_figure1
-
-        paths = save_figure1(runs, args.plot, args.every_run)
-        print("(figure written to " + ", ".join(map(str, paths)) + ")", file=sys.stderr)
-    return 0
+    if args.format == "csv":  # CSV carries the cells only
+        lost = [f"warning: {w}" for w in report.warnings] + report.notes
+    else:  # warnings written to a file would go unseen
+        lost = [f"warning: {w}" for w in report.warnings] if args.out else []
+    for line in lost:
+        print(line, file=sys.stderr)
