@@ -7,6 +7,7 @@ in a measured cell. Rendering is ``table_output``'s job, the footer ``provenance
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import os
@@ -724,7 +725,7 @@ def paper_table() -> pd.DataFrame:
 # -- the command line ------------------------------------------------------------------------------
 
 
-def add_table_arguments(parser) -> None:
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     """``peft-bench table``'s own flags (the tracking flags are cli.py's)."""
     parser.add_argument("--kind", choices=TABLE_KINDS, default="cross-modality",
                         help="cross-modality (default): the paper's benchmark table; k400, ssv2: the paper's "
@@ -749,7 +750,7 @@ def comma_list(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def table_command(args) -> int:
+def table_command(args: argparse.Namespace) -> int:
     """``peft-bench table``: read, filter, build the report, print or write it, and draw Figure 1."""
     selection = selection_from(args)
     uri = store_uri(args.tracking_uri, Path(args.results_dir))
@@ -767,7 +768,7 @@ def table_command(args) -> int:
     return 0
 
 
-def selection_from(args) -> RunSelection:
+def selection_from(args: argparse.Namespace) -> RunSelection:
     for flag, text in (("--since", args.since), ("--until", args.until)):
         if text:
             date_bound(text, flag)  # a typo in a date is an error before any reading
@@ -777,14 +778,14 @@ def selection_from(args) -> RunSelection:
     )
 
 
-def build_report(runs: pd.DataFrame, args) -> TableReport:
+def build_report(runs: pd.DataFrame, args: argparse.Namespace) -> TableReport:
     if args.kind == "cross-modality":
         return cross_modality_report(runs, args.every_run, args.with_paper)
     # A --dataset filter names the runs to show beside the paper's rows, stand-ins included.
     return system_report(runs, args.kind, args.every_run, any_dataset=bool(comma_list(args.dataset)))
 
 
-def emit(report: TableReport, args) -> None:
+def emit(report: TableReport, args: argparse.Namespace) -> None:
     """The table to --out or stdout; whatever of the footer the chosen output cannot carry, to stderr."""
     text = render(report, args.format)
     if args.out:
