@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(run, defaults=False)
     _add_plugin_arg(run)
 
-    table = sub.add_parser("table", help="the cross-modality table from tracked runs")
-    table.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    table = sub.add_parser("table", help="the cross-modality or system-level tables (and Figure 1) from tracked runs")
+    from .table import add_table_arguments
+
+    add_table_arguments(table)
     table.add_argument("--all-experiments", action="store_true", help="read runs of every experiment")
     _add_tracking_args(table)
 
@@ -144,7 +146,7 @@ def cmd_run(args) -> int:
 
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
-    from .table import cross_modality_table, latest_per_key, load_runs, render, write_table
+    from .table import cross_modality_report, load_runs, render, write_table
     from .tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri(results_dir)
@@ -152,15 +154,16 @@ def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | 
     if runs.empty:
         print(f"no finished runs in {uri}" + (f" (experiment '{experiment}')" if experiment else ""), file=sys.stderr)
         return
-    table = cross_modality_table(latest_per_key(runs))
-    print(render(table, fmt))
-    path = write_table(table, results_dir)
+    report = cross_modality_report(runs)  # with the provenance footer, as `peft-bench table` prints it
+    print(render(report, fmt), end="")
+    path = write_table(report.cells, results_dir)
     print(f"\n(saved to {path})", file=sys.stderr)
 
 
 def cmd_table(args) -> int:
-    _print_table(args.tracking_uri, Path(args.results_dir), None if args.all_experiments else args.experiment, args.format)
-    return 0
+    from .table import table_command
+
+    return table_command(args)
 
 
 def cmd_methods(args) -> int:

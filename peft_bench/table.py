@@ -1,22 +1,29 @@
-"""``peft-bench table``: the cross-modality table, regenerated from this project's own mlflow runs.
+"""``peft-bench table``: the cross-modality and system-level tables, regenerated from this project's own runs.
 
-Every number in ``cross_modality_table`` comes from a run in the tracking store. The paper's table
-(``results/paper_cross_modality.csv``, read by ``paper_table``) is *reported by others*; it is used here
-only for the order of the rows and must never be shown as a measurement. A side-by-side comparison with
-it can be built from ``seed_statistics`` (numbers) and ``paper_table``, clearly labelled as the paper's.
+Every measured number comes from a run in the tracking store. The paper's tables
+(``results/paper_*.csv``) are *reported by others*: they give the order of the rows, and their figures
+appear only in columns (``--with-paper``) or rows (``--kind k400|ssv2``) labelled as the paper's, never
+in a measured cell. Rendering is ``table_output``'s job, the footer ``provenance``'s, Figure 1 ``plot``'s.
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
 import math
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from peft_bench.provenance import provenance
+from peft_bench.table_output import FORMATS, TableReport, render_report
 from peft_bench.tracking import TAG_PREFIX, quiet_mlflow_logging
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
@@ -27,18 +34,28 @@ TABLE_FILE_NAME = "cross_modality.csv"
 RUN_KEY = ["method", "backbone", "dataset", "seed"]
 # What a run is (its tags), and where it came from.
 IDENTITY_TAGS = ["method", "backbone", "dataset", "seed", "models_time", "group", "architecture", "pretrained"]
-PROVENANCE_TAGS = ["config_hash", "git_commit"]
+PROVENANCE_TAGS = ["config_hash", "git_commit", "git_dirty", "device", "host"]
 TAG_COLUMNS = IDENTITY_TAGS + PROVENANCE_TAGS
-METRIC_COLUMNS = ["top1", "top5", "trainable_params", "gflops"]
+METRIC_COLUMNS = ["top1", "top5", "trainable_params", "gflops", "gflops_per_view"]
+# Read from a run's params: its recipe (config without seed and output places), library versions, frames.
+PARAM_COLUMNS = ["recipe_hash", "versions", "num_frames"]
 # One row per run: where it is, what it is (tags), what it measured, when and how it ended.
-RUN_COLUMNS = ["run_id", "experiment", *IDENTITY_TAGS, *METRIC_COLUMNS, *PROVENANCE_TAGS, "start_time", "status"]
+RUN_COLUMNS = [
+    "run_id", "experiment", *IDENTITY_TAGS, *METRIC_COLUMNS, *PROVENANCE_TAGS, *PARAM_COLUMNS, "start_time", "status",
+]
 DESCRIPTION_COLUMNS = ["group", "architecture", "models time", "params (M)", "GFLOPs"]
 # Where a method's description comes from (run tag -> table column).
 DESCRIPTION_TAGS = {"group": "group", "architecture": "architecture", "models time": "models_time"}
 # Dataset names that mean Kinetics-400, whose runs the paper's params column counts.
 K400_NAMES = {"k400", "kinetics400", "kinetics-400", "kinetics_400"}
-
-TableFormat = Literal["markdown", "csv"]
+SSV2_NAMES = {"ssv2", "something-something-v2", "sthsthv2", "sth-sth-v2"}
+# Config keys that say where a run's outputs go or how fast it loads, not what it computes (as
+# RunConfig.digest leaves them out), plus the seed: two seeds of one recipe share a recipe_hash.
+NOT_RECIPE_PARAMS = {
+    "seed", "config_digest", "experiment", "tracking_uri", "results_dir", "output_dir", "device", "train.num_workers",
+}
+VERSION_PARAM_PREFIX = "version."
+RANDOM_INIT_SUFFIX = " (random init)"  # appended to the backbone of runs from random weights
 
 
 # -- reading the store -----------------------------------------------------------------------------
@@ -102,14 +119,47 @@ def runs_frame(raw: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
     # Runs from random weights are a different backbone as far as results go: keep them in their own
     # column, so a smoke test can never take the place of a pre-trained result.
     random_init = frame["pretrained"] == "none"
-    frame.loc[random_init, "backbone"] = frame.loc[random_init, "backbone"] + " (random init)"
+    frame.loc[random_init, "backbone"] = frame.loc[random_init, "backbone"] + RANDOM_INIT_SUFFIX
     for name in METRIC_COLUMNS:
         frame[name] = pd.to_numeric(column_or_missing(raw, f"metrics.{name}"), errors="coerce").astype(
             float
         )
+    params = raw[[column for column in raw.columns if column.startswith("params.")]]
+    params.columns = [column[len("params."):] for column in params.columns]
+    frame["recipe_hash"] = [recipe_hash(row) for _, row in params.iterrows()]
+    frame["versions"] = [versions_text(row) for _, row in params.iterrows()]
+    frame["num_frames"] = pd.to_numeric(column_or_missing(params, "num_frames"), errors="coerce").astype("Int64")
     frame["start_time"] = raw["start_time"]
     frame["status"] = raw["status"]
     return frame[RUN_COLUMNS].reset_index(drop=True)
+
+
+def recipe_hash(params: pd.Series) -> str | None:
+    """A hash of what a run computes: its config params without the seed, output places and versions.
+
+    Read from the params rather than a tag so that runs logged before this existed have one too.
+    """
+    recipe = {
+        key: str(value)
+        for key, value in params.items()
+        if not pd.isna(value) and key not in NOT_RECIPE_PARAMS and not key.startswith(VERSION_PARAM_PREFIX)
+    }
+    if not recipe:
+        return None
+    text = "\n".join(f"{key}={recipe[key]}" for key in sorted(recipe))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def versions_text(params: pd.Series) -> str | None:
+    """"python 3.11.4, torch 2.5.1, ...": the library versions a run logged (``version.*`` params)."""
+    versions = [
+        f"{key[len(VERSION_PARAM_PREFIX):]} {value}"
+        for key, value in sorted(params.items())
+        if key.startswith(VERSION_PARAM_PREFIX) and not pd.isna(value)
+    ]
+    python = [text for text in versions if text.startswith("python ")]
+    others = [text for text in versions if not text.startswith("python ")]
+    return ", ".join(python + others) or None
 
 
 def column_or_missing(raw: pd.DataFrame, column: str) -> pd.Series:
@@ -122,6 +172,7 @@ def column_or_missing(raw: pd.DataFrame, column: str) -> pd.Series:
 def empty_runs_frame() -> pd.DataFrame:
     frame = pd.DataFrame({name: pd.Series(dtype=object) for name in RUN_COLUMNS})
     frame["seed"] = frame["seed"].astype("Int64")
+    frame["num_frames"] = frame["num_frames"].astype("Int64")
     for name in METRIC_COLUMNS:
         frame[name] = frame[name].astype(float)
     frame["start_time"] = pd.Series(dtype="datetime64[ns, UTC]")
@@ -139,25 +190,29 @@ def latest_per_key(df: pd.DataFrame) -> pd.DataFrame:
 # -- the table -------------------------------------------------------------------------------------
 
 
-def seed_statistics(df: pd.DataFrame) -> pd.DataFrame:
-    """Top-1 over seeds per (method, backbone, dataset): columns ``n``, ``mean``, ``std``.
+def seed_statistics(df: pd.DataFrame, every_run: bool = False, metric: str = "top1") -> pd.DataFrame:
+    """``metric`` (top-1) over seeds per (method, backbone, dataset): columns ``n``, ``mean``, ``std``.
 
-    Uses the latest run per seed. ``n`` counts runs with a top-1; ``std`` is the sample standard
-    deviation (ddof=1), NaN for one seed. Runs lacking a method, backbone or dataset tag are not
-    peft-bench runs and are left out.
+    Uses the latest run per seed (``every_run``: every run, so ``n`` counts runs, not seeds). ``n``
+    counts runs with a value; ``std`` is the sample standard deviation (ddof=1), NaN for one seed.
+    Runs lacking a method, backbone or dataset tag are not peft-bench runs and are left out.
     """
-    runs = benchmark_runs(df)
-    grouped = runs.groupby(["method", "backbone", "dataset"], sort=True)["top1"]
+    runs = benchmark_runs(df, every_run)
+    grouped = runs.groupby(["method", "backbone", "dataset"], sort=True)[metric]
     stats = grouped.agg(n="count", mean="mean", std="std").reset_index()
     stats["n"] = stats["n"].astype(int)
     return stats
 
 
-def benchmark_runs(df: pd.DataFrame) -> pd.DataFrame:
-    return latest_per_key(df).dropna(subset=["method", "backbone", "dataset"]).reset_index(drop=True)
+def benchmark_runs(df: pd.DataFrame, every_run: bool = False) -> pd.DataFrame:
+    """The runs a table is made of: the latest per key (``every_run``: all of them), with peft-bench tags."""
+    runs = df if every_run else latest_per_key(df)
+    return runs.dropna(subset=["method", "backbone", "dataset"]).reset_index(drop=True)
 
 
-def cross_modality_table(df: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
+def cross_modality_table(
+    df: pd.DataFrame, method_order: list[str] | None = None, every_run: bool = False
+) -> pd.DataFrame:
     """The cross-modality table of the runs in ``df`` (as from ``load_runs``), all cells text.
 
     Rows: the methods that have runs, in ``method_order`` (default: the paper's row order), then any
@@ -174,7 +229,7 @@ def cross_modality_table(df: pd.DataFrame, method_order: list[str] | None = None
     The same rule picks the run whose tags fill ``group``, ``architecture`` and ``models time`` (first
     run that has the tag).
     """
-    runs = benchmark_runs(df)
+    runs = benchmark_runs(df, every_run)
     order = paper_method_order() if method_order is None else method_order
     methods = ordered_methods(runs["method"].unique().tolist(), order)
     result_columns = result_column_pairs(runs)
@@ -187,7 +242,7 @@ def cross_modality_table(df: pd.DataFrame, method_order: list[str] | None = None
     for method in methods:
         described = runs_in_description_order(runs[runs["method"] == method], result_columns)
         table.loc[method, DESCRIPTION_COLUMNS] = describe_method(described)
-    for cell in seed_statistics(runs).itertuples(index=False):
+    for cell in seed_statistics(runs, every_run=True).itertuples(index=False):  # runs: already reduced
         table.loc[cell.method, column_name(cell.backbone, cell.dataset)] = format_top1(
             cell.mean, cell.std, cell.n
         )
@@ -270,16 +325,379 @@ def table_from_store(tracking_uri: str, experiment: str | None = None) -> pd.Dat
     return cross_modality_table(load_runs(tracking_uri, experiment))
 
 
+# -- choosing runs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSelection:
+    """Which runs a table is made of. Empty lists and None mean "no filter"."""
+
+    backbones: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    commits: list[str] = field(default_factory=list)  # prefixes of commit ids, as git abbreviates them
+    since: str | None = None  # ISO date or time (UTC unless it says otherwise); runs started at or after
+    until: str | None = None  # runs started at or before; a bare date includes that whole day
+    every_run: bool = False  # unfinished runs and reruns too, instead of the latest finished run per key
+
+    def describe(self) -> str:
+        parts = [f"backbone in {self.backbones}" if self.backbones else "",
+                 f"dataset in {self.datasets}" if self.datasets else "",
+                 f"commit starting with {self.commits}" if self.commits else "",
+                 f"started since {self.since}" if self.since else "",
+                 f"started until {self.until}" if self.until else ""]
+        return ", ".join(part for part in parts if part) or "no filter"
+
+
+def select_runs(runs: pd.DataFrame, selection: RunSelection) -> pd.DataFrame:
+    """The runs matching every filter of ``selection`` (status and reruns are the table's business)."""
+    keep = pd.Series(True, index=runs.index)
+    if selection.backbones:
+        # "clip_vitb16" also picks its random-init column: the filter names a backbone, not a column.
+        base_backbone = runs["backbone"].astype(str).str.replace(RANDOM_INIT_SUFFIX, "", regex=False)
+        keep &= base_backbone.isin(selection.backbones)
+    if selection.datasets:
+        keep &= runs["dataset"].isin(selection.datasets)
+    if selection.commits:
+        commits = runs["git_commit"].fillna("").astype(str).str.lower()
+        keep &= pd.concat([commits.str.startswith(prefix.lower()) for prefix in selection.commits], axis=1).any(axis=1)
+    start = pd.to_datetime(runs["start_time"], utc=True)
+    if selection.since:
+        keep &= start >= date_bound(selection.since, "--since")
+    if selection.until:
+        bound = date_bound(selection.until, "--until")
+        keep &= start < bound + pd.Timedelta(days=1) if is_bare_date(selection.until) else start <= bound
+    return runs[keep].reset_index(drop=True)
+
+
+def date_bound(text: str, flag: str) -> pd.Timestamp:
+    try:
+        moment = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise ValueError(f"{flag} {text!r} is not a date; expected YYYY-MM-DD or an ISO 8601 time") from None
+    return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+
+
+def is_bare_date(text: str) -> bool:
+    return len(text.strip()) == len("YYYY-MM-DD")
+
+
+# -- the paper beside the measurements -------------------------------------------------------------
+
+# The paper's cross-modality columns: (pre-training, dataset) of a ViT-B/16.
+PAPER_BACKBONES = {"clip_vitb16": "clip", "in21k_vitb16": "in21k"}
+PAPER_SOURCE = "Pan et al., ST-Adapter, NeurIPS 2022"
+
+
+def paper_column(backbone: str, dataset: str) -> str | None:
+    """The paper's column for a harness (backbone, dataset), e.g. clip_k400; None where it reports none."""
+    pretraining = PAPER_BACKBONES.get(str(backbone))  # "(random init)" columns map to nothing, as they should
+    if pretraining is None:
+        return None
+    if is_k400(dataset):
+        return f"{pretraining}_k400"
+    if is_ssv2(dataset):
+        return f"{pretraining}_ssv2"
+    return None
+
+
+def is_ssv2(dataset: str) -> bool:
+    return str(dataset).lower() in SSV2_NAMES
+
+
+def with_paper_columns(table: pd.DataFrame, means: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``table`` with "<column> paper" and "<column> Δ" beside every column the paper also reports.
+
+    ``means`` holds the measured means (same index, the table's result columns). The paper's
+    figures only ever go into the columns labelled paper; a measured cell with no run stays empty and
+    so does its difference. Returns the table and the columns that got a paper figure.
+    """
+    paper = paper_table().set_index("method")
+    compared = table.copy()
+    matched: list[str] = []
+    for column in [c for c in table.columns if c not in DESCRIPTION_COLUMNS]:
+        backbone, dataset = split_column_name(column)
+        source = paper_column(backbone, dataset)
+        if source is None:
+            continue
+        matched.append(column)
+        reported = paper[source].reindex(table.index)
+        measured = means[column] if column in means else pd.Series(float("nan"), index=table.index)
+        at = compared.columns.get_loc(column) + 1
+        compared.insert(at, f"{column} paper", reported.map(format_reported))
+        compared.insert(at + 1, f"{column} Δ", (measured - reported).map(format_difference))
+    if matched:
+        at = compared.columns.get_loc("params (M)") + 1
+        params = paper["params_m"].reindex(table.index)
+        compared.insert(at, "params (M) paper", params.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"))
+    return compared, matched
+
+
+def split_column_name(column: str) -> tuple[str, str]:
+    backbone, _, dataset = str(column).rpartition(" / ")
+    return backbone, dataset
+
+
+def format_reported(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def format_difference(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:+.1f}"
+
+
+def mean_top1_frame(runs: pd.DataFrame, index: list[str], every_run: bool) -> pd.DataFrame:
+    """Measured top-1 means, one column per table result column: the numbers behind "best" and Δ."""
+    stats = seed_statistics(runs, every_run)
+    if stats.empty:
+        return pd.DataFrame(index=pd.Index(index, name="method"))
+    stats["column"] = [column_name(b, d) for b, d in zip(stats["backbone"], stats["dataset"])]
+    return stats.pivot(index="method", columns="column", values="mean").reindex(index)
+
+
+# -- the system-level tables (K400, SSv2) ----------------------------------------------------------
+
+SYSTEM_TABLE_PATHS = {
+    "k400": RESULTS_DIR / "paper_k400_comparison.csv",
+    "ssv2": RESULTS_DIR / "paper_ssv2_comparison.csv",
+}
+SYSTEM_COLUMNS = ["group", "pre-training", "frames × crops × clips", "GFLOPs", "top-1", "top-5", "source"]
+REPORTED = "reported by the paper"
+MEASURED = "measured here"
+MEASURED_GROUP = "peft-bench runs"
+PRETRAINING_NAMES = {"clip": "CLIP", "in21k": "IN21K", "tiny": "synthetic stills (peft-bench tiny)"}
+
+
+def system_paper_table(kind: str) -> pd.DataFrame:
+    """The paper's system-level comparison on K400 or SSv2, as reported (not measured here)."""
+    if kind not in SYSTEM_TABLE_PATHS:
+        raise ValueError(f"unknown table kind {kind!r}; expected one of {', '.join(TABLE_KINDS)}")
+    path = SYSTEM_TABLE_PATHS[kind]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the paper's tables ship with a peft-bench checkout")
+    return pd.read_csv(path)
+
+
+def system_table(
+    runs: pd.DataFrame, kind: str, every_run: bool = False, any_dataset: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's rows, then one row per (method, backbone, dataset) measured here.
+
+    Measured rows use the runs on the kind's dataset (``any_dataset``: every run given, e.g. a stand-in
+    chosen with --dataset). Returns the text table (index ``model``) and the numbers behind top-1/top-5.
+    """
+    paper = system_paper_table(kind)
+    reported = pd.DataFrame({
+        "model": paper["model"],
+        "group": paper["group"],
+        "pre-training": paper["pretrain"].fillna(""),
+        "frames × crops × clips": [
+            views_text(*views) for views in zip(paper["frames"], paper["crops"], paper["clips"])
+        ],
+        "GFLOPs": paper["gflops"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+        "top-1": paper["top1"].map(format_reported),
+        "top-5": paper["top5"].map(format_reported),
+        "source": REPORTED,
+    })
+    numbers = pd.DataFrame({"top-1": paper["top1"].to_numpy(), "top-5": paper["top5"].to_numpy()})
+    measured, measured_numbers = measured_system_rows(system_runs(runs, kind, every_run, any_dataset))
+    cells = pd.concat([reported, measured], ignore_index=True)
+    numbers = pd.concat([numbers, measured_numbers], ignore_index=True)
+    cells.index = pd.Index(cells.pop("model"), name="model")
+    numbers.index = cells.index
+    return cells[SYSTEM_COLUMNS], numbers
+
+
+def system_runs(runs: pd.DataFrame, kind: str, every_run: bool, any_dataset: bool) -> pd.DataFrame:
+    """The runs behind a system table's measured rows: those on the kind's dataset, or all (any_dataset)."""
+    used = benchmark_runs(runs, every_run)
+    return used if any_dataset else used[on_dataset_of(used, kind)]
+
+
+def on_dataset_of(runs: pd.DataFrame, kind: str) -> pd.Series:
+    return runs["dataset"].map(is_k400 if kind == "k400" else is_ssv2).astype(bool)
+
+
+def measured_system_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, numbers = [], []
+    order = paper_method_order()
+    cells = runs.groupby(["method", "backbone", "dataset"], sort=False)
+    keys = sorted(cells.groups, key=lambda key: (str(key[1]), str(key[2]), rank_in(order, key[0])))
+    for method, backbone, dataset in keys:
+        cell = cells.get_group((method, backbone, dataset))
+        top1, top5 = cell["top1"].dropna(), cell["top5"].dropna()
+        rows.append({
+            "model": f"{backbone} + {method} ({dataset})",
+            "group": MEASURED_GROUP,
+            "pre-training": pretraining_name(str(backbone)),
+            "frames × crops × clips": measured_views(cell, str(dataset)),
+            "GFLOPs": format_gflops(cell["gflops"].dropna().mean()) if cell["gflops"].notna().any() else "",
+            "top-1": format_top1(top1.mean(), top1.std(), len(top1)),
+            "top-5": format_top1(top5.mean(), top5.std(), len(top5)),
+            "source": MEASURED,
+        })
+        numbers.append({"top-1": top1.mean() if len(top1) else float("nan"),
+                        "top-5": top5.mean() if len(top5) else float("nan")})
+    columns = ["model", *SYSTEM_COLUMNS]
+    return pd.DataFrame(rows, columns=columns), pd.DataFrame(numbers, columns=["top-1", "top-5"], dtype=float)
+
+
+def rank_in(order: list[str], method: str) -> tuple[int, str]:
+    return (order.index(method) if method in order else len(order), str(method))
+
+
+def pretraining_name(backbone: str) -> str:
+    if backbone.endswith(RANDOM_INIT_SUFFIX):
+        return "none (random init)"
+    prefix = backbone.split("_", 1)[0]
+    return PRETRAINING_NAMES.get(prefix, backbone)
+
+
+def views_text(frames: object, crops: object, clips: object) -> str:
+    if any(pd.isna(value) for value in (frames, crops, clips)):
+        return ""
+    return f"{int(frames)} × {int(crops)} × {int(clips)}"
+
+
+def measured_views(cell: pd.DataFrame, dataset: str) -> str:
+    """Frames from the runs' config; crops × clips from the dataset's recipe, else the views the GFLOPs imply."""
+    frames = cell["num_frames"].dropna()
+    frame_text = str(int(frames.mode().iloc[0])) if len(frames) else "?"
+    recipe = recipe_test_views(dataset)
+    if recipe is not None:
+        return f"{frame_text} × {recipe[0]} × {recipe[1]}"
+    ratio = (cell["gflops"] / cell["gflops_per_view"]).dropna()
+    return f"{frame_text} × {round(ratio.iloc[0])} views" if len(ratio) else f"{frame_text} × ?"
+
+
+def recipe_test_views(dataset: str) -> tuple[int, int] | None:
+    """(crops, clips) of the packaged recipe ``benchmarks/recipes/<dataset>.yaml``; None if there is none.
+
+    Read as YAML rather than through peft_bench.data, which would import torch for two numbers.
+    """
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / f"{dataset}.yaml"
+    if not path.is_file():
+        return None
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return int(recipe.get("test_crops", 1)), int(recipe.get("test_clips", 1))
+
+
+# -- reports: cells, numbers and footer ------------------------------------------------------------
+
+TABLE_KINDS = ("cross-modality", "k400", "ssv2")
+
+
+def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_paper: bool = False) -> TableReport:
+    """The cross-modality table of ``runs`` with its provenance footer (and the paper beside it)."""
+    used = benchmark_runs(runs, every_run)
+    table = cross_modality_table(used, every_run=True)
+    means = mean_top1_frame(used, table.index.tolist(), every_run=True)
+    notes = []
+    if with_paper:
+        table, matched = with_paper_columns(table, means)
+        if matched:
+            notes.append(f"columns marked paper: figures reported by {PAPER_SOURCE} "
+                         "(results/paper_cross_modality.csv), not measured here; Δ = measured mean − paper")
+        else:
+            notes.append("--with-paper: no column has a paper figure (the paper reports clip_vitb16 and in21k_vitb16 "
+                         "on k400 and ssv2 only)")
+    notes.append(cell_legend(every_run))
+    found = provenance(used)
+    return TableReport(
+        cells=table,
+        title="Cross-modality benchmark: top-1 (%) measured with peft-bench",
+        best={column: means[column] for column in means.columns if column in table.columns},
+        group_column="group",
+        notes=notes + found.lines(),
+        warnings=found.warnings,
+    )
+
+
+def counted_as(every_run: bool) -> str:
+    if every_run:
+        return "over runs, n = number of runs (--all: reruns and unfinished runs included)"
+    return "over seeds, n = number of seeds (the latest finished run of each)"
+
+
+def cell_legend(every_run: bool) -> str:
+    return (f"top-1 cells: mean ± sample std {counted_as(every_run)}; "
+            "params (M) and GFLOPs from the K400 run where there is one")
+
+
+def measured_row_legend(every_run: bool) -> str:
+    return f"measured rows: top-1/top-5 as mean ± sample std {counted_as(every_run)}"
+
+
+def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_dataset: bool = False) -> TableReport:
+    """The paper's system-level table for ``kind`` with this harness's runs as extra, marked rows."""
+    cells, numbers = system_table(runs, kind, every_run, any_dataset)
+    used = system_runs(runs, kind, every_run, any_dataset)
+    name = "Kinetics-400" if kind == "k400" else "Something-Something v2"
+    notes = [f"rows '{REPORTED}': {PAPER_SOURCE} (results/{SYSTEM_TABLE_PATHS[kind].name}); "
+             f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"]
+    if used.empty:
+        notes.append(f"no run on {kind} matched: only the paper's rows are shown")
+    elif not on_dataset_of(used, kind).all():
+        notes.append(f"measured rows include datasets other than {name}: not comparable with the paper's rows")
+    found = provenance(used)
+    return TableReport(
+        cells=cells,
+        title=f"{name}: published systems and runs measured here",
+        best={"top-1": numbers["top-1"], "top-5": numbers["top-5"]},
+        group_column="group",
+        notes=notes + [measured_row_legend(every_run)] + found.lines(),
+        warnings=found.warnings,
+    )
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+def store_uri(tracking_uri: str | None, results_dir: Path) -> str:
+    """The store to read: --tracking-uri, MLFLOW_TRACKING_URI, or results/mlflow.db, which must exist.
+
+    Reading must not create an empty sqlite store where the user mistyped a path.
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        uri = f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        # sqlite:////abs/path parses to the path "//abs/path"; one slash is the same file, and reads better.
+        text = unquote(parsed.path)
+        path = Path("/" + text.lstrip("/")) if text.startswith("//") else Path(text)
+        if str(path) not in ("", "/", ":memory:") and not path.is_file():
+            raise FileNotFoundError(f"no tracking store at {path}: run `peft-bench run` first, or pass --tracking-uri")
+    return uri
+
+
+def selected_runs(uri: str, experiment: str | None, selection: RunSelection) -> pd.DataFrame:
+    """The store's runs (finished only unless every_run) after the filters; an error if none is left."""
+    quiet_mlflow_logging()
+    client = MlflowClient(uri)
+    if experiment is not None and not experiment_names_by_id(client, experiment):
+        known = sorted(experiment_names_by_id(client, None).values())
+        raise ValueError(f"no experiment '{experiment}' in {uri}; it has: {', '.join(known) or 'none'} "
+                         "(--experiment NAME, or --all-experiments)")
+    runs = load_runs(uri, experiment, finished_only=not selection.every_run)
+    where = f"{uri}" + (f" (experiment '{experiment}')" if experiment else "")
+    if runs.empty:
+        state = "runs" if selection.every_run else "finished runs"
+        raise ValueError(f"no {state} in {where}")
+    chosen = select_runs(runs, selection)
+    if chosen.empty:
+        raise ValueError(f"no run in {where} matches {selection.describe()} ({len(runs)} runs before filtering)")
+    return chosen
+
+
 # -- output ----------------------------------------------------------------------------------------
 
 
-def render(table: pd.DataFrame, fmt: TableFormat = "markdown") -> str:
-    if fmt == "markdown":
-        # disable_numparse: tabulate would otherwise reformat "82.0" as "82" and "7.20" as "7.2".
-        return table.to_markdown(disable_numparse=True)
-    if fmt == "csv":
-        return table.to_csv()
-    raise ValueError(f"unknown table format {fmt!r}; expected 'markdown' or 'csv'")
+def render(table: pd.DataFrame | TableReport, fmt: str = "markdown") -> str:
+    """``table`` (a bare frame of text cells, or a report with its footer) as Markdown, CSV, LaTeX, HTML or JSON."""
+    report = table if isinstance(table, TableReport) else TableReport(cells=table)
+    return render_report(report, fmt)
 
 
 def write_table(table: pd.DataFrame, results_dir: Path) -> Path:
@@ -302,3 +720,84 @@ def paper_table() -> pd.DataFrame:
             f"{PAPER_TABLE_PATH} not found: the paper's table ships with a peft-bench checkout"
         )
     return pd.read_csv(PAPER_TABLE_PATH)
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """``peft-bench table``'s own flags (the tracking flags are cli.py's)."""
+    parser.add_argument("--kind", choices=TABLE_KINDS, default="cross-modality",
+                        help="cross-modality (default): the paper's benchmark table; k400, ssv2: the paper's "
+                             "system-level tables with this harness's runs as extra rows")
+    parser.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default markdown)")
+    parser.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
+    parser.add_argument("--with-paper", action="store_true",
+                        help="the paper's figure and the difference beside each cell it reports")
+    parser.add_argument("--backbone", help="only runs on these backbones (comma-separated)")
+    parser.add_argument("--dataset", help="only runs on these datasets (comma-separated)")
+    parser.add_argument("--commit", help="only runs of commits starting with these prefixes (comma-separated)")
+    parser.add_argument("--since", help="only runs started at or after this date or time (ISO, UTC)")
+    parser.add_argument("--until", help="only runs started at or before this date (the whole day) or time")
+    parser.add_argument("--all", dest="every_run", action="store_true",
+                        help="every run, reruns and unfinished ones included (default: the latest finished "
+                             "run per method, backbone, dataset and seed)")
+    parser.add_argument("--plot", metavar="OUT",
+                        help="also draw Figure 1 (top-1 against trainable parameters) as OUT.png and OUT.svg")
+
+
+def comma_list(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def table_command(args: argparse.Namespace) -> int:
+    """``peft-bench table``: read, filter, build the report, print or write it, and draw Figure 1."""
+    selection = selection_from(args)
+    uri = store_uri(args.tracking_uri, Path(args.results_dir))
+    runs = selected_runs(uri, None if args.all_experiments else args.experiment, selection)
+    report = build_report(runs, args)
+    emit(report, args)
+    if args.out is None and args.kind == "cross-modality":  # as before: the plain table also lands in results/
+        plain = cross_modality_table(benchmark_runs(runs, args.every_run), every_run=True)
+        print(f"(saved to {write_table(plain, Path(args.results_dir))})", file=sys.stderr)
+    if args.plot:
+        from peft_bench.plot import save_figure1
+
+        paths = save_figure1(runs, args.plot, args.every_run)
+        print("(figure written to " + ", ".join(map(str, paths)) + ")", file=sys.stderr)
+    return 0
+
+
+def selection_from(args: argparse.Namespace) -> RunSelection:
+    for flag, text in (("--since", args.since), ("--until", args.until)):
+        if text:
+            date_bound(text, flag)  # a typo in a date is an error before any reading
+    return RunSelection(
+        backbones=comma_list(args.backbone), datasets=comma_list(args.dataset), commits=comma_list(args.commit),
+        since=args.since, until=args.until, every_run=args.every_run,
+    )
+
+
+def build_report(runs: pd.DataFrame, args: argparse.Namespace) -> TableReport:
+    if args.kind == "cross-modality":
+        return cross_modality_report(runs, args.every_run, args.with_paper)
+    # A --dataset filter names the runs to show beside the paper's rows, stand-ins included.
+    return system_report(runs, args.kind, args.every_run, any_dataset=bool(comma_list(args.dataset)))
+
+
+def emit(report: TableReport, args: argparse.Namespace) -> None:
+    """The table to --out or stdout; whatever of the footer the chosen output cannot carry, to stderr."""
+    text = render(report, args.format)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(f"(table written to {out})", file=sys.stderr)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if args.format == "csv":  # CSV carries the cells only
+        lost = [f"warning: {w}" for w in report.warnings] + report.notes
+    else:  # warnings written to a file would go unseen
+        lost = [f"warning: {w}" for w in report.warnings] if args.out else []
+    for line in lost:
+        print(line, file=sys.stderr)

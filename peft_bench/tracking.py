@@ -19,6 +19,7 @@ Tags (strings):
     peft_bench.git_commit     commit of the peft-bench checkout, or "unknown" (``log_environment``)
     peft_bench.git_dirty      "yes" / "no" / "unknown": tracked files modified in that checkout
     peft_bench.device         e.g. "cpu (2 cores)" or "NVIDIA H200"
+    peft_bench.host           the machine around the device: OS, architecture, CPU model ("Linux x86_64, AMD EPYC")
     peft_bench.error          set when the run ends FAILED or KILLED: the exception, truncated
 
 Params: the run's config flattened to dotted keys (``optim.lr``), plus ``version.<package>`` for python
@@ -181,6 +182,27 @@ def describe_device(device: Any = None) -> str:
     return f"cpu ({usable_cpu_count()} cores)"
 
 
+def describe_host() -> str:
+    """OS, architecture and CPU model: a CPU run's speed and even its floating-point results depend on them."""
+    parts = [f"{platform.system()} {platform.machine()}".strip()]
+    cpu = cpu_model_name()
+    if cpu:
+        parts.append(cpu)
+    return ", ".join(part for part in parts if part) or "unknown"
+
+
+def cpu_model_name() -> str:
+    # platform.processor() is empty on most Linux systems; /proc/cpuinfo has the marketing name.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor().strip()
+
+
 def cuda_device_name(wanted: str | None) -> str | None:
     try:
         import torch  # deferred: importing torch costs seconds and is only needed here
@@ -329,7 +351,12 @@ class RunTracker:
         """Git state, device and library versions; ``device`` names the one the run uses, if known."""
         commit, dirty = git_state()
         self.set_tags(
-            {"git_commit": commit, "git_dirty": dirty, "device": describe_device(device)}
+            {
+                "git_commit": commit,
+                "git_dirty": dirty,
+                "device": describe_device(device),
+                "host": describe_host(),
+            }
         )
         self._log_params([Param(key, value) for key, value in package_versions().items()])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import mlflow
@@ -96,6 +97,7 @@ def test_environment_is_recorded(store: str) -> None:
     run = MlflowClient(store).get_run(run_id)
     tags, params = run.data.tags, run.data.params
     assert tags["peft_bench.device"].startswith("cpu (")
+    assert tags["peft_bench.host"].startswith(platform.system())  # hardware beyond the device name
     assert tags["peft_bench.git_dirty"] in {"yes", "no", "unknown"}
     assert tags["peft_bench.git_commit"]
     assert params["version.mlflow"] == mlflow.__version__
