@@ -167,10 +167,12 @@ def _read_with_decord(path: Path, choose_indices: IndexChooser) -> tuple[np.ndar
 # gives the frame count (WebM stores none) and the keyframes. The packets are then decoded in runs, one
 # per group of pictures that holds a wanted frame: from its keyframe to the last wanted frame in it. A
 # group of pictures without a wanted frame is never decoded, and a run goes on through the next keyframe
-# when that is where the next wanted frame's run would start, so no frame is decoded twice. Inside a run,
-# frames that no other frame refers to (x264's non-reference B-frames, about half of them) are skipped
-# unless wanted: they cannot change any other frame, so the wanted frames come out exactly as in a decode
-# of the whole stream.
+# when that is where the next wanted frame's run would start, so no frame is decoded twice. This makes the
+# choice between seeking and decoding straight through per file, from its keyframes: a downloaded Kinetics
+# video (one keyframe in 250 frames) is decoded from its start to the last wanted frame, a prepared one
+# (a keyframe every 16) only in the groups that hold wanted frames. Inside a run, frames that no other
+# frame refers to (x264's non-reference B-frames, about half of them) are skipped unless wanted: they
+# cannot change any other frame, so the wanted frames come out exactly as in a decode of the whole stream.
 
 
 @dataclass(frozen=True)
@@ -284,8 +286,8 @@ def _decode_wanted_frames(path: Path, codec_context, index: _PacketIndex, wanted
     missing = sorted(frame for frame in set(wanted) if index.packets[index.frame_positions[frame]].pts not in found)
     if missing:
         raise VideoDecodeError(path, f"frames {missing[:5]} could not be decoded (file truncated or corrupt?)")
-    rgb = dict(zip(found, _frames_to_rgb(list(found.values()))))
-    return np.stack([rgb[index.packets[index.frame_positions[frame]].pts] for frame in wanted])
+    rgb = dict(zip(found, _frames_to_rgb(list(found.values()))))  # each decoded frame converted once
+    return _stacked([rgb[index.packets[index.frame_positions[frame]].pts] for frame in wanted])
 
 
 def _decode_packets(codec_context, index: _PacketIndex, runs, wanted_pts: set, skip_unreferenced: bool) -> dict:
@@ -320,17 +322,19 @@ def _read_by_decoding_everything(path: Path, container, stream, choose_indices: 
     if not decoded:
         raise VideoDecodeError(path, "no decodable video frames")
     wanted = _validated_indices(path, choose_indices(len(decoded)), len(decoded))
-    return _frames_to_rgb([decoded[i] for i in wanted]), wanted
+    return _stacked(_frames_to_rgb([decoded[i] for i in wanted])), wanted
 
 
-def _frames_to_rgb(frames: list) -> np.ndarray:
-    if not frames:
-        return _empty_frames()
+def _frames_to_rgb(frames: list) -> list[np.ndarray]:
     from av.video.reformatter import VideoReformatter
 
     # One reformatter for the clip reuses its conversion context (to_ndarray would build one per frame).
     reformatter = VideoReformatter()
-    return np.stack([reformatter.reformat(frame, format="rgb24").to_ndarray() for frame in frames])
+    return [reformatter.reformat(frame, format="rgb24").to_ndarray() for frame in frames]
+
+
+def _stacked(frames: list[np.ndarray]) -> np.ndarray:
+    return np.stack(frames) if frames else _empty_frames()
 
 
 def _short_cause(error: BaseException) -> str:
