@@ -1,14 +1,15 @@
 """Loader throughput in clips per second for one worker process: the project's loader against the way the
 released ST-Adapter code loads a clip (decode every frame with PyAV, then sample), on Kinetics-like and
-Something-Something-v2-like videos, and on the Kinetics-like ones after `peft-bench data prepare`.
+Something-Something-v2-like videos, raw and after `peft-bench data prepare`.
 
     python -m benchmarks.loader_speed        # writes results/loader_speed.csv and results/loader_speed.md
 
 One "clip" is one training item: sample the frame indices, decode, and apply the recipe's training
 augmentation at 224 px (`load_recipe("k400")` / `load_recipe("ssv2")`), as a DataLoader worker does. Every
 loader gets the same augmentation, so the figures differ by decoding alone. The process is pinned to one
-CPU core with one torch thread, so FFmpeg's automatic thread count is one as well: the figure is what one
-DataLoader worker delivers on one core.
+CPU core with one torch thread, and every decoder runs one thread: the figure is what one DataLoader
+worker delivers on one core. Time is the process's CPU time by default (`--clock wall` for elapsed time),
+so that other processes on a shared machine do not count.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import av  # noqa: F401  -- before decord (see peft_bench/data/decode.py)
 import numpy as np
 import torch
 
+from peft_bench.data import decode
 from peft_bench.data.annotations import Annotations, VideoSample
 from peft_bench.data.dataset import VideoClipDataset
 from peft_bench.data.prepare import EncodeSettings, prepare_videos
@@ -42,7 +44,10 @@ from peft_bench.data.transforms import Recipe, train_transform
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BASELINE = "baseline: decode all (PyAV), then sample"
+WORK_CLIPS = 24  # clips whose decoding work is counted per loader
 OURS = "ours"
+DECORD = "ours with decord (get_batch)"
+AUGMENTATION_ONLY = "augmentation alone (no decoding)"
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,11 @@ SSV2_LIKE = VideoSet("ssv2-like", "ssv2", 6, 4.0, 12, 427, 240, "libvpx-vp9", ".
 class BenchmarkSettings:
     k400: VideoSet = K400_LIKE
     ssv2: VideoSet = SSV2_LIKE
-    repeats: int = 7
-    clips_per_repeat: int = 12
+    # Many short turns rather than a few long ones: a burst of load from other processes then lands on
+    # every loader alike.
+    repeats: int = 21
+    clips_per_repeat: int = 4
+    clock: str = "cpu"  # "cpu": this process's CPU time; "wall": elapsed time
     input_size: int = 224
     prepared_short_side: int = 256
     prepared_keyframe_interval: int = 16
@@ -138,11 +146,12 @@ def write_video_set(video_set: VideoSet, folder: Path) -> list[Path]:
 Loader = Callable[[int], torch.Tensor]  # clip number -> augmented clip
 
 
-def ours_loader(paths: list[Path], recipe: Recipe, input_size: int) -> Loader:
-    """The project's VideoClipDataset (decord for .mp4, PyAV for .webm; only the sampled frames)."""
+def ours_loader(paths: list[Path], recipe: Recipe, input_size: int, decoder: str = "auto") -> Loader:
+    """The project's VideoClipDataset (by default PyAV decoding only the groups of pictures that hold the
+    sampled frames; `decoder="decord"` for decord's get_batch)."""
     annotations = Annotations([VideoSample(path, 0) for path in paths], ["any"])
     dataset = VideoClipDataset(annotations, recipe, train=True, input_size=input_size, mean=CLIP_MEAN,
-                               std=CLIP_STD, max_failure_fraction=0.0)
+                               std=CLIP_STD, max_failure_fraction=0.0, decoder=decoder)
 
     def load(clip_number: int) -> torch.Tensor:
         dataset.set_epoch(clip_number // len(paths))  # a new random clip each time round the videos
@@ -160,6 +169,20 @@ def decode_all_then_sample(path: Path, choose: Callable[[int], list[int]]) -> np
         by_pts = {frame.pts: frame for frame in container.decode(stream)}
     frames = [by_pts[pts] for pts in sorted(by_pts)]
     return np.stack([frames[index].to_rgb().to_ndarray() for index in choose(len(frames))])
+
+
+def augmentation_only_loader(paths: list[Path], recipe: Recipe, input_size: int) -> Loader:
+    """The ceiling: the same augmentation on clips decoded beforehand (one per video), so no decoding."""
+    transform = train_transform(recipe, input_size, CLIP_MEAN, CLIP_STD)
+    clips = [decode_all_then_sample(path, lambda n: training_indices(recipe, n, random.Random(number)))
+             for number, path in enumerate(paths)]
+
+    def load(clip_number: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(clip_number)
+            return transform(torch.from_numpy(clips[clip_number % len(clips)]))
+
+    return load
 
 
 def training_indices(recipe: Recipe, num_video_frames: int, rng: random.Random) -> list[int]:
@@ -190,6 +213,8 @@ class Case:
     loader: str
     load: Loader
     files: list[Path]
+    decoder: str  # "baseline", "auto" (the PyAV path) or "decord"
+    recipe: Recipe
     rates: list[float] = field(default_factory=list)  # clips per second, one per repeat
 
 
@@ -201,12 +226,23 @@ class Measurement:
     clips_per_s_min: float
     clips_per_s_max: float
     speedup: float  # over the baseline on the same video set
+    packets_fed_per_clip: float  # mean packets sent to the decoder (nan: not counted, decord)
+    frames_decoded_per_clip: float  # of those, frames decoded, not skipped as unreferenced (nan: decord)
     repeats: int
     clips_per_repeat: int
     mean_file_kb: float
 
 
-def measure(cases: list[Case], repeats: int, clips_per_repeat: int) -> None:
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+CLOCK_NOTES = {
+    "cpu": "Clips per second of the process's own CPU time (one worker on one core: what it delivers while it "
+           "has the core), so that other processes on a shared machine do not count; they still slow it "
+           "through shared caches.",
+    "wall": "Clips per elapsed second.",
+}
+
+
+def measure(cases: list[Case], repeats: int, clips_per_repeat: int, clock: str = "cpu") -> None:
     """Fill each case's `rates`. Cases take turns within every repeat (in a rotating order), so a burst of
     load from other processes on a shared machine hits every loader alike."""
     for case in cases:
@@ -215,10 +251,63 @@ def measure(cases: list[Case], repeats: int, clips_per_repeat: int) -> None:
         shift = repeat % len(cases)
         for case in cases[shift:] + cases[:shift]:
             first = 1 + repeat * clips_per_repeat
-            started = time.perf_counter()
+            started = CLOCKS[clock]()
             for clip_number in range(first, first + clips_per_repeat):
                 case.load(clip_number)
-            case.rates.append(clips_per_repeat / (time.perf_counter() - started))
+            case.rates.append(clips_per_repeat / (CLOCKS[clock]() - started))
+
+
+class CountingDecoder:
+    """Stands in for a PyAV codec context: counts the packets sent and the frames that came out."""
+
+    def __init__(self, codec_context) -> None:
+        self.codec_context, self.packets_fed, self.frames_decoded = codec_context, 0, 0
+
+    @property
+    def skip_frame(self):
+        return self.codec_context.skip_frame
+
+    @skip_frame.setter
+    def skip_frame(self, value) -> None:
+        self.codec_context.skip_frame = value
+
+    def decode(self, packet):
+        frames = self.codec_context.decode(packet)
+        self.packets_fed += packet is not None
+        self.frames_decoded += len(frames)
+        return frames
+
+    def flush_buffers(self) -> None:
+        self.codec_context.flush_buffers()
+
+
+def decode_work(case: Case, clips: int) -> tuple[float, float]:
+    """Mean (packets fed to the decoder, frames it decoded) per training clip of this case's loader.
+
+    Runs the PyAV path's own decoding (`decode._decode_wanted_frames`) on the same kind of clips, through a
+    counting stand-in for the decoder; the baseline decodes every packet of the video.
+    """
+    if case.decoder == "decord":
+        return float("nan"), float("nan")
+    if case.decoder == "none":
+        return 0.0, 0.0
+    fed, decoded = [], []
+    for clip_number in range(clips):
+        path = case.files[clip_number % len(case.files)]
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            index = decode._index_packets(path, container, stream)
+            if case.decoder == "baseline":
+                fed.append(len(index.packets))
+                decoded.append(len(index.packets))
+                continue
+            wanted = training_indices(case.recipe, index.num_frames, random.Random(clip_number))
+            counter = CountingDecoder(stream.codec_context)
+            decode._decode_wanted_frames(path, counter, index, wanted)
+            fed.append(counter.packets_fed)
+            decoded.append(counter.frames_decoded)
+    return statistics.mean(fed), statistics.mean(decoded)
 
 
 def summarise(cases: list[Case], clips_per_repeat: int) -> list[Measurement]:
@@ -229,6 +318,7 @@ def summarise(cases: list[Case], clips_per_repeat: int) -> list[Measurement]:
         measurements.append(Measurement(
             case.video_set, case.loader, median, min(case.rates), max(case.rates),
             median / baselines[case.video_set] if case.video_set in baselines else float("nan"),
+            *decode_work(case, clips=WORK_CLIPS),
             len(case.rates), clips_per_repeat, statistics.mean(p.stat().st_size for p in case.files) / 1e3))
     return measurements
 
@@ -254,20 +344,29 @@ def build_cases(settings: BenchmarkSettings, work_dir: Path, progress: bool = Fa
         recipe = load_recipe(video_set.recipe)
         source = work_dir / video_set.name / "source"
         paths = write_video_set(video_set, source)
-        cases.append(Case(video_set.name, BASELINE, baseline_loader(paths, recipe, size), paths))
-        cases.append(Case(video_set.name, OURS, ours_loader(paths, recipe, size), paths))
+        cases.append(Case(video_set.name, BASELINE, baseline_loader(paths, recipe, size), paths, "baseline", recipe))
+        cases.append(Case(video_set.name, AUGMENTATION_ONLY, augmentation_only_loader(paths, recipe, size), paths,
+                          "none", recipe))
+        cases.append(Case(video_set.name, OURS, ours_loader(paths, recipe, size), paths, "auto", recipe))
+        with_decord = video_set.suffix != ".webm"  # decord numbers webm frames wrongly: never used there
+        if with_decord:
+            cases.append(Case(video_set.name, DECORD, ours_loader(paths, recipe, size, "decord"), paths, "decord",
+                              recipe))
         for label, folder_name, encode in prepared_variants(settings, video_set):
             folder = work_dir / video_set.name / folder_name
             prepare_videos(source, folder, encode, workers=1, progress=progress)
-            prepared_paths = [folder / path.name for path in paths]
-            cases.append(Case(video_set.name, label, ours_loader(prepared_paths, recipe, size), prepared_paths))
+            prepared = [folder / path.name for path in paths]
+            cases.append(Case(video_set.name, label, ours_loader(prepared, recipe, size), prepared, "auto", recipe))
+            if with_decord and encode.fast_decode:
+                cases.append(Case(video_set.name, label.replace("ours", DECORD, 1),
+                                  ours_loader(prepared, recipe, size, "decord"), prepared, "decord", recipe))
     return cases
 
 
 def run_benchmark(settings: BenchmarkSettings = BenchmarkSettings(), work_dir: Path | None = None) -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="loader_speed-") as temporary:
         cases = build_cases(settings, Path(work_dir or temporary))
-        measure(cases, settings.repeats, settings.clips_per_repeat)
+        measure(cases, settings.repeats, settings.clips_per_repeat, settings.clock)
         return summarise(cases, settings.clips_per_repeat)
 
 
@@ -300,13 +399,16 @@ def write_results(measurements: list[Measurement], settings: BenchmarkSettings, 
 
 
 def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup: str) -> str:
+    per_second = "clips/s (CPU time)" if settings.clock == "cpu" else "clips/s"
     lines = ["# Loader speed: clips per second in one worker process", "",
              "Generated by `python -m benchmarks.loader_speed`; do not edit by hand.", "",
-             "| video set | loader | clips/s (median) | min - max | vs baseline | ms per clip | mean file size |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"| video set | loader | {per_second} (median) | min - max | vs baseline | ms per clip "
+             "| packets decoded per clip | frames not skipped | mean file size |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m in measurements:
         lines.append(f"| {m.video_set} | {m.loader} | {m.clips_per_s:.1f} | {m.clips_per_s_min:.1f} - "
                      f"{m.clips_per_s_max:.1f} | {m.speedup:.2f}x | {1000 / m.clips_per_s:.0f} | "
+                     f"{_count(m.packets_fed_per_clip)} | {_count(m.frames_decoded_per_clip)} | "
                      f"{m.mean_file_kb:.0f} kB |")
     lines += ["", "## Setup", "",
               f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe: dense "
@@ -315,16 +417,29 @@ def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup
               "random-resized crop, RandAugment (n 4, m 7).",
               "- baseline: the file read into memory, every frame decoded by PyAV on one thread, then the "
               "sampled frames converted to RGB (the released ST-Adapter code's reading); same augmentation.",
-              "- ours: `VideoClipDataset` (decord decodes only the sampled frames of .mp4; .webm goes to PyAV, "
-              "which decodes the whole file because WebM stores no frame count).",
+              "- ours: `VideoClipDataset` with its default decoder: PyAV reads the file's packets once (the "
+              "frame count, also for WebM, which stores none), decodes only the groups of pictures that hold "
+              "sampled frames, each up to its last sampled frame, and skips frames nothing refers to "
+              "(non-reference B-frames) unless sampled. `with decord (get_batch)`: the same dataset with "
+              "`decoder=\"decord\"` (never used for .webm).",
+              "- augmentation alone: the same augmentation on clips decoded beforehand, the ceiling for any "
+              "loader here.",
+              f"- packets decoded / frames not skipped: mean over {WORK_CLIPS} training clips of the packets "
+              "sent to the decoder and of the frames it decoded rather than skipped (8 of them are used); "
+              "the baseline decodes every frame; not counted for decord.",
               f"- prepared: `peft-bench data prepare` applied to the same videos (`prepare_videos`): short side "
               f"{settings.prepared_short_side} (so no video here is scaled: none is larger), a keyframe every "
               f"{settings.prepared_keyframe_interval} frames, x264 crf 23 preset fast with or without its fastdecode "
               "tuning (no CABAC, no deblocking; the default of `data prepare`), VP9 crf 32 for .webm.",
               f"- {settings.repeats} repeats of {settings.clips_per_repeat} clips per loader, loaders taking "
-              "turns within each repeat; median and range over repeats.",
+              "turns within each repeat; median and range over repeats. "
+              + CLOCK_NOTES[settings.clock],
               f"- {setup}", ""]
     return "\n".join(lines)
+
+
+def _count(value: float) -> str:
+    return "-" if value != value else f"{value:.0f}"  # nan: not counted
 
 
 def describe_setup(pinned: int | None) -> str:
@@ -346,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=6, help="videos per set (default 6)")
     parser.add_argument("--repeats", type=int, default=BenchmarkSettings.repeats)
     parser.add_argument("--clips", type=int, default=BenchmarkSettings.clips_per_repeat, help="clips per repeat")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default=BenchmarkSettings.clock,
+                        help="cpu (default): clips per second of this process's CPU time, robust to other load on "
+                             "a shared machine; wall: per elapsed second")
     parser.add_argument("--cpu", type=int, help="core to pin to (default: the last allowed one)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one core")
     parser.add_argument("--results-dir", default="results")
@@ -353,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = BenchmarkSettings(k400=dataclasses.replace(K400_LIKE, count=args.videos),
                                  ssv2=dataclasses.replace(SSV2_LIKE, count=args.videos),
-                                 repeats=args.repeats, clips_per_repeat=args.clips)
+                                 repeats=args.repeats, clips_per_repeat=args.clips, clock=args.clock)
     pinned = None if args.no_pin else pin_to_one_cpu(args.cpu)
     torch.set_num_threads(1)
     measurements = run_benchmark(settings)

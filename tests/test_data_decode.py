@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from peft_bench.data import decode
 from peft_bench.data.decode import VideoDecodeError, count_frames, read_clip, read_frames
+from peft_bench.data.prepare import EncodeSettings, transcode
 from peft_bench.data.synthetic import write_video
 
 NUM_FRAMES = 48
@@ -34,14 +37,42 @@ def frame_index(frame: np.ndarray) -> int:
     return sum(1 << bit for bit, value in enumerate(centres) if value > 127)
 
 
+# Scene-cut detection off: x264 would otherwise start a new group of pictures where the index bars change.
+ONE_KEYFRAME_OPTIONS = {"libx264": {"crf": "12", "preset": "veryfast", "x264-params": "keyint=300:scenecut=0"},
+                        "libvpx-vp9": {"crf": "12", "b:v": "0", "deadline": "realtime", "cpu-used": "8",
+                                       "g": "300"}}
+
+
+def write_one_keyframe_video(path: Path, frames: np.ndarray, codec: str) -> None:
+    """Frames encoded with one keyframe, at the start: the long groups of pictures of downloaded videos."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=30, options=ONE_KEYFRAME_OPTIONS[codec])
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for index, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 30)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("decode")
     frames = index_frames(NUM_FRAMES)
     paths = {"mp4": folder / "index.mp4", "webm": folder / "index.webm"}
-    # Keyframes every 8 frames, so reading late frames really has to seek.
+    # Keyframes every 8 frames, so reading late frames really has to skip groups of pictures.
     write_video(paths["mp4"], frames, "libx264", keyframe_interval=KEYFRAME_INTERVAL)
     write_video(paths["webm"], frames, "libvpx-vp9", keyframe_interval=KEYFRAME_INTERVAL)
+    # As downloaded: one keyframe for the whole video (x264 and libvpx default to 250 and more).
+    paths["long-gop-mp4"] = folder / "long-gop.mp4"
+    paths["long-gop-webm"] = folder / "long-gop.webm"
+    write_one_keyframe_video(paths["long-gop-mp4"], frames, "libx264")
+    write_one_keyframe_video(paths["long-gop-webm"], frames, "libvpx-vp9")
+    # After `data prepare`: short groups of pictures, x264's fastdecode tuning.
+    prepared = EncodeSettings(keyframe_interval=6, crf=12)
+    for suffix in ("mp4", "webm"):
+        paths[f"prepared-{suffix}"] = folder / f"prepared.{suffix}"
+        transcode(paths[f"long-gop-{suffix}"], paths[f"prepared-{suffix}"], prepared, f".{suffix}")
     return paths
 
 
@@ -68,6 +99,8 @@ ORDERS = [
     list(range(0, NUM_FRAMES, 6)),
 ]
 BACKEND_CASES = [("mp4", "decord"), ("mp4", "pyav"), ("mp4", "auto"), ("webm", "pyav"), ("webm", "auto")]
+BACKEND_CASES += [(f"{kind}-{suffix}", "auto") for kind in ("long-gop", "prepared") for suffix in ("mp4", "webm")]
+BACKEND_CASES += [("long-gop-mp4", "decord"), ("prepared-mp4", "decord")]
 
 
 @pytest.mark.parametrize("container,backend", BACKEND_CASES)
@@ -83,54 +116,193 @@ def test_count_frames(videos, container, backend):
     assert count_frames(videos[container], backend=backend) == NUM_FRAMES
 
 
-def test_webm_has_no_frame_count_so_pyav_counts_by_decoding(videos):
+def keyframes_and_reordering(path: Path) -> tuple[list[int], bool]:
+    """Decode positions of the keyframes, and whether any frame is decoded out of display order."""
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+    pts = [p.pts for p in packets]
+    return [position for position, p in enumerate(packets) if p.is_keyframe], pts != sorted(pts)
+
+
+def test_the_test_videos_have_the_structure_the_decode_tests_rely_on(videos, textured_videos):
+    assert keyframes_and_reordering(videos["mp4"]) == (list(range(0, NUM_FRAMES, KEYFRAME_INTERVAL)), True)
+    for suffix in ("mp4", "webm"):
+        assert keyframes_and_reordering(videos[f"long-gop-{suffix}"])[0] == [0]
+        assert keyframes_and_reordering(textured_videos[suffix])[0] == [0]
+        assert keyframes_and_reordering(videos[f"prepared-{suffix}"])[0] == list(range(0, NUM_FRAMES, 6))
+    assert keyframes_and_reordering(videos["long-gop-mp4"])[1], "B-frames: display order differs from decode order"
     with av.open(str(videos["webm"])) as container:
-        assert container.streams.video[0].frames == 0  # the path exercised by the webm cases above
+        assert container.streams.video[0].frames == 0  # WebM stores no frame count: the packets are counted
 
 
-def test_auto_sends_webm_to_pyav_and_never_to_decord(videos, monkeypatch):
+def test_webm_frames_are_counted_without_decoding(videos, monkeypatch):
     def refuse(*args, **kwargs):
-        raise AssertionError("decord must not be used for .webm in auto mode")
+        raise AssertionError("counting frames must not decode any")
+
+    monkeypatch.setattr(decode, "_decode_packets", refuse)
+    assert count_frames(videos["long-gop-webm"]) == NUM_FRAMES
+
+
+@pytest.mark.parametrize("container", ["mp4", "webm"])
+def test_auto_reads_with_pyav_and_never_with_decord(videos, container, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("auto mode must read with PyAV")
 
     monkeypatch.setattr(decode, "_read_with_decord", refuse)
-    assert [frame_index(f) for f in read_frames(videos["webm"], [30, 2], backend="auto")] == [30, 2]
+    assert [frame_index(f) for f in read_frames(videos[container], [30, 2], backend="auto")] == [30, 2]
 
 
-def test_auto_falls_back_to_pyav_when_decord_cannot_open(videos, monkeypatch):
-    import decord
+@pytest.mark.parametrize("container", ["mp4", "webm"])
+def test_auto_falls_back_to_decord_when_pyav_cannot_open_except_for_webm(videos, container, monkeypatch):
+    real_open = av.open
 
-    def cannot_open(*args, **kwargs):
-        raise RuntimeError("simulated demuxer failure")
+    def cannot_open(file, *args, **kwargs):
+        if str(file) == str(videos[container]):
+            raise av.error.InvalidDataError(1094995529, "simulated demuxer failure")
+        return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(decord, "VideoReader", cannot_open)
-    assert [frame_index(f) for f in read_frames(videos["mp4"], [33, 1], backend="auto")] == [33, 1]
+    monkeypatch.setattr(av, "open", cannot_open)
+    if container == "mp4":
+        assert [frame_index(f) for f in read_frames(videos[container], [33, 1], backend="auto")] == [33, 1]
+    else:  # decord numbers webm frames wrongly: no second chance
+        with pytest.raises(VideoDecodeError, match="PyAV could not open it"):
+            read_frames(videos[container], [33, 1], backend="auto")
     with pytest.raises(VideoDecodeError, match="simulated demuxer failure"):
-        read_frames(videos["mp4"], [1], backend="decord")
+        read_frames(videos[container], [1], backend="pyav")
 
 
-class CountingContainer:
-    """Wraps a PyAV container and counts the frames its decoder hands out."""
+class CountingDecoder:
+    """Stands in for a PyAV codec context; counts the packets sent to it and the frames it decoded."""
 
-    def __init__(self, container) -> None:
-        self.container = container
-        self.decoded = 0
+    def __init__(self, codec_context) -> None:
+        self.codec_context = codec_context
+        self.packets_sent = 0
+        self.frames_decoded = 0
 
-    def seek(self, *args, **kwargs):
-        return self.container.seek(*args, **kwargs)
+    @property
+    def skip_frame(self):
+        return self.codec_context.skip_frame
 
-    def decode(self, *args, **kwargs):
-        for frame in self.container.decode(*args, **kwargs):
-            self.decoded += 1
-            yield frame
+    @skip_frame.setter
+    def skip_frame(self, value) -> None:
+        self.codec_context.skip_frame = value
+
+    def decode(self, packet):
+        frames = self.codec_context.decode(packet)
+        self.packets_sent += packet is not None
+        self.frames_decoded += len(frames)
+        return frames
+
+    def flush_buffers(self) -> None:
+        self.codec_context.flush_buffers()
 
 
-def test_pyav_seeks_and_decodes_only_the_needed_stretch(videos):
-    with av.open(str(videos["mp4"])) as container:
-        counting = CountingContainer(container)
-        frames = decode._decode_pyav_indices(videos["mp4"], counting, container.streams.video[0], [42, 44])
-    assert [frame_index(frame) for frame in frames] == [42, 44]
-    # From the keyframe at 40 to 44 (plus decoder delay), far from the 45 frames a full decode would take.
-    assert counting.decoded <= 2 * KEYFRAME_INTERVAL
+def decode_counting(path: Path, wanted: list[int]) -> tuple[list[int], CountingDecoder]:
+    """Frame indices read back from the PyAV path's frames for `wanted`, and what its decoder did."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        index = decode._index_packets(path, container, stream)
+        counting = CountingDecoder(stream.codec_context)
+        frames = decode._decode_wanted_frames(path, counting, index, wanted)
+    return [frame_index(frame) for frame in frames], counting
+
+
+def test_pyav_decodes_only_the_groups_of_pictures_holding_wanted_frames(videos):
+    read, counting = decode_counting(videos["mp4"], [42, 44])
+    assert read == [42, 44]
+    # From the keyframe at 40 to frame 44 (decode order may put a later P-frame before it): never the
+    # 40 packets before that keyframe.
+    assert counting.packets_sent <= KEYFRAME_INTERVAL
+    read, counting = decode_counting(videos["prepared-mp4"], [1, 25, 26])
+    assert read == [1, 25, 26]
+    assert counting.packets_sent <= 6 + 6  # the groups starting at 0 and 24
+
+
+def test_pyav_skips_unreferenced_frames_that_are_not_wanted(videos):
+    read, counting = decode_counting(videos["long-gop-mp4"], [45, 46, 47])
+    assert read == [45, 46, 47]
+    assert counting.packets_sent == NUM_FRAMES  # one keyframe: everything up to the last frame is needed
+    assert counting.frames_decoded < NUM_FRAMES - 8  # but x264's non-reference B-frames were skipped
+
+
+def test_pyav_decodes_from_the_first_packet_when_skipping_lost_a_wanted_frame(videos, monkeypatch):
+    real_decode_packets = decode._decode_packets
+    calls = []
+
+    def lose_everything_when_skipping(codec_context, index, runs, wanted_pts, skip_unreferenced):
+        calls.append((runs, skip_unreferenced))
+        return {} if skip_unreferenced else real_decode_packets(codec_context, index, runs, wanted_pts, False)
+
+    monkeypatch.setattr(decode, "_decode_packets", lose_everything_when_skipping)
+    assert [frame_index(f) for f in read_frames(videos["mp4"], [42, 20])] == [42, 20]
+    assert [skip for _, skip in calls] == [True, False]
+    assert calls[1][0][0][0] == 0  # the slow, exact way: one run from the first packet
+
+
+def fake_index(packets: list[tuple[int, bool]]) -> decode._PacketIndex:
+    """A packet index from (pts, is_keyframe) in decode order."""
+    stand_ins = [SimpleNamespace(pts=pts, is_keyframe=key, is_discard=False, size=1) for pts, key in packets]
+    shown = sorted(range(len(stand_ins)), key=lambda position: stand_ins[position].pts)
+    return decode._PacketIndex(stand_ins, shown, [p for p, packet in enumerate(stand_ins) if packet.is_keyframe])
+
+
+def test_decode_runs_skip_groups_without_wanted_frames_and_merge_adjacent_ones():
+    index = fake_index([(pts, pts % 6 == 0) for pts in range(18)])  # keyframes at 0, 6 and 12
+    assert decode._decode_runs(index, [1, 2]) == [(0, 2)]
+    assert decode._decode_runs(index, [14, 1]) == [(0, 1), (12, 14)]
+    assert decode._decode_runs(index, [5, 6, 8]) == [(0, 8)]  # runs on through the keyframe at 6
+    assert decode._decode_runs(index, [13, 13]) == [(12, 13)]
+
+
+def test_decode_runs_start_open_gop_leading_frames_at_the_previous_keyframe():
+    # Decode order I0 P3 B1 B2 | I6 B4 B5 P9 B7 B8: B4 and B5 are shown before I6 and refer to P3.
+    index = fake_index([(0, True), (3, False), (1, False), (2, False), (6, True), (4, False), (5, False),
+                        (9, False), (7, False), (8, False)])
+    assert decode._decode_runs(index, [4]) == [(0, 5)]
+    assert decode._decode_runs(index, [6]) == [(4, 4)]
+    assert decode._decode_runs(index, [8]) == [(4, 9)]
+
+
+def test_streams_without_timestamps_are_numbered_by_decoding_everything(videos, monkeypatch):
+    monkeypatch.setattr(decode, "_index_packets", lambda *args: None)
+    assert [frame_index(f) for f in read_frames(videos["long-gop-mp4"], [47, 3])] == [47, 3]
+    assert count_frames(videos["webm"]) == NUM_FRAMES
+
+
+def textured_frames(num_frames: int = 40, height: int = 64, width: int = 96) -> np.ndarray:
+    """Noise panning under a moving bar: every pixel matters, so a frame decoded from the wrong references
+    differs from the right one (index bars alone could survive that)."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (height, width + num_frames, 3), dtype=np.uint8)
+    frames = np.stack([noise[:, t : t + width] for t in range(num_frames)])
+    for t in range(num_frames):
+        frames[t, :, (3 * t) % width : (3 * t) % width + 8] = 255
+    return frames
+
+
+@pytest.fixture(scope="module")
+def textured_videos(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("textured")
+    paths = {"mp4": folder / "textured.mp4", "webm": folder / "textured.webm", "prepared-mp4": folder / "p.mp4"}
+    write_one_keyframe_video(paths["mp4"], textured_frames(), "libx264")
+    write_one_keyframe_video(paths["webm"], textured_frames(), "libvpx-vp9")
+    transcode(paths["mp4"], paths["prepared-mp4"], EncodeSettings(keyframe_interval=5), ".mp4")
+    return paths
+
+
+def decode_everything(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        by_pts = {frame.pts: frame for frame in container.decode(stream)}
+    return np.stack([by_pts[pts].to_ndarray(format="rgb24") for pts in sorted(by_pts)])
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm", "prepared-mp4"])
+def test_pyav_frames_are_pixel_identical_to_a_full_decode(textured_videos, kind):
+    everything = decode_everything(textured_videos[kind])
+    rng = np.random.default_rng(1)
+    for wanted in ([39], [0, 17, 18, 33], rng.choice(len(everything), 8, replace=False).tolist()):
+        assert np.array_equal(read_frames(textured_videos[kind], wanted, backend="pyav"), everything[wanted])
 
 
 def test_read_clip_lets_the_caller_choose_from_the_frame_count(videos):
@@ -170,6 +342,15 @@ def test_truncated_webm_is_an_error_for_frames_past_the_cut(tmp_path, videos):
     truncated = tmp_path / "truncated.webm"
     truncated.write_bytes(videos["webm"].read_bytes()[: videos["webm"].stat().st_size // 2])
     with pytest.raises(VideoDecodeError, match=str(truncated)):
+        read_frames(truncated, [NUM_FRAMES - 1])
+
+
+def test_truncated_mp4_with_its_index_up_front_reads_before_the_cut_and_names_the_cut_after(tmp_path, videos):
+    truncated = tmp_path / "cut.mp4"  # `data prepare` writes the index (moov) first: it survives the cut
+    truncated.write_bytes(videos["prepared-mp4"].read_bytes()[: videos["prepared-mp4"].stat().st_size * 3 // 4])
+    assert count_frames(truncated) == NUM_FRAMES  # what the header declares
+    assert [frame_index(f) for f in read_frames(truncated, [0, 5])] == [0, 5]
+    with pytest.raises(VideoDecodeError, match=f"of the {NUM_FRAMES} frames its header declares"):
         read_frames(truncated, [NUM_FRAMES - 1])
 
 

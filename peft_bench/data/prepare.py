@@ -14,8 +14,9 @@ Containers are chosen by suffix, so that every path the annotations name stays v
 * `.mp4` (Kinetics) and other suffixes: H.264.
 * `.webm` (Something-Something v2): VP9 again, with the short keyframe interval. H.264 would be quicker to
   decode, but the SSv2 reader names `{id}.webm` and WebM cannot hold H.264, so switching codec would
-  mean renaming files and changing the reader. (The current reader decodes a whole `.webm` anyway, since
-  WebM stores no frame count, so for SSv2 this copy mostly saves pixels, not decode time.)
+  mean renaming files and changing the reader. (For SSv2 the copy saves little decode time: the 8
+  segments of a clip reach into every group of pictures of a few-second video, and augmentation, not
+  decoding, takes most of a clip's time; `benchmarks/loader_speed.py` shows both.)
 
 Resumable: each video is written under a temporary name and renamed into place when complete, so an
 existing output file is always whole and is skipped; temporaries left by a killed run are removed on the
