@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import preemption
+from . import distributed, preemption
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import build_dataset
@@ -127,7 +127,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progres
         correct1 += topk_correct(probs, labels, 1)
         correct5 += topk_correct(probs, labels, 5)
         seen += b
-    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1)}
+    correct1, correct5, seen = distributed.sum_over_ranks([correct1, correct5, seen])  # each rank saw a share
+    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "clips": seen}
 
 
 def _progress(iterable, enabled: bool, desc: str):
@@ -218,7 +219,36 @@ def load_checkpoint(path: Path) -> dict:
 
 def checkpoint_position(state: dict) -> EpochPosition:
     loss_sum, correct, seen = state.get("epoch_sums", (0.0, 0.0, 0.0))
+    if distributed.rank() != 0:  # the saved sums are over all ranks: one rank carries them, or they count twice
+        loss_sum = correct = seen = 0.0
     return EpochPosition(state["epoch"], state.get("step_in_epoch", 0), loss_sum, correct, seen)
+
+
+def rank_batch_sizes(cfg: RunConfig, world_size: int) -> tuple[int, int]:
+    """(clips per forward pass, passes per optimizer step) of one rank; train.batch_size is the global batch."""
+    batch = cfg.train.batch_size
+    if batch % world_size:
+        raise ValueError(f"train.batch_size {batch} (the global batch) does not split over {world_size} processes")
+    per_rank = batch // world_size
+    micro = min(cfg.train.micro_batch_size or per_rank, per_rank)
+    if per_rank % micro:
+        raise ValueError(f"train.micro_batch_size {micro} does not divide the per-process batch {per_rank}")
+    return micro, per_rank // micro
+
+
+class NullTracker:
+    """What ranks other than 0 track: nothing."""
+
+    run_id = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None]) -> Callable[[EpochPosition], None]:
@@ -227,7 +257,7 @@ def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None]) -> Callable
     every = cfg.train.checkpoint_every
 
     def after_step(position: EpochPosition) -> None:
-        stop = preemption.requested()
+        stop = distributed.any_rank(preemption.requested())
         if stop or (every and position.step % every == 0):
             save(position)
         if stop:
@@ -239,7 +269,8 @@ def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None]) -> Callable
 # --- the run -----------------------------------------------------------------------------------------
 
 def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
-    from .tracking import RunTracker, default_tracking_uri
+    from .journal import JournaledTracker
+    from .tracking import default_tracking_uri
 
     start = time.time()
     seed_everything(cfg.seed)
@@ -261,10 +292,12 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     model = build_model(cfg, train_set.num_classes, backbone).to(device)
     counts = count_parameters(model)
 
-    micro = cfg.train.micro_batch_size or cfg.train.batch_size
-    accumulate = cfg.train.batch_size // micro
-    sampler = EpochSampler(len(train_set), cfg.seed)
+    rank, world = distributed.rank(), distributed.world_size()
+    micro, accumulate = rank_batch_sizes(cfg, world)
+    sampler = EpochSampler(len(train_set), cfg.seed, rank, world)
     train_loader = _train_loader(train_set, micro, sampler, cfg)
+    if world > 1:  # each rank evaluates a share; evaluate() sums the counts
+        val_items = torch.utils.data.Subset(val_items, range(rank, len(val_items), world))
     val_loader = _loader(val_items, max(1, micro // 2), False, cfg, cfg.seed)
     steps_per_epoch = max(1, len(train_loader) // accumulate)
     if len(train_loader) < accumulate:
@@ -275,10 +308,12 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
 
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
     checkpoint_path = run_dir / CHECKPOINT_NAME
     position, run_id = EpochPosition(), None
-    if resume and checkpoint_path.is_file():
+    resuming = resume and checkpoint_path.is_file()
+    if resuming:
         state = load_checkpoint(checkpoint_path)
         load_trainable_state_dict(model, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
@@ -290,8 +325,10 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                  position.step, run_id)
 
     uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
-    with RunTracker(uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id) as tracker:
-        if run_id is None:
+    tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=resuming)
+               if rank == 0 else NullTracker())
+    with tracker:
+        if not resuming and rank == 0:
             tracker.log_config(_config_for_tracking(cfg))
             tracker.log_environment()
             with torch.random.fork_rng():  # the check must not shift this run's random stream
@@ -303,6 +340,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                 "peft_bench.models_time": "yes" if models_time else "no",
                 "peft_bench.pretrained": pretrained,
                 "peft_bench.group": spec.group, "peft_bench.architecture": spec.architecture,
+                # The batch and lr of one optimizer step are the config's whatever the process count.
+                "peft_bench.world_size": str(world), "peft_bench.rank_batch": str(micro * accumulate),
             })
             flops = count_gflops(model, cfg.num_frames, backbone.input_size)
             views = getattr(val_set, "num_views", 1)
@@ -311,7 +350,10 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
         log.info("%s: %s trainable of %s parameters", cfg.run_name(), f"{counts.trainable:,}", f"{counts.total:,}")
 
         def save(at: EpochPosition) -> None:
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
+            # Every rank takes part in the sum; rank 0 alone writes.
+            at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
+            if rank == 0:
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
 
         after_step = step_hook(cfg, save)
         for epoch in range(position.epoch, cfg.train.epochs):
@@ -323,9 +365,10 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, cfg, accumulate,
                                     progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
                                     position=position, after_step=after_step)
-            metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "lr": scheduler.get_last_lr()[0]}
+            metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
+                       "lr": scheduler.get_last_lr()[0]}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-                metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
+                metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items() if k != "clips"})
             tracker.log_metrics(metrics, step=epoch + 1)
             position = EpochPosition(epoch + 1)
             save(position)
@@ -335,8 +378,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
         tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
         tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
-                             "decode_failures": failures})
-        run_id = tracker.run_id
+                             "decode_failures": failures, "eval_clips": final["clips"]})
+    run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
     return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
 
 
@@ -369,6 +412,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
             raise FloatingPointError(f"the training loss became {loss.item()}: lower train.lr or check the data")
         (loss / accumulate).backward()
         if (i + 1) % accumulate == 0:
+            distributed.average_gradients(trainable)
             torch.nn.utils.clip_grad_norm_(trainable, max_norm=1e3)  # guards against a rare blow-up only
             optimizer.step()
             scheduler.step()
@@ -378,7 +422,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
         seen += len(labels)
         if (i + 1) % accumulate == 0 and after_step is not None:
             after_step(EpochPosition(position.epoch, (i + 1) // accumulate, total_loss, correct, seen))
-    return {"loss": total_loss / max(seen, 1), "top1": 100.0 * correct / max(seen, 1)}
+    total_loss, correct, seen = distributed.sum_over_ranks([total_loss, correct, seen])
+    return {"loss": total_loss / max(seen, 1), "top1": 100.0 * correct / max(seen, 1), "clips": seen}
 
 
 def _config_for_tracking(cfg: RunConfig) -> dict:
