@@ -128,7 +128,18 @@ def _send(client, run_id: str, entry: dict) -> None:
 
 
 def flush(journal: Journal) -> str:
-    """Send what mlflow does not have yet, in order; returns the mlflow run id. Raises if unreachable."""
+    """Send what mlflow does not have yet, in order; returns the mlflow run id. Raises if unreachable.
+
+    Under a lock on the run folder: the run's own last flush and a `sweep sync` may meet.
+    """
+    import fcntl
+
+    with journal.path.with_name(".tracking.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _flush_locked(journal)
+
+
+def _flush_locked(journal: Journal) -> str:
     entries, state = journal.entries(), journal.sync_state()
     header = journal.header()
     client = _client(header["tracking_uri"])

@@ -11,7 +11,16 @@ import pytest
 import peft_bench.runner as runner
 from peft_bench.preemption import PreemptionGuard, Preempted, preemption_signal
 
-from test_end_to_end import small_config
+from peft_bench.config import resolve_config
+
+
+def small_config(tmp_path, **train):
+    return resolve_config({
+        "method": "st_adapter", "dataset": "synthetic-appearance", "pretrained": "none", "num_frames": 2,
+        "method_args": {"width": 16},  # narrow adapters, 2 frames: the same code path, a fraction of the time
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "output_dir": str(tmp_path / "runs"),
+        "train": {"epochs": 1, "val_subset": 8, "num_workers": 0, "batch_size": 16, **train},
+    })
 
 
 def signal_at_step(monkeypatch, step: int) -> None:
