@@ -58,7 +58,7 @@ def mid_training_checkpoint(run_dir: Path, epochs: int):
 
 
 def test_a_slurm_sweep_survives_a_preemption_and_is_not_submitted_twice(tmp_path, capsys):
-    epochs = 2
+    epochs = 1  # 30 steps of 16 clips: room to preempt mid-epoch, and CI stays short
     args = ["sweep", "--executor", "slurm", "--partition", "debug", "--cpus-per-task", "1",
             "--timeout", "30",  # over submitit's 12.5 min threshold: the signal counts as a preemption
             "--signal-delay", "60", "--methods", "linear_probe,st_adapter", "--seeds", "0,1",
