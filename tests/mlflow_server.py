@@ -50,7 +50,9 @@ class MlflowServer:
             [*command, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.folder / 'store.db'}",
              "--artifacts-destination", str(self.folder / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": "",
+                 # its background job runner (a dozen worker processes) is not needed to track runs
+                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             start_new_session=True)  # its own process group: stop() ends the server's workers with it
         deadline = time.time() + START_TIMEOUT_S
         while time.time() < deadline:
