@@ -445,9 +445,10 @@ def plan(args, sweep_dir: Path) -> tuple[Manifest, list[Combination]]:
     previous = Manifest.load(sweep_dir) if (sweep_dir / MANIFEST).is_file() else None
     manifest = Manifest(args.executor, str(sweep_dir / "logs"), first.tracking_uri, first.experiment)
     if previous is not None:
+        if previous.executor != args.executor:  # its job ids mean nothing to the other executor
+            raise ValueError(f"{sweep_dir} holds a sweep submitted with --executor {previous.executor}; "
+                             f"use that executor or another --sweep-dir")
         manifest.combinations = previous.combinations
-        if previous.executor != args.executor:
-            manifest.executor = previous.executor  # its jobs are the previous executor's; keep reading them so
     tracked = tracked_runs(first.tracking_uri, first.experiment)
     earlier = {(c.name, c.digest): c for c in manifest.combinations}
     combos = []
