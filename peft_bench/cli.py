@@ -76,9 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .accounting import add_account_parser
     from .data.cli import add_data_parser
+    from .sweep import add_sweep_parser
 
     add_account_parser(sub)
     add_data_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 
@@ -101,6 +103,8 @@ def _run_configs(args) -> list:
         "output_dir": args.output_dir,
     }.items() if v is not None}
     overrides = parse_overrides(args.set)
+    if isinstance(overrides.get("method"), dict):  # `--set method.width=16` is about method_args; merged into
+        overrides["method_args"] = overrides.pop("method")  # "method" it would replace the method's name
     configs = []
     for dataset in datasets:
         for method in methods:
@@ -202,8 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         from .accounting import cmd_account
         from .data.cli import cmd_data
 
+        from .distributed import distributed_from_environment, rank
+        from .sweep import cmd_sweep
+
         commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account,
-                    "data": cmd_data}
+                    "data": cmd_data, "sweep": cmd_sweep}
+        if args.command == "run":  # under torchrun: one process group for all of the command's runs
+            with distributed_from_environment():
+                args.no_table = args.no_table or rank() != 0
+                return cmd_run(args)
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"peft-bench: error: {err}", file=sys.stderr)

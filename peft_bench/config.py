@@ -33,12 +33,15 @@ class TrainConfig:
     num_workers: int = 8
     max_failure_fraction: float = 0.05  # of videos that may fail to decode before the run stops
     val_subset: int = 0  # evaluate on the first N validation videos only (0 = all)
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0 = at epoch ends only)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be at least 1 and lr positive")
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be 0 (epoch ends only) or a number of steps, got {self.checkpoint_every}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
 
@@ -85,6 +88,7 @@ class RunConfig:
         for key in ("experiment", "tracking_uri", "results_dir", "output_dir", "device"):
             data.pop(key)
         data["train"].pop("num_workers")
+        data["train"].pop("checkpoint_every")  # where a run saves, not what it computes
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def run_name(self) -> str:

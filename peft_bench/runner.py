@@ -3,8 +3,10 @@
 The method decides what it adds and what trains (``requires_grad``); the runner gives gradients and
 optimizer state to those parameters only. AdamW without decay on 1-D parameters, linear warm-up then
 cosine (per step), bf16 autocast on GPU and fp32 on CPU, top-1/top-5 over softmax-averaged views.
-Checkpoints hold the trainable state, optimizer, scheduler, RNG states and the mlflow run id, so that
-``--resume`` continues the same run.
+Checkpoints hold the trainable state, optimizer, scheduler, RNG states, the position within the epoch
+and the mlflow run id, so that ``--resume`` continues the same run from the step it stopped at. They are
+written at each epoch's end, every ``train.checkpoint_every`` steps, and when a preemption signal comes
+(``preemption.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import distributed, preemption
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import build_dataset
@@ -124,7 +128,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progres
         correct1 += topk_correct(probs, labels, 1)
         correct5 += topk_correct(probs, labels, 5)
         seen += b
-    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1)}
+    correct1, correct5, seen = distributed.sum_over_ranks([correct1, correct5, seen])  # each rank saw a share
+    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "clips": seen}
 
 
 def _progress(iterable, enabled: bool, desc: str):
@@ -142,14 +147,63 @@ def _loader(dataset, batch_size: int, shuffle: bool, cfg: RunConfig, seed: int) 
                       generator=torch.Generator().manual_seed(seed))
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """The epoch's shuffle, from (seed, epoch) alone; this rank's share of it; from a given clip on.
+
+    A run resumed mid-epoch starts at the first clip it has not trained on, without loading those before.
+    Under DDP each rank takes every world_size-th clip of the same permutation, so the ranks together
+    see what one process would.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _share(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        usable = self.size // self.world_size * self.world_size  # equal shares: no rank waits on another
+        return order[self.rank:usable:self.world_size].tolist()
+
+    def __iter__(self):
+        return iter(self._share()[self.start:])
+
+    def __len__(self) -> int:
+        return self.size // self.world_size - self.start
+
+
+def _train_loader(dataset, batch_size: int, sampler: EpochSampler, cfg: RunConfig) -> DataLoader:
+    workers = cfg.train.num_workers
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      persistent_workers=workers > 0, drop_last=True, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(cfg.seed))
+
+
+@dataclass
+class EpochPosition:
+    """Where training stands: epochs completed, optimizer steps into the next one, and its running sums."""
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+
+
 # --- checkpoints -------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, run_id: str, digest: str) -> None:
+def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosition, run_id: str | None,
+                    digest: str) -> None:
     state = {
         "trainable": trainable_state_dict(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "epoch": epoch,  # epochs completed
+        "epoch": position.epoch,  # epochs completed
+        "step_in_epoch": position.step,  # optimizer steps into the next epoch (0 at an epoch's end)
+        "epoch_sums": [position.loss_sum, position.correct, position.seen],
         "mlflow_run_id": run_id,
         "config_digest": digest,
         "rng_torch": torch.get_rng_state(),
@@ -164,10 +218,60 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def checkpoint_position(state: dict) -> EpochPosition:
+    loss_sum, correct, seen = state.get("epoch_sums", (0.0, 0.0, 0.0))
+    if distributed.rank() != 0:  # the saved sums are over all ranks: one rank carries them, or they count twice
+        loss_sum = correct = seen = 0.0
+    return EpochPosition(state["epoch"], state.get("step_in_epoch", 0), loss_sum, correct, seen)
+
+
+def rank_batch_sizes(cfg: RunConfig, world_size: int) -> tuple[int, int]:
+    """(clips per forward pass, passes per optimizer step) of one rank; train.batch_size is the global batch."""
+    batch = cfg.train.batch_size
+    if batch % world_size:
+        raise ValueError(f"train.batch_size {batch} (the global batch) does not split over {world_size} processes")
+    per_rank = batch // world_size
+    micro = min(cfg.train.micro_batch_size or per_rank, per_rank)
+    if per_rank % micro:
+        raise ValueError(f"train.micro_batch_size {micro} does not divide the per-process batch {per_rank}")
+    return micro, per_rank // micro
+
+
+class NullTracker:
+    """What ranks other than 0 track: nothing."""
+
+    run_id = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None]) -> Callable[[EpochPosition], None]:
+    """Called after every optimizer step: a checkpoint every ``checkpoint_every`` steps, and on preemption
+    a checkpoint and then the hand-over (requeue under submitit, :class:`preemption.Preempted` otherwise)."""
+    every = cfg.train.checkpoint_every
+
+    def after_step(position: EpochPosition) -> None:
+        stop = distributed.any_rank(preemption.requested())
+        if stop or (every and position.step % every == 0):
+            save(position)
+        if stop:
+            preemption.hand_over()
+
+    return after_step
+
+
 # --- the run -----------------------------------------------------------------------------------------
 
 def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
-    from .tracking import RunTracker, default_tracking_uri
+    from .journal import JournaledTracker
+    from .tracking import default_tracking_uri
 
     start = time.time()
     seed_everything(cfg.seed)
@@ -189,9 +293,12 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     model = build_model(cfg, train_set.num_classes, backbone).to(device)
     counts = count_parameters(model)
 
-    micro = cfg.train.micro_batch_size or cfg.train.batch_size
-    accumulate = cfg.train.batch_size // micro
-    train_loader = _loader(train_set, micro, True, cfg, cfg.seed)
+    rank, world = distributed.rank(), distributed.world_size()
+    micro, accumulate = rank_batch_sizes(cfg, world)
+    sampler = EpochSampler(len(train_set), cfg.seed, rank, world)
+    train_loader = _train_loader(train_set, micro, sampler, cfg)
+    if world > 1:  # each rank evaluates a share; evaluate() sums the counts
+        val_items = torch.utils.data.Subset(val_items, range(rank, len(val_items), world))
     val_loader = _loader(val_items, max(1, micro // 2), False, cfg, cfg.seed)
     steps_per_epoch = max(1, len(train_loader) // accumulate)
     if len(train_loader) < accumulate:
@@ -202,22 +309,27 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
 
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
     checkpoint_path = run_dir / CHECKPOINT_NAME
-    first_epoch, run_id = 0, None
-    if resume and checkpoint_path.is_file():
+    position, run_id = EpochPosition(), None
+    resuming = resume and checkpoint_path.is_file()
+    if resuming:
         state = load_checkpoint(checkpoint_path)
         load_trainable_state_dict(model, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
         random.setstate(_as_python_rng_state(state["rng_python"]))
-        first_epoch, run_id = state["epoch"], state["mlflow_run_id"]
-        log.info("resuming %s from epoch %d (mlflow run %s)", cfg.run_name(), first_epoch, run_id)
+        position, run_id = checkpoint_position(state), state["mlflow_run_id"]
+        log.info("resuming %s from epoch %d, step %d (mlflow run %s)", cfg.run_name(), position.epoch,
+                 position.step, run_id)
 
     uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
-    with RunTracker(uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id) as tracker:
-        if run_id is None:
+    tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=resuming)
+               if rank == 0 else NullTracker())
+    with tracker:
+        if not resuming and rank == 0:
             tracker.log_config(_config_for_tracking(cfg))
             tracker.log_environment()
             with torch.random.fork_rng():  # the check must not shift this run's random stream
@@ -229,6 +341,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                 "peft_bench.models_time": "yes" if models_time else "no",
                 "peft_bench.pretrained": pretrained,
                 "peft_bench.group": spec.group, "peft_bench.architecture": spec.architecture,
+                # The batch and lr of one optimizer step are the config's whatever the process count.
+                "peft_bench.world_size": str(world), "peft_bench.rank_batch": str(micro * accumulate),
             })
             flops = count_gflops(model, cfg.num_frames, backbone.input_size)
             views = getattr(val_set, "num_views", 1)
@@ -236,26 +350,37 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                                  "gflops_per_view": flops, "gflops": flops * views})
         log.info("%s: %s trainable of %s parameters", cfg.run_name(), f"{counts.trainable:,}", f"{counts.total:,}")
 
-        for epoch in range(first_epoch, cfg.train.epochs):
+        def save(at: EpochPosition) -> None:
+            # Every rank takes part in the sum; rank 0 alone writes.
+            at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
+            if rank == 0:
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
+
+        after_step = step_hook(cfg, save)
+        for epoch in range(position.epoch, cfg.train.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
             # The epoch's shuffle depends on (seed, epoch) alone, so a resumed run sees the same order.
-            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+            sampler.set_position(epoch, position.step * accumulate * micro)
+            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # loader workers' seeds
             stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, cfg, accumulate,
-                                    progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}")
-            metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "lr": scheduler.get_last_lr()[0]}
+                                    progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
+                                    position=position, after_step=after_step)
+            metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
+                       "lr": scheduler.get_last_lr()[0]}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-                metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
+                metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items() if k != "clips"})
             tracker.log_metrics(metrics, step=epoch + 1)
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, tracker.run_id, cfg.digest())
+            position = EpochPosition(epoch + 1)
+            save(position)
 
         final = evaluate(model, val_loader, device, progress)
         wall = time.time() - start
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
         tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
         tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
-                             "decode_failures": failures})
-        run_id = tracker.run_id
+                             "decode_failures": failures, "eval_clips": final["clips"]})
+    run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
     return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
 
 
@@ -277,12 +402,15 @@ def count_gflops(model: nn.Module, num_frames: int, input_size: int) -> float:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig, accumulate: int,
-                    progress: bool, desc: str) -> dict[str, float]:
+                    progress: bool, desc: str, position: EpochPosition | None = None,
+                    after_step: Callable[[EpochPosition], None] | None = None) -> dict[str, float]:
+    """One epoch, or its rest from ``position`` (the loader then starts at that position's clips)."""
     model.train()
-    total_loss = correct = seen = 0.0
+    position = position or EpochPosition()
+    total_loss, correct, seen = position.loss_sum, position.correct, position.seen
     optimizer.zero_grad(set_to_none=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    for i, batch in enumerate(_progress(loader, progress, desc)):
+    for i, batch in enumerate(_progress(loader, progress, desc), start=position.step * accumulate):
         video = batch["video"][:, 0].to(device, non_blocking=True)  # training clips carry one view
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device):
@@ -292,6 +420,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
             raise FloatingPointError(f"the training loss became {loss.item()}: lower train.lr or check the data")
         (loss / accumulate).backward()
         if (i + 1) % accumulate == 0:
+            distributed.average_gradients(trainable)
             torch.nn.utils.clip_grad_norm_(trainable, max_norm=1e3)  # guards against a rare blow-up only
             optimizer.step()
             scheduler.step()
@@ -299,7 +428,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += len(labels)
-    return {"loss": total_loss / max(seen, 1), "top1": 100.0 * correct / max(seen, 1)}
+        if (i + 1) % accumulate == 0 and after_step is not None:
+            after_step(EpochPosition(position.epoch, (i + 1) // accumulate, total_loss, correct, seen))
+    total_loss, correct, seen = distributed.sum_over_ranks([total_loss, correct, seen])
+    return {"loss": total_loss / max(seen, 1), "top1": 100.0 * correct / max(seen, 1), "clips": seen}
 
 
 def _config_for_tracking(cfg: RunConfig) -> dict:

@@ -298,7 +298,8 @@ class RunTracker:
             status = RunStatus.to_string(RunStatus.FINISHED)
         else:
             status = RunStatus.to_string(
-                RunStatus.KILLED if issubclass(exc_type, KeyboardInterrupt) else RunStatus.FAILED
+                # Ctrl-C, or a preempted job exiting to be requeued: stopped, not broken.
+                RunStatus.KILLED if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else RunStatus.FAILED
             )
             self._record_error(exc_type, exc)
         mlflow.end_run(status=status)

@@ -1,0 +1,514 @@
+"""``peft-bench sweep``: a grid of runs (methods x backbones x datasets x seeds) as one submitit job array.
+
+Each combination is one job that calls the runner with ``resume=True``: a job preempted or timed out by
+SLURM checkpoints at its next optimizer step (``preemption.py``), is requeued through submitit's
+checkpointing (:class:`SweepTask` is ``Checkpointable``) and continues from that step in the same mlflow run.
+
+The sweep keeps a manifest (``sweep.json`` in ``--sweep-dir``) of every combination, its config, digest
+and job id; submitit's logs and result files lie beside it. A combination whose config digest already has
+a FINISHED mlflow run is skipped (``--rerun`` forces it), and so is one whose job is still pending or
+running, so submitting the same sweep twice never duplicates work. ``sweep status`` reads the manifest,
+mlflow and the scheduler; ``sweep sync`` sends results recorded locally while tracking was unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import submitit
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "sweep.json"
+LOG_TAIL_LINES = 20
+# Scheduler states (sacct's, and submitit's local ones) -> what `sweep status` says.
+SCHEDULER_STATES = {
+    "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
+    "CONFIGURING": "pending", "SUSPENDED": "pending", "RESIZING": "pending",
+    "RUNNING": "running", "COMPLETING": "running", "STAGE_OUT": "running", "SIGNALING": "running",
+    "COMPLETED": "done", "FINISHED": "done",
+    "FAILED": "failed", "CANCELLED": "failed", "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed",
+    "NODE_FAIL": "failed", "PREEMPTED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed",
+    "INTERRUPTED": "failed",
+}
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+class SweepTask(submitit.helpers.Checkpointable):
+    """One combination, as submitit runs it: rebuild the config, join the job's DDP group, train.
+
+    ``checkpoint`` (called by submitit's signal handler, after the runner saved its own checkpoint)
+    returns the same task with ``resume=True``, which submitit requeues.
+    """
+
+    def __init__(self, config: dict, plugins: list[str] | None = None, resume: bool = True):
+        self.config, self.plugins, self.resume = config, list(plugins or []), resume
+
+    def __call__(self) -> dict:
+        from .config import resolve_config
+        from .distributed import distributed_from_environment
+        from .preemption import PreemptionGuard
+        from .registry import load_plugin
+        from .runner import run
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for plugin in self.plugins:
+            load_plugin(plugin)
+        cfg = resolve_config(base=self.config)
+        with distributed_from_environment(), PreemptionGuard():
+            result = run(cfg, progress=False, resume=self.resume)
+        return {"run_id": result.run_id, "top1": result.top1, "top5": result.top5, "run_dir": str(result.run_dir)}
+
+    def checkpoint(self, *args, **kwargs):
+        return submitit.helpers.DelayedSubmission(SweepTask(self.config, self.plugins, resume=True))
+
+
+# --- the grid --------------------------------------------------------------------------------------
+
+@dataclass
+class Combination:
+    name: str
+    digest: str
+    run_dir: str
+    config: dict
+    job_id: str | None = None
+    submitted: str | None = None  # "submitted", "skipped (finished)", "skipped (queued)"
+    finished_run_id: str | None = None
+
+
+@dataclass
+class Manifest:
+    executor: str
+    folder: str  # submitit's logs
+    tracking_uri: str
+    experiment: str
+    combinations: list[Combination] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, sweep_dir: Path) -> Manifest:
+        path = sweep_dir / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"no sweep in {sweep_dir} (no {MANIFEST}); submit one with `peft-bench sweep`")
+        data = json.loads(path.read_text())
+        data["combinations"] = [Combination(**c) for c in data["combinations"]]
+        return cls(**data)
+
+    def save(self, sweep_dir: Path) -> None:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        tmp = sweep_dir / f"{MANIFEST}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, sweep_dir / MANIFEST)  # a killed submit keeps the previous manifest whole
+
+    def merge(self, combos: Iterable[Combination]) -> None:
+        by_key = {(c.name, c.digest): i for i, c in enumerate(self.combinations)}
+        for combo in combos:
+            key = (combo.name, combo.digest)
+            if key in by_key:
+                self.combinations[by_key[key]] = combo
+            else:
+                self.combinations.append(combo)
+
+
+def grid_configs(args) -> list:
+    """Every combination, resolved and checked before anything is submitted."""
+    from .cli import _run_configs
+
+    configs = []
+    for backbone in _split(args.backbones):
+        one = argparse.Namespace(**{**vars(args), "backbone": backbone, "seed": None})
+        configs.extend(_run_configs(one))
+    return [_absolute_paths(cfg) for cfg in configs]
+
+
+def _absolute_paths(cfg):
+    """Jobs may start in another folder: every place a run writes is made absolute, the store pinned."""
+    from dataclasses import replace
+
+    from .tracking import default_tracking_uri
+
+    uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
+    return replace(cfg, output_dir=str(Path(cfg.output_dir).resolve()),
+                   results_dir=str(Path(cfg.results_dir).resolve()), tracking_uri=uri)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_timeout_minutes(text: str) -> int:
+    """'90' or '90m' minutes, '24h', '2d', or SLURM's 'H:MM:SS' -> minutes."""
+    text = text.strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([mhd]?)", text)
+    if match:
+        value, unit = float(match.group(1)), match.group(2) or "m"
+        minutes = value * {"m": 1, "h": 60, "d": 1440}[unit]
+    elif re.fullmatch(r"\d+:\d{1,2}:\d{1,2}", text):
+        h, m, s = (int(x) for x in text.split(":"))
+        minutes = h * 60 + m + s / 60
+    else:
+        raise ValueError(f"--timeout '{text}': expected minutes, '90m', '24h', '2d' or 'H:MM:SS'")
+    if minutes < 1:
+        raise ValueError(f"--timeout '{text}' is under a minute")
+    return int(round(minutes))
+
+
+def parse_sbatch_options(items: list[str]) -> dict[str, str]:
+    """--sbatch qos=high --sbatch constraint=a100 -> {'qos': 'high', 'constraint': 'a100'} for sbatch."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ValueError(f"--sbatch '{item}': expected OPTION=VALUE, e.g. qos=high")
+        options[key.replace("-", "_")] = value
+    return options
+
+
+# --- what is already done ---------------------------------------------------------------------------
+
+def tracked_runs(tracking_uri: str, experiment: str) -> dict[str, tuple[str, str]]:
+    """digest -> (run id, status) of the experiment's runs; a FINISHED run wins over any other."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import quiet_mlflow_logging
+
+    quiet_mlflow_logging()
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    runs: dict[str, tuple[str, str]] = {}
+    token = None
+    while True:
+        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            digest = run.data.params.get("config_digest")
+            if digest and (digest not in runs or run.info.status == "FINISHED"):
+                runs[digest] = (run.info.run_id, run.info.status)
+        token = page.token
+        if not token:
+            return runs
+
+
+def local_record_finished(run_dir: Path) -> str | None:
+    """The run id a run's local record says FINISHED (written before tracking is reached), else None."""
+    from .journal import read_record
+
+    record = read_record(run_dir)
+    if record and record.get("status") == "FINISHED":
+        return record.get("run_id") or "(not yet synced)"
+    return None
+
+
+# --- executors -------------------------------------------------------------------------------------
+
+def make_executor(args, folder: Path):
+    import submitit
+
+    _export_code_location()
+    if args.executor == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=parse_timeout_minutes(args.timeout))
+        return executor
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    tasks = max(1, args.gpus_per_node or 0)  # one process per GPU: DDP inside the job
+    params = dict(timeout_min=parse_timeout_minutes(args.timeout), nodes=1, tasks_per_node=tasks,
+                  cpus_per_task=args.cpus_per_task, slurm_signal_delay_s=args.signal_delay,
+                  slurm_additional_parameters=parse_sbatch_options(args.sbatch),
+                  slurm_setup=[f"export PYTHONPATH={code_root()}${{PYTHONPATH:+:$PYTHONPATH}}"])
+    if args.partition:
+        params["slurm_partition"] = args.partition
+    if args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    executor.update_parameters(**params)
+    return executor
+
+
+def code_root() -> str:
+    """The folder holding this peft_bench package: jobs import the code that submitted them."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _export_code_location() -> None:
+    # Local jobs inherit the environment; SLURM jobs get the same line through slurm_setup.
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if code_root() not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([code_root(), *paths])
+
+
+def submit_slurm(executor, tasks: list[SweepTask]) -> list:
+    with executor.batch():  # one job array
+        jobs = [executor.submit(task) for task in tasks]
+    return jobs
+
+
+def run_local(executor, tasks: list[SweepTask], combos: list[Combination], max_parallel: int,
+              on_submit) -> list:
+    """Local processes, at most ``max_parallel`` at once; returns when all are done."""
+    running, jobs = [], []
+    for task, combo in zip(tasks, combos):
+        while len(running) >= max_parallel:
+            running = [j for j in running if not j.done()]
+            time.sleep(0.5)
+        job = executor.submit(task)
+        combo.job_id = job.job_id
+        on_submit()
+        running.append(job)
+        jobs.append(job)
+    for job in jobs:
+        job.wait()
+    return jobs
+
+
+# --- status ----------------------------------------------------------------------------------------
+
+@dataclass
+class CombinationStatus:
+    name: str
+    state: str  # pending, running, done, failed, skipped
+    run_id: str | None
+    job_id: str | None
+    log_tail: str = ""
+
+
+def job_object(manifest: Manifest, job_id: str):
+    import submitit
+
+    if manifest.executor == "slurm":
+        return submitit.SlurmJob(folder=manifest.folder, job_id=job_id)
+    return submitit.LocalJob(folder=manifest.folder, job_id=job_id)
+
+
+def job_outcome(job) -> str | None:
+    """'success' / 'error' from submitit's result file, or None while the job has not ended."""
+    from submitit.core.utils import pickle_load
+
+    path = job.paths.result_pickle
+    if not path.exists():
+        return None
+    try:
+        return pickle_load(path)[0]
+    except Exception:  # a file being written: not ended yet
+        return None
+
+
+def scheduler_state(manifest: Manifest, job) -> str:
+    if manifest.executor == "slurm":
+        return SCHEDULER_STATES.get(job.state.split()[0].upper(), "pending")
+    if job.paths.stdout.exists():
+        pid = int(job.job_id)
+        try:
+            os.kill(pid, 0)
+            return "running"
+        except OSError:
+            return "failed"  # the process is gone without a result file
+    return "pending"
+
+
+def log_tail(job, lines: int = LOG_TAIL_LINES) -> str:
+    for path in (job.paths.stderr, job.paths.stdout):
+        if path.exists():
+            text = path.read_text(errors="replace").splitlines()
+            return "\n".join(text[-lines:])
+    return ""
+
+
+def combination_status(manifest: Manifest, combo: Combination, tracked: dict) -> CombinationStatus:
+    run_id, status = tracked.get(combo.digest, (None, None))
+    if combo.submitted and combo.submitted.startswith("skipped (finished)"):
+        return CombinationStatus(combo.name, "skipped", combo.finished_run_id or run_id, combo.job_id)
+    local_finished = local_record_finished(Path(combo.run_dir))
+    if status == "FINISHED" or local_finished:
+        return CombinationStatus(combo.name, "done", run_id if status == "FINISHED" else local_finished, combo.job_id)
+    if combo.job_id is None:
+        return CombinationStatus(combo.name, "pending", run_id, None)
+    job = job_object(manifest, combo.job_id)
+    outcome = job_outcome(job)
+    if outcome == "error":
+        return CombinationStatus(combo.name, "failed", run_id, combo.job_id, log_tail(job))
+    state = "done" if outcome == "success" else scheduler_state(manifest, job)
+    if state == "done" and status != "FINISHED":
+        state = "failed"  # the job ended but no finished run exists: say so, with its log
+    return CombinationStatus(combo.name, state, run_id, combo.job_id, log_tail(job) if state == "failed" else "")
+
+
+def sweep_status(sweep_dir: Path) -> list[CombinationStatus]:
+    manifest = Manifest.load(sweep_dir)
+    sync_journals(manifest)  # results recorded while tracking was away arrive before we look
+    tracked = tracked_runs(manifest.tracking_uri, manifest.experiment)
+    return [combination_status(manifest, c, tracked) for c in manifest.combinations]
+
+
+def sync_journals(manifest: Manifest) -> tuple[int, int]:
+    """Send every combination's unsynced local record to mlflow: (synced, still unsynced)."""
+    from .journal import sync_run_dir
+
+    done = left = 0
+    for combo in manifest.combinations:
+        try:
+            if sync_run_dir(Path(combo.run_dir)):
+                done += 1
+        except Exception as err:  # tracking still unreachable: the record stays, to be synced later
+            log.warning("%s: not synced yet: %s", combo.name, err)
+            left += 1
+    return done, left
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="submit a grid of runs (local processes or a SLURM job array); status; sync",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", nargs="?", choices=["submit", "status", "sync"], default="submit",
+                   help="submit (default) the grid; status of each combination; sync local records to mlflow")
+    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
+    p.add_argument("--backbones", default="tiny", help="comma-separated backbones (default tiny)")
+    p.add_argument("--datasets", default=None, help="comma-separated datasets (default: the embedded two)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--pretrained", help="'auto' (default), a weights file, or 'none'")
+    p.add_argument("--data-root")
+    p.add_argument("--annotations")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--preset")
+    p.add_argument("--device")
+    p.add_argument("--config", help="a saved config.yaml to start from")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config value")
+    p.add_argument("--output-dir", help="checkpoints and per-run files (default runs)")
+    p.add_argument("--tracking-uri", help="mlflow URI; for many jobs use a server: http://host:5000")
+    p.add_argument("--results-dir", help="where the default SQLite store goes (default results)")
+    p.add_argument("--experiment", help="mlflow experiment (default peft-bench)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    p.add_argument("--sweep-dir", help="manifest and job logs (default: <output-dir>/<experiment>/sweep)")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local")
+    p.add_argument("--max-parallel", type=int, default=1, help="local executor: jobs at once (default 1)")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per job; one DDP process per GPU")
+    p.add_argument("--cpus-per-task", type=int, default=4, help="CPUs per process (loader workers + 1)")
+    p.add_argument("--timeout", default="24h", help="per-job time limit: minutes, '90m', '24h' (default 24h)")
+    p.add_argument("--signal-delay", type=int, default=90,
+                   help="seconds between SLURM's warning signal and the kill (default 90)")
+    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
+                   help="extra sbatch option passed through, e.g. qos=high (repeatable)")
+    p.add_argument("--rerun", action="store_true", help="run combinations again even if they finished")
+    p.add_argument("--dry-run", action="store_true", help="print the grid and what would be skipped; submit nothing")
+
+
+def default_sweep_dir(args) -> Path:
+    if args.sweep_dir:
+        return Path(args.sweep_dir).resolve()
+    return (Path(args.output_dir or "runs") / (args.experiment or "peft-bench") / "sweep").resolve()
+
+
+def cmd_sweep(args) -> int:
+    if args.max_parallel < 1:
+        raise ValueError("--max-parallel must be at least 1")
+    parse_timeout_minutes(args.timeout)  # bad options are refused before anything is planned or written
+    parse_sbatch_options(args.sbatch)
+    if args.executor == "slurm" and args.action == "submit" and not args.dry_run:
+        _check_slurm_reachable()
+    sweep_dir = default_sweep_dir(args)
+    if args.action == "status":
+        return print_status(sweep_status(sweep_dir))
+    if args.action == "sync":
+        done, left = sync_journals(Manifest.load(sweep_dir))
+        print(f"synced {done} run(s); {left} still unsynced")
+        return 1 if left else 0
+    return submit(args, sweep_dir)
+
+
+def _check_slurm_reachable() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("sbatch") is None:
+        raise ValueError("--executor slurm: no sbatch on PATH (is this a SLURM login node?)")
+    if subprocess.run(["squeue", "-h", "-u", str(os.getuid())], capture_output=True).returncode != 0:
+        raise ValueError("--executor slurm: squeue fails; is slurmctld up?")
+
+
+def plan(args, sweep_dir: Path) -> tuple[Manifest, list[Combination]]:
+    from .dataclass_io import to_dict
+
+    configs = grid_configs(args)
+    first = configs[0]
+    previous = Manifest.load(sweep_dir) if (sweep_dir / MANIFEST).is_file() else None
+    manifest = Manifest(args.executor, str(sweep_dir / "logs"), first.tracking_uri, first.experiment)
+    if previous is not None:
+        if previous.executor != args.executor:  # its job ids mean nothing to the other executor
+            raise ValueError(f"{sweep_dir} holds a sweep submitted with --executor {previous.executor}; "
+                             f"use that executor or another --sweep-dir")
+        manifest.combinations = previous.combinations
+    tracked = tracked_runs(first.tracking_uri, first.experiment)
+    earlier = {(c.name, c.digest): c for c in manifest.combinations}
+    combos = []
+    for cfg in configs:
+        combo = Combination(cfg.run_name(), cfg.digest(), str(cfg.run_dir()), to_dict(cfg))
+        run_id, status = tracked.get(combo.digest, (None, None))
+        local = local_record_finished(cfg.run_dir())
+        before = earlier.get((combo.name, combo.digest))
+        if not args.rerun and (status == "FINISHED" or local):
+            combo.submitted, combo.finished_run_id = "skipped (finished)", run_id or local
+            if before is not None:
+                combo.job_id = before.job_id
+        elif not args.rerun and before is not None and before.job_id and previous is not None and \
+                combination_status(previous, before, tracked).state in ("pending", "running"):
+            combo.submitted, combo.job_id = "skipped (queued)", before.job_id
+        combos.append(combo)
+    return manifest, combos
+
+
+def submit(args, sweep_dir: Path) -> int:
+    manifest, combos = plan(args, sweep_dir)
+    todo = [c for c in combos if not c.submitted]
+    print(f"sweep of {len(combos)} combination(s): {len(todo)} to run, {len(combos) - len(todo)} skipped "
+          f"({args.executor}; manifest {sweep_dir / MANIFEST})")
+    for combo in combos:
+        print(f"  {'run ' if not combo.submitted else 'skip'}  {combo.name}  [{combo.digest}]"
+              + (f"  {combo.submitted}" + (f" as {combo.finished_run_id}" if combo.finished_run_id else "")
+                 if combo.submitted else ""))
+    if args.dry_run:
+        return 0
+    tasks = [SweepTask(c.config, [str(Path(p).resolve()) for p in args.plugin], resume=not args.rerun)
+             for c in todo]
+    for combo in todo:
+        combo.submitted = "submitted"
+    manifest.merge(combos)
+    manifest.save(sweep_dir)
+    if not todo:
+        return 0
+    executor = make_executor(args, Path(manifest.folder))
+    if args.executor == "slurm":
+        jobs = submit_slurm(executor, tasks)
+        for combo, job in zip(todo, jobs):
+            combo.job_id = job.job_id
+        manifest.save(sweep_dir)
+        print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s)); "
+              f"`peft-bench sweep status --sweep-dir {sweep_dir}` follows it")
+        return 0
+    run_local(executor, tasks, todo, args.max_parallel, on_submit=lambda: manifest.save(sweep_dir))
+    manifest.save(sweep_dir)
+    return print_status(sweep_status(sweep_dir))
+
+
+def print_status(statuses: list[CombinationStatus]) -> int:
+    width = max((len(s.name) for s in statuses), default=10)
+    print(f"{'combination':{width}}  {'state':8}  {'job':12}  mlflow run")
+    for s in statuses:
+        print(f"{s.name:{width}}  {s.state:8}  {s.job_id or '-':12}  {s.run_id or '-'}")
+    for s in statuses:
+        if s.state == "failed" and s.log_tail:
+            print(f"\n--- {s.name} (job {s.job_id}) failed; end of its log:\n{s.log_tail}")
+    counts = {state: sum(s.state == state for s in statuses) for state in ("pending", "running", "done", "failed", "skipped")}
+    print("\n" + ", ".join(f"{n} {state}" for state, n in counts.items() if n), file=sys.stderr)
+    return 1 if counts["failed"] else 0
