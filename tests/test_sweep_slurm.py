@@ -26,7 +26,8 @@ def cluster_problem() -> str | None:
         return "no SLURM client (sbatch) on PATH; start a cluster with slurm/slurm-local.sh (README, Sweeps)"
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     if "UP" not in ping.stdout:
-        return f"slurmctld not reachable (scontrol ping: {ping.stdout.strip() or ping.stderr.strip()})"
+        said = (ping.stdout.strip() or ping.stderr.strip() or "no answer").splitlines()[0]
+        return f"slurmctld not reachable (scontrol ping: {said}); start one with slurm/slurm-local.sh (README, Sweeps)"
     # Without accounting submitit reads every job state as UNKNOWN and cannot follow a requeue.
     if subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True).returncode != 0:
         return "SLURM accounting (sacct) is off; start the cluster with SLURM_ACCOUNTING=1"
