@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_account_parser(sub)
     add_data_parser(sub)
+    from benchmarks.method_speed import add_bench_parser  # benchmarks/ is installed with the package
+    add_bench_parser(sub)
     return parser
 
 
@@ -199,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         from .accounting import cmd_account
         from .data.cli import cmd_data
 
+        from benchmarks.method_speed import cmd_bench
+
         commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account,
-                    "data": cmd_data}
+                    "data": cmd_data, "bench": cmd_bench}
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"peft-bench: error: {err}", file=sys.stderr)

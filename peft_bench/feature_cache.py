@@ -46,7 +46,9 @@ class CacheEntryError(RuntimeError):
 
 
 def default_feature_cache_dir() -> Path:
-    """`$PEFT_BENCH_CACHE/features`, by default ~/.cache/peft_bench/features."""
+    """`$PEFT_BENCH_FEATURE_CACHE`, else `$PEFT_BENCH_CACHE/features`, by default ~/.cache/peft_bench/features."""
+    if os.environ.get("PEFT_BENCH_FEATURE_CACHE"):  # a cache of its own, e.g. for a from-empty benchmark
+        return Path(os.environ["PEFT_BENCH_FEATURE_CACHE"])
     return Path(os.environ.get("PEFT_BENCH_CACHE", Path.home() / ".cache" / "peft_bench")) / "features"
 
 
