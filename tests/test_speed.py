@@ -248,3 +248,23 @@ def test_speed_settings_left_at_their_defaults_keep_the_config_digest():
     cfg = resolve_config({"method": "linear_probe"})
     assert replace(cfg, speed=SpeedConfig()).digest() == cfg.digest()
     assert replace(cfg, speed=SpeedConfig(feature_cache=True)).digest() != cfg.digest()
+
+
+@pytest.mark.parametrize("method", ["full_ft_ts", "temporal_ft", "attentional_pooling", "prompt_tuning", "st_adapter"])
+def test_every_attention_goes_through_sdpa(method):
+    """No hand-written attention anywhere in the model: a softmax or batched matmul outside SDPA would show
+    up as its own op in the dispatched forward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Ops.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = tiny_model(method).eval()
+    with torch.no_grad(), Ops():
+        model(clip())
+    assert any("scaled_dot_product" in op for op in Ops.seen)
+    assert not {"_softmax", "softmax", "bmm", "baddbmm"} & Ops.seen
