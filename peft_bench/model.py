@@ -41,7 +41,9 @@ class VideoClassifier(nn.Module):
         """(B, T, C, H, W) -> the backbone's final tokens (B, T, L, D).
 
         A frozen backbone runs without autograd: no graph, no saved activations, nothing to go back
-        through; the gradient of the trainable layers after it does not need any of it."""
+        through; the gradient of the trainable layers after it does not need any of it. (Frozen weights on
+        an input without grad already give autograd nothing to record; no_grad makes it a guarantee,
+        whatever the input.)"""
         if self.backbone_is_frozen():
             with torch.no_grad():
                 return self.backbone(video)

@@ -51,11 +51,16 @@ def saved_tensor_count(fn) -> int:
 
 @pytest.mark.parametrize("method", ["linear_probe", "attentional_pooling"])
 def test_post_backbone_methods_run_the_backbone_without_autograd(method):
+    """No graph and no saved activations in the backbone. (With every backbone weight frozen and an input
+    that needs no gradient, autograd records nothing anyway; ``backbone_tokens`` makes it explicit, and this
+    test keeps it so if a method's frozen backbone ever meets a tensor that requires grad.)"""
     model = tiny_model(method)
     assert model.backbone_is_frozen()
     tokens = model.backbone_tokens(clip())
     assert tokens.grad_fn is None and not tokens.requires_grad
     assert saved_tensor_count(lambda: model.backbone_tokens(clip())) == 0
+    needs_grad = clip().requires_grad_(True)  # e.g. an input-gradient probe: still no graph in the backbone
+    assert model.backbone_tokens(needs_grad).grad_fn is None
     logits = model(clip())
     assert logits.requires_grad  # the layers after the backbone still train
 
