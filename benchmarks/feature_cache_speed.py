@@ -74,7 +74,7 @@ def markdown(rows: list[Measurement], copies: int, note: str) -> str:
                          f"{a.top1:.1f} | {b.top1:.1f} | {b.top1 - a.top1:+.1f} |")
     total_clips = sum(r.seconds for r in rows if r.mode == "clips")
     total_cache = sum(r.seconds for r in rows if r.mode == "cache")
-    lines.append(f"| all {len(rows) // 2} runs | | {total_clips:.0f} | {total_cache:.0f} | {total_clips / total_cache:.1f}x | | | |")
+    lines.append(f"| total, {len(rows) // 2} runs each | | {total_clips:.0f} | {total_cache:.0f} | {total_clips / total_cache:.1f}x | | | |")
     lines += ["", "## Setup", "",
               "- the embedded default (tiny backbone, its cached weights; recipes of the synthetic datasets); "
               "seed 0; each run end to end as `peft-bench run` does it, mlflow included.",
@@ -92,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: both)")
     parser.add_argument("--note", default="")
+    parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from the saved CSV")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.render:
+        rows = read_csv(Path(args.results_dir) / "feature_cache.csv")
+        (Path(args.results_dir) / "feature_cache.md").write_text(markdown(rows, args.copies, args.note))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="feature-cache-bench-") as tmp:
         for dataset in args.datasets.split(","):
@@ -101,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             write_results(rows, args)  # after each dataset: a long benchmark keeps what it has measured
     print((Path(args.results_dir) / "feature_cache.md").read_text())
     return 0
+
+
+def read_csv(path: Path) -> list[Measurement]:
+    with open(path) as handle:
+        return [Measurement(r["dataset"], r["method"], r["mode"], float(r["seconds"]), float(r["top1"]))
+                for r in csv.DictReader(handle)]
 
 
 def write_results(rows: list[Measurement], args) -> None:
