@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_account_parser(sub)
     add_data_parser(sub)
     add_sweep_parser(sub)
+    from benchmarks.method_speed import add_bench_parser  # benchmarks/ is installed with the package
+    add_bench_parser(sub)
     return parser
 
 
@@ -206,11 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         from .accounting import cmd_account
         from .data.cli import cmd_data
 
+        from benchmarks.method_speed import cmd_bench
+
         from .distributed import distributed_from_environment, rank
         from .sweep import cmd_sweep
 
         commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account,
-                    "data": cmd_data, "sweep": cmd_sweep}
+                    "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench}
         if args.command == "run":  # under torchrun: one process group for all of the command's runs
             with distributed_from_environment():
                 args.no_table = args.no_table or rank() != 0

@@ -46,6 +46,30 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
 
 
+@dataclass
+class SpeedConfig:
+    """How a run spends compute; none of it is on by default, so results do not move unless asked.
+
+    ``feature_cache`` trains methods whose trainable parts all sit after a frozen backbone (linear probe,
+    attentional pooling) from stored backbone features: each training clip is augmented
+    ``augmented_copies`` times (copy k = the augmentation epoch k would draw) and epoch e reads copy
+    e mod k; evaluation views are stored once. ``augmented_copies`` = epochs reproduces uncached training.
+    """
+
+    feature_cache: bool = False
+    augmented_copies: int = 1
+    cache_dtype: str = "float32"  # "float16" halves the cache; float32 keeps cached training exact
+    frozen_bf16: bool = False  # hold frozen weights in bf16 (GPU, where the step autocasts to bf16 anyway)
+    activation_checkpointing: bool = False  # recompute each backbone block in backward instead of keeping it
+    compile: bool = False  # torch.compile the model's forward
+
+    def __post_init__(self):
+        if self.augmented_copies < 1:
+            raise ValueError(f"augmented_copies must be at least 1, got {self.augmented_copies}")
+        if self.cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"cache_dtype must be float32 or float16, got {self.cache_dtype}")
+
+
 # The paper's optimisation recipes (../shared/reference/README.md), and cheap ones for the embedded default.
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "k400": dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4),
@@ -75,6 +99,7 @@ class RunConfig:
     preset: str | None = None  # the method preset; default from the dataset
     method_args: dict[str, Any] = field(default_factory=dict)  # resolved: the method's full config
     train: TrainConfig = field(default_factory=TrainConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
     experiment: str = "peft-bench"
@@ -89,6 +114,11 @@ class RunConfig:
             data.pop(key)
         data["train"].pop("num_workers")
         data["train"].pop("checkpoint_every")  # where a run saves, not what it computes
+        # Only speed settings that were changed are hashed: configs from before they existed keep their digest.
+        defaults = to_dict(SpeedConfig())
+        changed = {k: v for k, v in data.pop("speed").items() if v != defaults[k]}
+        if changed:
+            data["speed"] = changed
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def run_name(self) -> str:

@@ -32,12 +32,33 @@ class VideoClassifier(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
+    def backbone_is_frozen(self) -> bool:
+        """True when nothing inside the backbone trains: what the method adds sits after it (linear probe,
+        attentional pooling). Read from ``requires_grad``, so a new method needs no list to join."""
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def backbone_tokens(self, video: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> the backbone's final tokens (B, T, L, D).
+
+        A frozen backbone runs without autograd: no graph, no saved activations, nothing to go back
+        through; the gradient of the trainable layers after it does not need any of it. (Frozen weights on
+        an input without grad already give autograd nothing to record; no_grad makes it a guarantee,
+        whatever the input.)"""
+        if self.backbone_is_frozen():
+            with torch.no_grad():
+                return self.backbone(video)
+        return self.backbone(video)
+
+    def head_from_tokens(self, tokens: Tensor) -> Tensor:
+        """Backbone tokens (B, T, L, D) -> logits: everything after the backbone (what a feature cache feeds)."""
+        return self.head(self.dropout(self.pool(tokens, self.backbone.final_norm)))
+
     def features(self, video: Tensor) -> Tensor:
         """(B, T, C, H, W) -> pooled features (B, D)."""
-        return self.pool(self.backbone(video), self.backbone.final_norm)
+        return self.pool(self.backbone_tokens(video), self.backbone.final_norm)
 
     def forward(self, video: Tensor) -> Tensor:
-        return self.head(self.dropout(self.features(video)))
+        return self.head_from_tokens(self.backbone_tokens(video))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from . import distributed, preemption
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import build_dataset
+from .efficiency import apply_speed_options
 from .model import count_parameters, load_trainable_state_dict, trainable_state_dict
 from .method_checks import measures_time
 from .registry import get_method
@@ -120,10 +121,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progres
     model.eval()
     correct1 = correct5 = seen = 0
     for batch in _progress(loader, progress, "eval"):
-        video, labels = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
+        forward, video = model_inputs(model, batch)
+        video, labels = video.to(device, non_blocking=True), batch["label"].to(device)
         b, v = video.shape[:2]
         with autocast(device):
-            logits = model(video.flatten(0, 1))
+            logits = forward(video.flatten(0, 1))
         probs = logits.float().softmax(dim=-1).view(b, v, -1).mean(dim=1)
         correct1 += topk_correct(probs, labels, 1)
         correct5 += topk_correct(probs, labels, 5)
@@ -140,8 +142,15 @@ def _progress(iterable, enabled: bool, desc: str):
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def model_inputs(model: nn.Module, batch: dict):
+    """(what to call, its input): the model on clips, or only what follows the backbone on cached tokens."""
+    if "tokens" in batch:  # from the feature cache: the backbone already ran
+        return model.head_from_tokens, batch["tokens"]
+    return model, batch["video"]
+
+
 def _loader(dataset, batch_size: int, shuffle: bool, cfg: RunConfig, seed: int) -> DataLoader:
-    workers = cfg.train.num_workers
+    workers = getattr(dataset, "loader_workers", cfg.train.num_workers)  # cached features need none
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       persistent_workers=workers > 0, drop_last=shuffle, pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(seed))
@@ -176,7 +185,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def _train_loader(dataset, batch_size: int, sampler: EpochSampler, cfg: RunConfig) -> DataLoader:
-    workers = cfg.train.num_workers
+    workers = getattr(dataset, "loader_workers", cfg.train.num_workers)  # cached features need none
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       persistent_workers=workers > 0, drop_last=True, pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(cfg.seed))
@@ -292,9 +301,13 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     pretrained_ids = {id(p) for p in backbone.parameters()}
     model = build_model(cfg, train_set.num_classes, backbone).to(device)
     counts = count_parameters(model)
+    step_model, applied = apply_speed_options(model, cfg.speed, device)  # step_model: compiled, if asked
+    if applied:
+        log.info("speed options: %s", ", ".join(applied))
 
     rank, world = distributed.rank(), distributed.world_size()
     micro, accumulate = rank_batch_sizes(cfg, world)
+    train_set, val_items, cache_tag = use_feature_cache(model, train_set, val_items, cfg, device, micro)
     sampler = EpochSampler(len(train_set), cfg.seed, rank, world)
     train_loader = _train_loader(train_set, micro, sampler, cfg)
     if world > 1:  # each rank evaluates a share; evaluate() sums the counts
@@ -343,6 +356,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                 "peft_bench.group": spec.group, "peft_bench.architecture": spec.architecture,
                 # The batch and lr of one optimizer step are the config's whatever the process count.
                 "peft_bench.world_size": str(world), "peft_bench.rank_batch": str(micro * accumulate),
+                "peft_bench.feature_cache": cache_tag,
             })
             flops = count_gflops(model, cfg.num_frames, backbone.input_size)
             views = getattr(val_set, "num_views", 1)
@@ -363,18 +377,19 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             # The epoch's shuffle depends on (seed, epoch) alone, so a resumed run sees the same order.
             sampler.set_position(epoch, position.step * accumulate * micro)
             train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # loader workers' seeds
-            stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, cfg, accumulate,
+            stats = train_one_epoch(step_model, train_loader, optimizer, scheduler, device, cfg, accumulate,
                                     progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
                                     position=position, after_step=after_step)
             metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
                        "lr": scheduler.get_last_lr()[0]}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-                metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items() if k != "clips"})
+                metrics.update({f"val_{k}": v for k, v in evaluate(step_model, val_loader, device).items()
+                                if k != "clips"})
             tracker.log_metrics(metrics, step=epoch + 1)
             position = EpochPosition(epoch + 1)
             save(position)
 
-        final = evaluate(model, val_loader, device, progress)
+        final = evaluate(step_model, val_loader, device, progress)
         wall = time.time() - start
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
         tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
@@ -391,11 +406,27 @@ def _measured_models_time(method: str, build) -> bool:
     return measures_time(method)
 
 
+def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_size: int):
+    """(train set, val set, tag): cached backbone features when ``speed.feature_cache`` is on and nothing in
+    the backbone trains; otherwise the clip datasets unchanged. The tag records the choice with the run."""
+    from .feature_cache import cached_datasets, supports_feature_cache
+
+    if not cfg.speed.feature_cache:
+        return train_set, val_set, "off"
+    if not supports_feature_cache(model):
+        log.warning("%s trains inside the backbone: the feature cache does not apply, training on clips", cfg.method)
+        return train_set, val_set, "off: the backbone trains"
+    train_set, val_set, report = cached_datasets(model, train_set, val_set, cfg.train.epochs, cfg.speed, device,
+                                                 batch_size, cfg.train.num_workers)
+    log.info("feature cache: %d entries read, %d built in %.1f s", report.hits, report.misses, report.seconds)
+    return train_set, val_set, report.description
+
+
 def count_gflops(model: nn.Module, num_frames: int, input_size: int) -> float:
     """GFLOPs of one view (1 multiply-add = 1 FLOP), counted on a CPU copy so the run's model is untouched."""
     from .accounting import count_video_flops
 
-    counted = count_video_flops(copy.deepcopy(model).cpu().eval(), num_frames, input_size)
+    counted = count_video_flops(copy.deepcopy(model).cpu().float().eval(), num_frames, input_size)
     if counted.uncounted_ops:
         log.warning("GFLOPs leave out ops with no counter: %s", ", ".join(sorted(counted.uncounted_ops)))
     return counted.total / 1e9
@@ -411,10 +442,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
     optimizer.zero_grad(set_to_none=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for i, batch in enumerate(_progress(loader, progress, desc), start=position.step * accumulate):
-        video = batch["video"][:, 0].to(device, non_blocking=True)  # training clips carry one view
+        forward, video = model_inputs(model, batch)
+        video = video[:, 0].to(device, non_blocking=True)  # training clips carry one view
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device):
-            logits = model(video)
+            logits = forward(video)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()}: lower train.lr or check the data")

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -99,6 +101,8 @@ class VideoBackbone(nn.Module):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     info: BackboneInfo
+    # Recompute each block's activations during backward instead of keeping them (SpeedConfig).
+    checkpoint_blocks: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -118,5 +122,8 @@ class VideoBackbone(nn.Module):
         b, t = video.shape[:2]
         x = self.embed(video.flatten(0, 1))
         for block in self.blocks:
-            x = block(x, t)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(block, x, t, use_reentrant=False)
+            else:
+                x = block(x, t)
         return x.view(b, t, *x.shape[1:])
