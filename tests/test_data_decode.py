@@ -10,6 +10,8 @@ import av
 import numpy as np
 import pytest
 
+from benchmarks.loader_speed import CountingDecoder  # the benchmark's packet and frame counter
+
 from peft_bench.data import decode
 from peft_bench.data.decode import VideoDecodeError, count_frames, read_clip, read_frames
 from peft_bench.data.prepare import EncodeSettings, transcode
@@ -171,32 +173,6 @@ def test_auto_falls_back_to_decord_when_pyav_cannot_open_except_for_webm(videos,
         read_frames(videos[container], [1], backend="pyav")
 
 
-class CountingDecoder:
-    """Stands in for a PyAV codec context; counts the packets sent to it and the frames it decoded."""
-
-    def __init__(self, codec_context) -> None:
-        self.codec_context = codec_context
-        self.packets_sent = 0
-        self.frames_decoded = 0
-
-    @property
-    def skip_frame(self):
-        return self.codec_context.skip_frame
-
-    @skip_frame.setter
-    def skip_frame(self, value) -> None:
-        self.codec_context.skip_frame = value
-
-    def decode(self, packet):
-        frames = self.codec_context.decode(packet)
-        self.packets_sent += packet is not None
-        self.frames_decoded += len(frames)
-        return frames
-
-    def flush_buffers(self) -> None:
-        self.codec_context.flush_buffers()
-
-
 def decode_counting(path: Path, wanted: list[int]) -> tuple[list[int], CountingDecoder]:
     """Frame indices read back from the PyAV path's frames for `wanted`, and what its decoder did."""
     with av.open(str(path)) as container:
@@ -212,16 +188,16 @@ def test_pyav_decodes_only_the_groups_of_pictures_holding_wanted_frames(videos):
     assert read == [42, 44]
     # From the keyframe at 40 to frame 44 (decode order may put a later P-frame before it): never the
     # 40 packets before that keyframe.
-    assert counting.packets_sent <= KEYFRAME_INTERVAL
+    assert counting.packets_fed <= KEYFRAME_INTERVAL
     read, counting = decode_counting(videos["prepared-mp4"], [1, 25, 26])
     assert read == [1, 25, 26]
-    assert counting.packets_sent <= 6 + 6  # the groups starting at 0 and 24
+    assert counting.packets_fed <= 6 + 6  # the groups starting at 0 and 24
 
 
 def test_pyav_skips_unreferenced_frames_that_are_not_wanted(videos):
     read, counting = decode_counting(videos["long-gop-mp4"], [45, 46, 47])
     assert read == [45, 46, 47]
-    assert counting.packets_sent == NUM_FRAMES  # one keyframe: everything up to the last frame is needed
+    assert counting.packets_fed == NUM_FRAMES  # one keyframe: everything up to the last frame is needed
     assert counting.frames_decoded < NUM_FRAMES - 8  # but x264's non-reference B-frames were skipped
 
 
