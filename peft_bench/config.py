@@ -96,6 +96,7 @@ class RunConfig:
     data_root: str | None = None  # where the videos are (synthetic datasets: generated under the cache)
     annotations: str | None = None  # where the annotation files are (default: data_root)
     num_frames: int = 8
+    decoder: str = "auto"  # "auto", "pyav" or "decord": the frames are the same, only the speed differs
     preset: str | None = None  # the method preset; default from the dataset
     method_args: dict[str, Any] = field(default_factory=dict)  # resolved: the method's full config
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -110,7 +111,7 @@ class RunConfig:
     def digest(self) -> str:
         """Hash of everything that changes a result (not where outputs go)."""
         data = to_dict(self)
-        for key in ("experiment", "tracking_uri", "results_dir", "output_dir", "device"):
+        for key in ("experiment", "tracking_uri", "results_dir", "output_dir", "device", "decoder"):
             data.pop(key)
         data["train"].pop("num_workers")
         data["train"].pop("checkpoint_every")  # where a run saves, not what it computes
@@ -153,6 +154,10 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
         raise ConfigError(f"unknown method '{cfg.method}'; available: {', '.join(available_methods())}")
     if cfg.backbone not in available_backbones():
         raise ConfigError(f"unknown backbone '{cfg.backbone}'; available: {', '.join(available_backbones())}")
+    from .data.decode import BACKENDS
+
+    if cfg.decoder not in BACKENDS:
+        raise ConfigError(f"unknown decoder '{cfg.decoder}'; available: {', '.join(BACKENDS)}")
     if cfg.num_frames < 1:
         raise ConfigError(f"num_frames must be at least 1, got {cfg.num_frames}")
     spec = get_method(cfg.method)

@@ -290,7 +290,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     data_kwargs = dict(root=Path(cfg.data_root) if cfg.data_root else None,
                        annotations=Path(cfg.annotations) if cfg.annotations else None,
                        input_size=backbone.input_size, mean=backbone.mean, std=backbone.std,
-                       num_frames=cfg.num_frames, seed=cfg.seed)
+                       num_frames=cfg.num_frames, seed=cfg.seed, decoder=cfg.decoder)
     train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_items = val_set

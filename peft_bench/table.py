@@ -53,6 +53,7 @@ SSV2_NAMES = {"ssv2", "something-something-v2", "sthsthv2", "sth-sth-v2"}
 # RunConfig.digest leaves them out), plus the seed: two seeds of one recipe share a recipe_hash.
 NOT_RECIPE_PARAMS = {
     "seed", "config_digest", "experiment", "tracking_uri", "results_dir", "output_dir", "device", "train.num_workers",
+    "train.checkpoint_every", "decoder",
 }
 VERSION_PARAM_PREFIX = "version."
 RANDOM_INIT_SUFFIX = " (random init)"  # appended to the backbone of runs from random weights

@@ -124,3 +124,10 @@ def test_a_saved_config_is_the_base_and_only_given_flags_override_it(tmp_path):
     (changed,) = _run_configs(build_parser().parse_args(
         ["run", "--config", str(path), "--backbone", "in21k_vitb16", "--set", "train.lr=0.01"]))
     assert changed.backbone == "in21k_vitb16" and changed.train.lr == 0.01 and changed.dataset == "ssv2"
+
+
+def test_decoder_is_checked_and_left_out_of_the_digest():
+    # Every decoder returns the same frames, so choosing one must not make a run look like another recipe.
+    assert resolve_config({"decoder": "decord"}).digest() == resolve_config({"decoder": "pyav"}).digest()
+    with pytest.raises(ConfigError, match="unknown decoder 'ffmpeg'"):
+        resolve_config({"decoder": "ffmpeg"})
