@@ -131,7 +131,7 @@ def save_figure1(runs: pd.DataFrame, out: str | Path, every_run: bool = False) -
     try:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path, dpi=150)
+            figure.savefig(path, dpi=150, bbox_inches="tight")  # the legend spans the panels
     finally:
         plt.close(figure)  # pyplot keeps every figure alive otherwise
     return paths
