@@ -149,11 +149,12 @@ def model_inputs(model: nn.Module, batch: dict):
     return model, batch["video"]
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, cfg: RunConfig, seed: int) -> DataLoader:
+def _loader(dataset, batch_size: int, cfg: RunConfig, sampler: "EpochSampler | None" = None) -> DataLoader:
+    """Training (with the epoch sampler; incomplete last batch dropped) or evaluation (in order, all clips)."""
     workers = getattr(dataset, "loader_workers", cfg.train.num_workers)  # cached features need none
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      persistent_workers=workers > 0, drop_last=shuffle, pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      persistent_workers=workers > 0, drop_last=sampler is not None,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed))
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -182,13 +183,6 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.size // self.world_size - self.start
-
-
-def _train_loader(dataset, batch_size: int, sampler: EpochSampler, cfg: RunConfig) -> DataLoader:
-    workers = getattr(dataset, "loader_workers", cfg.train.num_workers)  # cached features need none
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      persistent_workers=workers > 0, drop_last=True, pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(cfg.seed))
 
 
 @dataclass
@@ -309,10 +303,10 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     micro, accumulate = rank_batch_sizes(cfg, world)
     train_set, val_items, cache_tag = use_feature_cache(model, train_set, val_items, cfg, device, micro)
     sampler = EpochSampler(len(train_set), cfg.seed, rank, world)
-    train_loader = _train_loader(train_set, micro, sampler, cfg)
+    train_loader = _loader(train_set, micro, cfg, sampler)
     if world > 1:  # each rank evaluates a share; evaluate() sums the counts
         val_items = torch.utils.data.Subset(val_items, range(rank, len(val_items), world))
-    val_loader = _loader(val_items, max(1, micro // 2), False, cfg, cfg.seed)
+    val_loader = _loader(val_items, max(1, micro // 2), cfg)
     steps_per_epoch = max(1, len(train_loader) // accumulate)
     if len(train_loader) < accumulate:
         raise ValueError(f"the training set ({len(train_set)} clips) is smaller than one batch ({cfg.train.batch_size})")

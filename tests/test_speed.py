@@ -215,16 +215,17 @@ def test_training_from_the_cache_gives_the_same_losses_as_training_on_clips(tmp_
             assert report.copies == epochs and report.misses == epochs + 1
         optimizer = runner.make_optimizer(model, cfg.train)
         scheduler = runner.warmup_cosine(optimizer, 1, epochs * 4, 0.0)
-        loader = runner._loader(train_set, 4, True, cfg, 0)
+        sampler = runner.EpochSampler(len(train_set), seed=0)
+        loader = runner._loader(train_set, 4, cfg, sampler)
         losses = []
         torch.manual_seed(1)  # head dropout draws the same masks in both
         for epoch in range(epochs):
             (train_set if cached else train.dataset).set_epoch(epoch)
-            loader.generator.manual_seed(epoch)
+            sampler.set_position(epoch, 0)
             stats = runner.train_one_epoch(model, loader, optimizer, scheduler, torch.device("cpu"), cfg, 1,
                                            False, "")
             losses.append(stats["loss"])
-        top1 = runner.evaluate(model, runner._loader(val_set, 4, False, cfg, 0), torch.device("cpu"))["top1"]
+        top1 = runner.evaluate(model, runner._loader(val_set, 4, cfg), torch.device("cpu"))["top1"]
         return losses, top1
 
     clips_losses, clips_top1 = train_and_evaluate(cached=False)
