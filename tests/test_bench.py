@@ -56,7 +56,7 @@ def test_a_resolution_the_backbone_cannot_take_is_refused():
         method_speed.run_bench(cfg)
 
 
-def test_the_two_temporal_mixing_forms_agree_with_st_adapter():
+def test_the_temporal_mixing_forms_agree_with_st_adapter():
     from methods.st_adapter import STAdapter
 
     torch.manual_seed(0)
@@ -66,7 +66,19 @@ def test_the_two_temporal_mixing_forms_agree_with_st_adapter():
     x = torch.randn(2 * 4, 9, 8)  # (B*T, H*W, r): 2 clips of 4 frames, 3 x 3 patches
     reference = temporal_conv.conv3d_mix(x, adapter.conv, 4, 3)
     torch.testing.assert_close(temporal_conv.shifted_sum_mix(x, adapter.conv, 4, 3), reference)
-    # And conv3d_mix is what the adapter itself computes on its bottleneck.
+    torch.testing.assert_close(temporal_conv.conv1d_mix(x, adapter.conv, 4, 3), reference)
+    # And the adapter itself (which runs the Conv1d form for a (3, 1, 1) kernel) computes conv3d_mix.
+    tokens = torch.randn(8, 10, 16)
+    delta = adapter.up(temporal_conv.conv3d_mix(adapter.down(tokens[:, 1:]), adapter.conv, 4, 3))
+    torch.testing.assert_close(adapter(tokens, 4)[:, 1:], tokens[:, 1:] + delta)
+
+
+def test_st_adapter_with_a_spatial_kernel_still_mixes_in_space_time():
+    from methods.st_adapter import STAdapter
+
+    torch.manual_seed(0)
+    adapter = STAdapter(16, 8, (3, 3, 3), "none")
+    torch.nn.init.normal_(adapter.conv.weight)
     tokens = torch.randn(8, 10, 16)
     delta = adapter.up(temporal_conv.conv3d_mix(adapter.down(tokens[:, 1:]), adapter.conv, 4, 3))
     torch.testing.assert_close(adapter(tokens, 4)[:, 1:], tokens[:, 1:] + delta)
