@@ -24,12 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from methods.st_adapter import mix_in_space_time, mix_over_time
+
 
 def conv3d_mix(x: Tensor, conv: nn.Conv3d, frames: int, side: int) -> Tensor:
-    """(B*T, HW, r) -> same, through Conv3d on (B, r, T, H, W), as methods/st_adapter.py does."""
-    n, hw, r = x.shape
-    grid = x.view(n // frames, frames, side, side, r).permute(0, 4, 1, 2, 3)
-    return conv(grid).permute(0, 2, 3, 4, 1).reshape(n, hw, r)
+    """(B*T, HW, r) -> same, through Conv3d on (B, r, T, H, W) (st_adapter's form for spatial kernels)."""
+    return mix_in_space_time(x, conv, frames, side)
+
+
+def conv1d_mix(x: Tensor, conv: nn.Conv3d, frames: int, side: int) -> Tensor:
+    """The same from a depthwise Conv1d over (B*HW, r, T) (st_adapter's form for a (3, 1, 1) kernel)."""
+    return mix_over_time(x, conv, frames)
 
 
 def shifted_sum_mix(x: Tensor, conv: nn.Conv3d, frames: int, side: int) -> Tensor:
@@ -42,15 +47,6 @@ def shifted_sum_mix(x: Tensor, conv: nn.Conv3d, frames: int, side: int) -> Tenso
     for k in range(kt):
         out = out + seq[:, k:k + frames] * weight[:, k]
     return out.reshape(n, hw, r)
-
-
-def conv1d_mix(x: Tensor, conv: nn.Conv3d, frames: int, side: int) -> Tensor:
-    """The same result from a depthwise Conv1d over (B*HW, r, T), on the Conv3d's weights."""
-    n, hw, r = x.shape
-    b = n // frames
-    seq = x.view(b, frames, hw, r).permute(0, 2, 3, 1).reshape(b * hw, r, frames)
-    out = F.conv1d(seq, conv.weight.view(r, 1, -1), conv.bias, padding=conv.padding[0], groups=r)
-    return out.view(b, hw, r, frames).permute(0, 3, 1, 2).reshape(n, hw, r)
 
 
 FORMS = {"Conv3d": conv3d_mix, "Conv1d over time": conv1d_mix, "time-shifted sum": shifted_sum_mix}

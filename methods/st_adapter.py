@@ -72,27 +72,29 @@ class STAdapter(nn.Module):
             raise ValueError(f"ST-Adapter needs [CLS] plus a square grid of patches, got {length} tokens")
         patches = self.down(x[:, 1:])  # (B*T, HW, r)
         if self.conv.kernel_size[1:] == (1, 1):
-            mixed = self._mix_over_time(patches, num_frames)
+            mixed = mix_over_time(patches, self.conv, num_frames)
         else:
-            mixed = self._mix_in_space_time(patches, num_frames, side)
+            mixed = mix_in_space_time(patches, self.conv, num_frames, side)
         delta = self.up(self.act(mixed))
         return torch.cat([x[:, :1], x[:, 1:] + delta], dim=1)
 
-    def _mix_over_time(self, patches: Tensor, num_frames: int) -> Tensor:
-        """A (k, 1, 1) kernel as a depthwise Conv1d over each position's frames, on the Conv3d's own weights:
-        the same result, and faster on CPU than Conv3d's depthwise path (benchmarks/temporal_conv.py)."""
-        n, positions, width = patches.shape
-        b = n // num_frames
-        seq = patches.view(b, num_frames, positions, width).permute(0, 2, 3, 1)  # (B, HW, r, T)
-        seq = seq.reshape(b * positions, width, num_frames)
-        weight = self.conv.weight.view(width, 1, -1)
-        mixed = F.conv1d(seq, weight, self.conv.bias, padding=self.conv.padding[0], groups=width)
-        return mixed.view(b, positions, width, num_frames).permute(0, 3, 1, 2).reshape(n, positions, width)
 
-    def _mix_in_space_time(self, patches: Tensor, num_frames: int, side: int) -> Tensor:
-        n, positions, width = patches.shape
-        grid = patches.view(n // num_frames, num_frames, side, side, width).permute(0, 4, 1, 2, 3)  # (B, r, T, H, W)
-        return self.conv(grid).permute(0, 2, 3, 4, 1).reshape(n, positions, width)
+def mix_in_space_time(patches: Tensor, conv: nn.Conv3d, num_frames: int, side: int) -> Tensor:
+    """(B*T, HW, r) -> the same, through the depthwise Conv3d on (B, r, T, H, W)."""
+    n, positions, width = patches.shape
+    grid = patches.view(n // num_frames, num_frames, side, side, width).permute(0, 4, 1, 2, 3)
+    return conv(grid).permute(0, 2, 3, 4, 1).reshape(n, positions, width)
+
+
+def mix_over_time(patches: Tensor, conv: nn.Conv3d, num_frames: int) -> Tensor:
+    """The same for a (k, 1, 1) kernel, as a depthwise Conv1d over each position's frames on the Conv3d's
+    own weights: equal results, and faster on CPU than Conv3d's depthwise path (benchmarks/temporal_conv.py)."""
+    n, positions, width = patches.shape
+    b = n // num_frames
+    seq = patches.view(b, num_frames, positions, width).permute(0, 2, 3, 1)  # (B, HW, r, T)
+    seq = seq.reshape(b * positions, width, num_frames)
+    mixed = F.conv1d(seq, conv.weight.view(width, 1, -1), conv.bias, padding=conv.padding[0], groups=width)
+    return mixed.view(b, positions, width, num_frames).permute(0, 3, 1, 2).reshape(n, positions, width)
 
 
 @register_method(

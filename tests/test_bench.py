@@ -56,7 +56,20 @@ def test_a_resolution_the_backbone_cannot_take_is_refused():
         method_speed.run_bench(cfg)
 
 
-def test_the_temporal_mixing_forms_agree_with_st_adapter():
+def depthwise_temporal_conv_by_definition(x, conv, frames):
+    """y[t] = sum_k w[k] x[t + k - 1] + b per channel, zero beyond the clip: the (3, 1, 1) kernel written out."""
+    n, hw, r = x.shape
+    seq = x.view(n // frames, frames, hw, r)
+    weight = conv.weight.view(r, 3)
+    out = conv.bias.expand_as(seq).clone()
+    for t in range(frames):
+        for k in range(3):
+            if 0 <= t + k - 1 < frames:
+                out[:, t] += weight[:, k] * seq[:, t + k - 1]
+    return out.reshape(n, hw, r)
+
+
+def test_the_temporal_mixing_forms_agree_with_the_definition_and_with_st_adapter():
     from methods.st_adapter import STAdapter
 
     torch.manual_seed(0)
@@ -64,21 +77,24 @@ def test_the_temporal_mixing_forms_agree_with_st_adapter():
     torch.nn.init.normal_(adapter.conv.weight)
     torch.nn.init.normal_(adapter.conv.bias)
     x = torch.randn(2 * 4, 9, 8)  # (B*T, H*W, r): 2 clips of 4 frames, 3 x 3 patches
-    reference = temporal_conv.conv3d_mix(x, adapter.conv, 4, 3)
-    torch.testing.assert_close(temporal_conv.shifted_sum_mix(x, adapter.conv, 4, 3), reference)
-    torch.testing.assert_close(temporal_conv.conv1d_mix(x, adapter.conv, 4, 3), reference)
-    # And the adapter itself (which runs the Conv1d form for a (3, 1, 1) kernel) computes conv3d_mix.
+    reference = depthwise_temporal_conv_by_definition(x, adapter.conv, 4)
+    for mix in temporal_conv.FORMS.values():
+        torch.testing.assert_close(mix(x, adapter.conv, 4, 3), reference)
+    # And the adapter computes it on its bottleneck.
     tokens = torch.randn(8, 10, 16)
-    delta = adapter.up(temporal_conv.conv3d_mix(adapter.down(tokens[:, 1:]), adapter.conv, 4, 3))
+    delta = adapter.up(depthwise_temporal_conv_by_definition(adapter.down(tokens[:, 1:]), adapter.conv, 4))
     torch.testing.assert_close(adapter(tokens, 4)[:, 1:], tokens[:, 1:] + delta)
 
 
-def test_st_adapter_with_a_spatial_kernel_still_mixes_in_space_time():
+def test_st_adapter_with_a_spatial_kernel_mixes_neighbouring_positions():
     from methods.st_adapter import STAdapter
 
     torch.manual_seed(0)
     adapter = STAdapter(16, 8, (3, 3, 3), "none")
     torch.nn.init.normal_(adapter.conv.weight)
-    tokens = torch.randn(8, 10, 16)
-    delta = adapter.up(temporal_conv.conv3d_mix(adapter.down(tokens[:, 1:]), adapter.conv, 4, 3))
-    torch.testing.assert_close(adapter(tokens, 4)[:, 1:], tokens[:, 1:] + delta)
+    tokens = torch.randn(8, 10, 16)  # 2 clips of 4 frames, [CLS] + 3 x 3 patches
+    changed = tokens.clone()
+    changed[0, 1 + 4] += 1.0  # the centre patch of clip 0's first frame
+    delta = (adapter(changed, 4) - adapter(tokens, 4))[:, 1:].abs().amax(dim=-1)  # (B*T, HW)
+    # A 3x3x3 kernel reaches every patch of frames 0 and 1 (a 3x3 grid), nothing in frames 2-3 or clip 1.
+    assert (delta[:2] > 0).all() and (delta[2:] == 0).all()
