@@ -34,7 +34,6 @@ class AdapterConfig:
     positions: tuple[str, ...] = ("mlp",)  # "attention" and/or "mlp": before which sub-block of each layer
     layers: tuple[int, ...] | None = None  # which blocks get adapters (None = all)
     activation: Literal["gelu", "relu"] = "gelu"
-    dropout: float = 0.5
 
     def __post_init__(self):
         bad = set(self.positions) - {"attention", "mlp"}
@@ -64,4 +63,4 @@ def build(backbone: VideoBackbone, num_classes: int, cfg: AdapterConfig) -> Vide
         return Adapter(backbone.width, cfg.width, cfg.activation)
 
     hook_blocks(backbone, cfg.layers, cfg.positions, adapter)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

@@ -31,7 +31,6 @@ from peft_bench.temporal import Attention, TemporalEmbedding
 @dataclass
 class AttentionalPoolingConfig:
     num_frames: int = 8  # length of the temporal position embedding (resampled for other clip lengths)
-    dropout: float = 0.5
 
 
 class AttentionalPool(nn.Module):
@@ -56,4 +55,4 @@ class AttentionalPool(nn.Module):
                  architecture="SA", models_time=True)
 def build(backbone: VideoBackbone, num_classes: int, cfg: AttentionalPoolingConfig) -> VideoClassifier:
     pool = AttentionalPool(backbone.width, backbone.num_heads, cfg.num_frames)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout, pool=pool)
+    return VideoClassifier(backbone, num_classes, pool=pool)

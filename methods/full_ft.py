@@ -17,10 +17,10 @@ from peft_bench.registry import register_method
 
 @dataclass
 class FullFTConfig:
-    dropout: float = 0.5  # before the head, the same head as every other row
+    """No options: the row trains everything, and the head (with its dropout) is the run's (``train.head_dropout``)."""
 
 
 @register_method("full_ft", config=FullFTConfig, group="Full fine-tuning", architecture="SA", models_time=False)
 def build(backbone: VideoBackbone, num_classes: int, cfg: FullFTConfig) -> VideoClassifier:
     backbone.requires_grad_(True)  # the runner hands us a frozen backbone; this row trains all of it
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

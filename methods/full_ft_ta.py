@@ -28,7 +28,6 @@ from peft_bench.temporal import add_divided_attention
 class FullFTTAConfig:
     num_frames: int = 8  # length of the learned temporal embedding (resampled for other clip lengths)
     layers: tuple[int, ...] | None = None  # blocks that get temporal attention (None = all)
-    dropout: float = 0.5
 
 
 @register_method("full_ft_ta", config=FullFTTAConfig, group="Full fine-tuning", architecture="SA+TA",
@@ -36,4 +35,4 @@ class FullFTTAConfig:
 def build(backbone: VideoBackbone, num_classes: int, cfg: FullFTTAConfig) -> VideoClassifier:
     backbone.requires_grad_(True)
     add_divided_attention(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.num_frames)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

@@ -36,7 +36,6 @@ from peft_bench.temporal import Attention, TemporalEmbedding, init_vit_linear
 class FullFTTSConfig:
     window: int = 1  # temporal window w: channels come from frames t-w..t+w
     num_frames: int = 8  # length of the learned temporal embedding
-    dropout: float = 0.5
 
     def __post_init__(self):
         if self.window < 0:
@@ -117,4 +116,4 @@ def build(backbone: VideoBackbone, num_classes: int, cfg: FullFTTSConfig) -> Vid
         embedding = TemporalEmbedding(backbone.width, cfg.num_frames) if i == 0 else None
         backbone.blocks[i] = SpaceTimeMixingBlock(block, cfg.window, embedding)
     pool = TemporalAggregation(backbone.width, backbone.num_heads)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout, pool=pool)
+    return VideoClassifier(backbone, num_classes, pool=pool)

@@ -15,9 +15,10 @@ from peft_bench.registry import register_method
 
 @dataclass
 class LinearProbeConfig:
-    dropout: float = 0.5  # the same head as every other row, so rows differ only in what the method adds
+    """No options: the same head as every other row (its dropout is the run's, ``train.head_dropout``), so rows
+    differ only in what the method adds."""
 
 
 @register_method("linear_probe", config=LinearProbeConfig, group="Linear probe", architecture="SA", models_time=False)
 def build(backbone: VideoBackbone, num_classes: int, cfg: LinearProbeConfig) -> VideoClassifier:
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

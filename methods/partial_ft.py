@@ -17,7 +17,6 @@ from peft_bench.registry import register_method
 @dataclass
 class PartialFTConfig:
     trainable_blocks: int = 1  # how many of the last blocks train
-    dropout: float = 0.5
 
     def __post_init__(self):
         if self.trainable_blocks < 1:
@@ -36,4 +35,4 @@ def last_blocks(backbone: VideoBackbone, count: int) -> list[int]:
 def build(backbone: VideoBackbone, num_classes: int, cfg: PartialFTConfig) -> VideoClassifier:
     for i in last_blocks(backbone, cfg.trainable_blocks):
         backbone.blocks[i].requires_grad_(True)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

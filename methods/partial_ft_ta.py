@@ -25,7 +25,6 @@ from peft_bench.temporal import add_divided_attention
 class PartialFTTAConfig:
     trainable_blocks: int = 1  # how many of the last blocks train (each gets a temporal layer)
     num_frames: int = 8  # length of the learned temporal embedding
-    dropout: float = 0.5
 
     def __post_init__(self):
         if self.trainable_blocks < 1:
@@ -39,4 +38,4 @@ def build(backbone: VideoBackbone, num_classes: int, cfg: PartialFTTAConfig) -> 
     for i in layers:
         backbone.blocks[i].requires_grad_(True)  # before wrapping: only the original block unfreezes
     add_divided_attention(backbone, layers, cfg.num_frames)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

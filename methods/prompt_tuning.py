@@ -31,7 +31,6 @@ from peft_bench.registry import register_method
 class PromptTuningConfig:
     num_prompts: int = 100  # prompt tokens per block
     layers: tuple[int, ...] | None = None  # blocks that get prompts (None = all: VPT-deep; (0,): VPT-shallow)
-    dropout: float = 0.5
 
     def __post_init__(self):
         if self.num_prompts < 1:
@@ -58,4 +57,4 @@ def build(backbone: VideoBackbone, num_classes: int, cfg: PromptTuningConfig) ->
     init_range = math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + backbone.width))
     for i in resolve_layers(cfg.layers, len(backbone.blocks)):
         backbone.blocks[i] = PromptedBlock(backbone.blocks[i], cfg.num_prompts, backbone.width, init_range)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

@@ -43,7 +43,6 @@ class STAdapterConfig:
     layers: tuple[int, ...] | None = None  # which blocks get adapters (None = all)
     kernel_size: tuple[int, int, int] = (3, 1, 1)  # (time, height, width) of the depthwise convolution
     activation: Literal["none", "gelu", "quick_gelu", "relu"] = "none"
-    dropout: float = 0.5  # before the head
 
     def __post_init__(self):
         bad = set(self.positions) - {"attention", "mlp"}
@@ -106,4 +105,4 @@ def build(backbone: VideoBackbone, num_classes: int, cfg: STAdapterConfig) -> Vi
         return STAdapter(backbone.width, cfg.width, cfg.kernel_size, cfg.activation)
 
     hook_blocks(backbone, cfg.layers, cfg.positions, adapter)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

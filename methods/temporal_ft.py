@@ -22,11 +22,10 @@ from peft_bench.temporal import add_divided_attention
 class TemporalFTConfig:
     num_frames: int = 8  # length of the learned temporal embedding
     layers: tuple[int, ...] | None = None  # blocks that get temporal attention (None = all)
-    dropout: float = 0.5
 
 
 @register_method("temporal_ft", config=TemporalFTConfig, group="Temporal fine-tuning", architecture="SA+TA",
                  models_time=True)
 def build(backbone: VideoBackbone, num_classes: int, cfg: TemporalFTConfig) -> VideoClassifier:
     add_divided_attention(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.num_frames)
-    return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+    return VideoClassifier(backbone, num_classes)

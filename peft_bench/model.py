@@ -23,6 +23,10 @@ class ClsTemporalMean(nn.Module):
 
 
 class VideoClassifier(nn.Module):
+    """The head is the same for every method, so rows differ only in what a method adds: its dropout is
+    set by the runner from the recipe (``train.head_dropout``); ``dropout`` here is the default for a model
+    built outside a run."""
+
     def __init__(self, backbone: VideoBackbone, num_classes: int, dropout: float = 0.5, pool: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone

@@ -71,7 +71,9 @@ def build_model(cfg: RunConfig, num_classes: int, backbone=None) -> nn.Module:
     spec = get_method(cfg.method)
     backbone = backbone if backbone is not None else create_backbone(cfg.backbone, cfg.pretrained)
     backbone.requires_grad_(False)
-    return spec.build(backbone, num_classes, spec.make_config(None, cfg.method_args))
+    model = spec.build(backbone, num_classes, spec.make_config(None, cfg.method_args))
+    model.dropout.p = cfg.train.head_dropout  # the head is the run's, the same whatever the method
+    return model
 
 
 def make_optimizer(model: nn.Module, cfg, pretrained: set[int] | frozenset[int] = frozenset()) -> torch.optim.AdamW:

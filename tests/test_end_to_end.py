@@ -32,7 +32,7 @@ def test_a_run_lands_in_mlflow_and_comes_back_through_the_table(tmp_path, capsys
     assert run.data.tags["peft_bench.method"] == "linear_probe"
     assert run.data.tags["peft_bench.pretrained"] == "none"  # random weights are recorded as such
     assert run.data.tags["peft_bench.models_time"] == "no"  # measured
-    assert run.data.params["train.epochs"] == "2" and run.data.params["method_args.dropout"] == "0.5"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["train.head_dropout"] == "0.0"
     assert run.data.metrics["trainable_params"] == 96 * 8 + 8  # the head alone on tiny's 96-wide features
     assert run.data.metrics["gflops"] > 0 and 0 <= run.data.metrics["top1"] <= 100
     capsys.readouterr()

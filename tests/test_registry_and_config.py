@@ -12,16 +12,19 @@ from peft_bench.registry import available_methods, get_method, load_plugin
 
 PLUGIN = textwrap.dedent('''
     from dataclasses import dataclass
+    import torch
     from peft_bench.model import VideoClassifier
     from peft_bench.registry import register_method
 
     @dataclass
     class FrozenMeanConfig:
-        dropout: float = 0.0
+        head_std: float = 0.01
 
     @register_method("{name}", config=FrozenMeanConfig, group="Linear probe", architecture="SA", models_time=False)
     def build(backbone, num_classes, cfg):
-        return VideoClassifier(backbone, num_classes, dropout=cfg.dropout)
+        model = VideoClassifier(backbone, num_classes)
+        torch.nn.init.normal_(model.head.weight, std=cfg.head_std)
+        return model
 ''')
 
 
@@ -42,7 +45,7 @@ def test_plugin_file_from_a_temporary_folder_registers(tmp_path):
     assert "tmp_plugin_method" not in available_methods()
     load_plugin(path)
     spec = get_method("tmp_plugin_method")
-    assert spec.group == "Linear probe" and spec.make_config().dropout == 0.0
+    assert spec.group == "Linear probe" and spec.make_config().head_std == 0.01
 
 
 def test_plugin_through_the_cli(tmp_path, capsys):
