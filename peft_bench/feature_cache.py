@@ -131,7 +131,9 @@ def write_entry(folder: Path, key: str, backbone: nn.Module, dataset: Dataset, e
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # Extraction is decoding plus a forward pass without autograd, so decoding is its bottleneck: every core decodes.
+    workers = max(num_workers, os.cpu_count() or 1)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     tokens, labels, start = None, np.empty(len(dataset), dtype=np.int64), 0
     was_training = backbone.training
     backbone.eval()
