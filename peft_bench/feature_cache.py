@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .system import usable_cpu_count
+
 log = logging.getLogger(__name__)
 
 # Bump when what is stored, or how it is computed, changes.
@@ -132,7 +134,7 @@ def write_entry(folder: Path, key: str, backbone: nn.Module, dataset: Dataset, e
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # Extraction is decoding plus a forward pass without autograd, so decoding is its bottleneck: every core decodes.
-    workers = max(num_workers, os.cpu_count() or 1)
+    workers = max(num_workers, usable_cpu_count())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     tokens, labels, start = None, np.empty(len(dataset), dtype=np.int64), 0
     was_training = backbone.training

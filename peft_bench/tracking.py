@@ -53,6 +53,8 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from .system import usable_cpu_count
+
 TAG_PREFIX = "peft_bench."
 
 # Libraries whose version can change a result; logged as version.<name> params.
@@ -216,14 +218,6 @@ def cuda_device_name(wanted: str | None) -> str | None:
     name = torch.cuda.get_device_name(index)
     count = torch.cuda.device_count()
     return f"{name} (x{count} visible)" if count > 1 else name
-
-
-def usable_cpu_count() -> int:
-    # sched_getaffinity honours taskset/cgroup pinning; cpu_count reports the whole machine.
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:

@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import logging
 import multiprocessing
-import os
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -50,6 +49,7 @@ from peft_bench.data.decode import VideoDecodeError, read_clip
 from peft_bench.data.recipes import load_recipe
 from peft_bench.data.synthetic import SSV2_VIDEO_FOLDER, default_cache_dir, ensure_synthetic
 from peft_bench.data.transforms import Recipe
+from peft_bench.system import usable_cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -348,10 +348,7 @@ IN_FLIGHT_PER_WORKER = 2
 
 
 def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cpu_count()
 
 
 def parallel_map(

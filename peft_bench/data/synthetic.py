@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from peft_bench.system import usable_cpu_count
+
 log = logging.getLogger(__name__)
 
 FRAME_SIZE = 64
@@ -559,11 +561,7 @@ def _default_workers() -> int:
 
     if multiprocessing.current_process().daemon:  # e.g. inside a DataLoader worker: no child processes allowed
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return min(4, cores)
+    return min(4, usable_cpu_count())
 
 
 class _JobRunner:
