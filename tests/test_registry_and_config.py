@@ -81,6 +81,8 @@ def test_overrides_reach_the_method_and_training_config():
     ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; available: .*k400"),
     ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
     ({"train": {"epochs": 0}}, "epochs"),
+    ({"train": {"head_dropout": 1.5}}, r"head_dropout must lie in \[0, 1\), got 1.5"),
+    ({"method": "linear_probe", "method_args": {"dropout": 0.1}}, "unknown key method.dropout"),
     ({"train": {"nonsense": 1}}, "unknown key train.nonsense"),
     ({"method": "st_adapter", "method_args": {"width": "wide"}}, "method.width: expected an integer"),
     ({"method": "st_adapter", "method_args": {"positions": ["attention", "head"]}}, "positions"),
