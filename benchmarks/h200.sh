@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The H200 measurement of issue #8 in one call (from the repository root, with peft-bench installed):
+# The H200 measurement of issue #8 in one call (with peft-bench installed, from any folder):
 #
 #   bash benchmarks/h200.sh [results folder]        # default: $OUT if set (the device tool), else results/h200
 #
@@ -41,5 +41,5 @@ if [[ "${SMOKE:-0}" != 1 || "${SMOKE_COMPILE:-0}" == 1 ]]; then
 fi
 step $PY -m peft_bench.cli bench "${COMMON[@]}" "${ALL[@]}" --name all_methods
 DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
-step $PY -m benchmarks.temporal_conv --device "$DEVICE" "${CONV[@]}" --results-dir "$OUT_DIR" --name temporal_conv_$DEVICE
+step $PY -m peft_bench.benchmarks.temporal_conv --device "$DEVICE" "${CONV[@]}" --results-dir "$OUT_DIR" --name temporal_conv_$DEVICE
 exit $status

@@ -287,8 +287,9 @@ def measure_in_fresh_process(cfg: BenchConfig, method: str, peak_flops: float) -
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         payload = json.dumps({"config": dataclasses.asdict(cfg), "method": method, "peak_flops": peak_flops})
-        subprocess.run([sys.executable, "-m", "benchmarks.method_speed", "--child", payload, str(out)],
-                       check=True, cwd=Path(__file__).resolve().parent.parent)
+        # The child imports this module under the name it has here: peft_bench.benchmarks.method_speed when
+        # `peft-bench bench` runs it (from any folder), benchmarks.method_speed from a clone's root.
+        subprocess.run([sys.executable, "-m", __spec__.name, "--child", payload, str(out)], check=True)
         return Row(**json.loads(out.read_text()))
 
 

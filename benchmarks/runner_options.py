@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.method_speed import BenchConfig, Row, measure_method, peak_matmul_flops, resolve_device
+from .method_speed import BenchConfig, Row, measure_method, peak_matmul_flops, resolve_device
 
 VARIANTS = [  # (what is compared, option name, method, BenchConfig changes, autograd through the frozen backbone)
     ("backbone without autograd", "off", "linear_probe", {}, True),
@@ -51,8 +51,9 @@ def in_fresh_process(cfg: BenchConfig, method: str, peak: float, frozen_autograd
         out = Path(tmp) / "row.json"
         payload = json.dumps({"config": dataclasses.asdict(cfg), "method": method, "peak": peak,
                               "frozen_autograd": frozen_autograd})
-        subprocess.run([sys.executable, "-m", "benchmarks.runner_options", "--child", payload, str(out)], check=True,
-                       cwd=Path(__file__).resolve().parent.parent)
+        # The child imports this module under the name it has here (peft_bench.benchmarks or, from a clone's
+        # root, benchmarks), from the caller's working folder.
+        subprocess.run([sys.executable, "-m", __spec__.name, "--child", payload, str(out)], check=True)
         return Row(**json.loads(out.read_text()))
 
 

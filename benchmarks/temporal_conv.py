@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.st_adapter import mix_in_space_time, mix_over_time
+from peft_bench.methods.st_adapter import mix_in_space_time, mix_over_time
 
 
 def conv3d_mix(x: Tensor, conv: nn.Conv3d, frames: int, side: int) -> Tensor:

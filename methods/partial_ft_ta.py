@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.partial_ft import last_blocks
+from .partial_ft import last_blocks
 from peft_bench.backbones import VideoBackbone
 from peft_bench.model import VideoClassifier
 from peft_bench.registry import register_method

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_account_parser(sub)
     add_data_parser(sub)
     add_sweep_parser(sub)
-    from benchmarks.method_speed import add_bench_parser  # benchmarks/ is installed with the package
+    from .benchmarks.method_speed import add_bench_parser  # benchmarks/ installs as peft_bench.benchmarks
     add_bench_parser(sub)
     return parser
 
@@ -206,10 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         for plugin in getattr(args, "plugin", []):
             load_plugin(plugin)
         from .accounting import cmd_account
+        from .benchmarks.method_speed import cmd_bench
         from .data.cli import cmd_data
-
-        from benchmarks.method_speed import cmd_bench
-
         from .distributed import distributed_from_environment, rank
         from .sweep import cmd_sweep
 

@@ -73,7 +73,7 @@ class SpeedConfig:
             raise ValueError(f"cache_dtype must be float32 or float16, got {self.cache_dtype}")
 
 
-# The paper's optimisation recipes (../shared/reference/README.md), and cheap ones for the embedded default.
+# The released code's optimisation recipes (peft_bench/reference/README.md), and cheap ones for the embedded default.
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "k400": dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4),
     "ssv2": dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
-from pathlib import Path
+import io
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +20,20 @@ from torch import Tensor, nn
 
 from .backbones import NO_WEIGHTS, VideoBackbone, create_backbone
 from .model import count_parameters
+from .reference import reference_text
 from .registry import available_methods, get_method
 
-# The paper's table as published (peft_bench.table.PAPER_TABLE_PATH; read here without pulling in mlflow).
-PAPER_TABLE_PATH = Path(__file__).resolve().parents[1] / "results" / "paper_cross_modality.csv"
+# The paper's table as published (package data; read here without pulling in pandas and mlflow).
+PAPER_TABLE_FILE = "paper_cross_modality.csv"
 
 NOISE_STD = 0.02  # perturbation of trainable parameters in measures_time (ViT's init scale)
 NUM_CLASSES = 10  # head size for the forward checks
 
 
-def paper_params_m(path: Path = PAPER_TABLE_PATH) -> dict[str, float]:
+def paper_params_m() -> dict[str, float]:
     """The paper's fine-tuned parameter figure (M) per method name; reported by others, not measured."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["method"]: float(row["params_m"]) for row in csv.DictReader(f) if row.get("params_m")}
+    rows = csv.DictReader(io.StringIO(reference_text(PAPER_TABLE_FILE)))
+    return {row["method"]: float(row["params_m"]) for row in rows if row.get("params_m")}
 
 
 def build_method(method_name: str, backbone: VideoBackbone, num_classes: int) -> nn.Module:

@@ -1,4 +1,5 @@
-"""The method registry: every module in ``methods/`` registers itself; plugins add more.
+"""The method registry: every module in ``methods/`` (installed as ``peft_bench.methods``) registers itself;
+plugins add more.
 
 A method is one file with a config dataclass (defaults follow the paper) and a ``build`` function::
 
@@ -8,7 +9,7 @@ A method is one file with a config dataclass (defaults follow the paper) and a `
 
 ``build`` receives a backbone whose parameters are all frozen; whatever the method adds is trainable
 by default, and a method that trains backbone weights (full or partial fine-tuning) unfreezes them
-itself. Methods are found without a central list: every module of the ``methods`` package, every
+itself. Methods are found without a central list: every module of the ``peft_bench.methods`` package, every
 ``peft_bench.methods`` entry point of installed packages, and any file given with ``--plugin``.
 """
 
@@ -81,21 +82,35 @@ def register_method(name: str, *, config: type, group: str, architecture: str, m
 
 
 def discover() -> None:
-    """Import every module of the ``methods`` package and every entry-point plugin (once)."""
+    """Import every module of ``peft_bench.methods`` and every entry-point plugin (once)."""
     global _discovered
     if _discovered:
         return
-    import methods
-
-    for module in pkgutil.iter_modules(methods.__path__):
+    builtin = _builtin_methods_package()
+    for module in pkgutil.iter_modules(builtin.__path__):
         if not module.name.startswith("_"):
-            importlib.import_module(f"methods.{module.name}")
+            importlib.import_module(f"{builtin.__name__}.{module.name}")
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry.load()
         except Exception as err:  # a broken third-party plugin must not hide the built-in methods
             log.warning("could not load method plugin %s (%s): %s", entry.name, entry.value, err)
     _discovered = True
+
+
+def _builtin_methods_package():
+    """The repository's ``methods/`` folder, installed as ``peft_bench.methods`` (never a top-level
+    ``methods``, which any folder of that name on the path would shadow)."""
+    try:
+        return importlib.import_module("peft_bench.methods")
+    except ModuleNotFoundError as err:
+        if err.name != "peft_bench.methods":
+            raise
+        raise ModuleNotFoundError(
+            "peft_bench.methods is not installed: the built-in methods install with the package. From a clone, "
+            "`pip install -e .` (the repository's methods/ folder becomes peft_bench.methods); putting the "
+            "clone on PYTHONPATH alone is not enough"
+        ) from None
 
 
 def load_plugin(path: str | Path) -> None:

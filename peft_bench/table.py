@@ -1,7 +1,7 @@
 """``peft-bench table``: the cross-modality and system-level tables, regenerated from this project's own runs.
 
-Every measured number comes from a run in the tracking store. The paper's tables
-(``results/paper_*.csv``) are *reported by others*: they give the order of the rows, and their figures
+Every measured number comes from a run in the tracking store. The paper's tables (package data,
+``peft_bench/reference/paper_*.csv``) are *reported by others*: they give the order of the rows, and their figures
 appear only in columns (``--with-paper``) or rows (``--kind k400|ssv2``) labelled as the paper's, never
 in a measured cell. Rendering is ``table_output``'s job, the footer ``provenance``'s, Figure 1 ``plot``'s.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import math
 import os
 import sys
@@ -22,12 +23,14 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from peft_bench.benchmarks import recipe_folder
 from peft_bench.provenance import provenance
+from peft_bench.reference import reference_text
 from peft_bench.table_output import FORMATS, TableReport, render_report
 from peft_bench.tracking import TAG_PREFIX, quiet_mlflow_logging
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
-PAPER_TABLE_PATH = RESULTS_DIR / "paper_cross_modality.csv"
+# The paper's figures are package data (peft_bench/reference; results/paper_*.csv link to them).
+PAPER_TABLE_FILE = "paper_cross_modality.csv"
 TABLE_FILE_NAME = "cross_modality.csv"
 
 # A run is identified by these; reruns of the same key replace each other (latest_per_key).
@@ -457,10 +460,7 @@ def mean_top1_frame(runs: pd.DataFrame, index: list[str], every_run: bool) -> pd
 
 # -- the system-level tables (K400, SSv2) ----------------------------------------------------------
 
-SYSTEM_TABLE_PATHS = {
-    "k400": RESULTS_DIR / "paper_k400_comparison.csv",
-    "ssv2": RESULTS_DIR / "paper_ssv2_comparison.csv",
-}
+SYSTEM_TABLE_FILES = {"k400": "paper_k400_comparison.csv", "ssv2": "paper_ssv2_comparison.csv"}
 SYSTEM_COLUMNS = ["group", "pre-training", "frames × crops × clips", "GFLOPs", "top-1", "top-5", "source"]
 REPORTED = "reported by the paper"
 MEASURED = "measured here"
@@ -470,12 +470,9 @@ PRETRAINING_NAMES = {"clip": "CLIP", "in21k": "IN21K", "tiny": "synthetic stills
 
 def system_paper_table(kind: str) -> pd.DataFrame:
     """The paper's system-level comparison on K400 or SSv2, as reported (not measured here)."""
-    if kind not in SYSTEM_TABLE_PATHS:
+    if kind not in SYSTEM_TABLE_FILES:
         raise ValueError(f"unknown table kind {kind!r}; expected one of {', '.join(TABLE_KINDS)}")
-    path = SYSTEM_TABLE_PATHS[kind]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the paper's tables ship with a peft-bench checkout")
-    return pd.read_csv(path)
+    return read_reference_csv(SYSTEM_TABLE_FILES[kind])
 
 
 def system_table(
@@ -577,10 +574,10 @@ def recipe_test_views(dataset: str) -> tuple[int, int] | None:
     """
     import yaml
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / f"{dataset}.yaml"
-    if not path.is_file():
+    resource = recipe_folder() / f"{dataset}.yaml"
+    if not resource.is_file():
         return None
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    recipe = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
     return int(recipe.get("test_crops", 1)), int(recipe.get("test_clips", 1))
 
 
@@ -599,7 +596,7 @@ def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_pape
         table, matched = with_paper_columns(table, means)
         if matched:
             notes.append(f"columns marked paper: figures reported by {PAPER_SOURCE} "
-                         "(results/paper_cross_modality.csv), not measured here; Δ = measured mean − paper")
+                         "(peft_bench/reference/paper_cross_modality.csv), not measured here; Δ = measured mean − paper")
         else:
             notes.append("--with-paper: no column has a paper figure (the paper reports clip_vitb16 and in21k_vitb16 "
                          "on k400 and ssv2 only)")
@@ -635,7 +632,7 @@ def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_da
     cells, numbers = system_table(runs, kind, every_run, any_dataset)
     used = system_runs(runs, kind, every_run, any_dataset)
     name = "Kinetics-400" if kind == "k400" else "Something-Something v2"
-    notes = [f"rows '{REPORTED}': {PAPER_SOURCE} (results/{SYSTEM_TABLE_PATHS[kind].name}); "
+    notes = [f"rows '{REPORTED}': {PAPER_SOURCE} (peft_bench/reference/{SYSTEM_TABLE_FILES[kind]}); "
              f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"]
     if used.empty:
         notes.append(f"no run on {kind} matched: only the paper's rows are shown")
@@ -714,13 +711,14 @@ def paper_table() -> pd.DataFrame:
     """The ST-Adapter paper's cross-modality table, as the paper reports it (not measured here).
 
     Columns: group, method, architecture, temporal_modelling, params_m, clip_k400, clip_ssv2,
-    in21k_k400, in21k_ssv2, note. Cells the seed document lost are NaN.
+    in21k_k400, in21k_ssv2, note. Cells lost in transcription are NaN.
     """
-    if not PAPER_TABLE_PATH.is_file():
-        raise FileNotFoundError(
-            f"{PAPER_TABLE_PATH} not found: the paper's table ships with a peft-bench checkout"
-        )
-    return pd.read_csv(PAPER_TABLE_PATH)
+    return read_reference_csv(PAPER_TABLE_FILE)
+
+
+def read_reference_csv(name: str) -> pd.DataFrame:
+    """A reported table that the package carries (``peft_bench.reference``), as a frame."""
+    return pd.read_csv(io.StringIO(reference_text(name)))
 
 
 # -- the command line ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from peft_bench.accounting import (
 )
 
 # (method, backbone, preset, classes, paper GFLOPs, reference fvcore GFLOPs; 8 frames, 224 px, 3 views).
-# The reference column is /work/shared/reference/README.md's "fvcore, all ops"; the paper's are ±1%.
+# The reference column is peft_bench/reference/README.md's "fvcore, all ops"; the paper's are ±1%.
 VIT_B_PARITY = [
     ("linear_probe", "clip_vitb16", "k400", 400, 419, 421.97),
     ("st_adapter", "clip_vitb16", "k400", 400, 455, 455.33),
@@ -124,7 +124,7 @@ def test_matmul_with_a_broadcast_first_operand():
 
 def test_st_adapter_grid_side_traces():
     """ST-Adapter finds its patch grid from the token count; that must survive tracing (sizes are tensors)."""
-    from methods.st_adapter import STAdapter
+    from peft_bench.methods.st_adapter import STAdapter
 
     adapter = STAdapter(dim=8, width=4, kernel_size=(3, 1, 1), activation="none")
 

@@ -100,7 +100,7 @@ def test_st_adapter_trainable_parameters_match_released_code(preset, num_classes
 def test_st_adapter_starts_as_the_frozen_backbone_and_leaves_cls_alone():
     import copy
 
-    from methods.st_adapter import STAdapter
+    from peft_bench.methods.st_adapter import STAdapter
 
     backbone = create_backbone("tiny", "none").requires_grad_(False)
     plain = get_method("linear_probe").build(copy.deepcopy(backbone), 5, get_method("linear_probe").make_config())

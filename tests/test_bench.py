@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import torch
 
-from benchmarks import method_speed, temporal_conv
+from peft_bench.benchmarks import method_speed, temporal_conv
 from peft_bench.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,7 +70,7 @@ def depthwise_temporal_conv_by_definition(x, conv, frames):
 
 
 def test_the_temporal_mixing_forms_agree_with_the_definition_and_with_st_adapter():
-    from methods.st_adapter import STAdapter
+    from peft_bench.methods.st_adapter import STAdapter
 
     torch.manual_seed(0)
     adapter = STAdapter(16, 8, (3, 1, 1), "none")
@@ -87,7 +87,7 @@ def test_the_temporal_mixing_forms_agree_with_the_definition_and_with_st_adapter
 
 
 def test_st_adapter_with_a_spatial_kernel_mixes_neighbouring_positions():
-    from methods.st_adapter import STAdapter
+    from peft_bench.methods.st_adapter import STAdapter
 
     torch.manual_seed(0)
     adapter = STAdapter(16, 8, (3, 3, 3), "none")

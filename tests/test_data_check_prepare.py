@@ -304,7 +304,7 @@ def test_output_size_only_scales_down():
 
 
 def test_loader_benchmark_runs_on_a_tiny_setting(tmp_path):
-    from benchmarks import loader_speed
+    from peft_bench.benchmarks import loader_speed
 
     tiny = dict(count=1, seconds=1.0, width=64, height=48)
     settings = loader_speed.BenchmarkSettings(

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from benchmarks.loader_speed import CountingDecoder  # the benchmark's packet and frame counter
+from peft_bench.benchmarks.loader_speed import CountingDecoder  # the benchmark's packet and frame counter
 
 from peft_bench.data import decode
 from peft_bench.data.decode import VideoDecodeError, count_frames, read_clip, read_frames

@@ -120,7 +120,7 @@ def test_what_trains_is_what_the_row_says():
 
 
 def test_space_time_mixing_takes_channel_blocks_from_neighbouring_frames():
-    from methods.full_ft_ts import mix_time
+    from peft_bench.methods.full_ft_ts import mix_time
 
     b, t, heads, length, d = 2, 3, 2, 5, 6
     x = torch.randn(b * t, heads, length, d)

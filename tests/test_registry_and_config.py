@@ -31,10 +31,10 @@ PLUGIN = textwrap.dedent('''
 def test_every_module_in_methods_registers_itself():
     import pkgutil
 
-    import methods
+    from peft_bench import methods
 
     modules = {m.name for m in pkgutil.iter_modules(methods.__path__) if not m.name.startswith("_")}
-    sources = {get_method(name).source.removeprefix("methods.") for name in available_methods()}
+    sources = {get_method(name).source.removeprefix("peft_bench.methods.") for name in available_methods()}
     assert modules <= sources
     assert {"linear_probe", "st_adapter"} <= set(available_methods())
 

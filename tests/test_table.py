@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from peft_bench.cli import main
+from peft_bench.reference import reference_text
 from peft_bench.table import (
     RUN_COLUMNS,
     RunSelection,
@@ -231,7 +232,7 @@ def test_paper_table_is_the_reference_copy() -> None:
     assert paper["method"].tolist()[0] == "full_ft" and paper["method"].tolist()[-1] == "st_adapter"
     st_adapter = paper.set_index("method").loc["st_adapter"]
     assert (st_adapter["params_m"], st_adapter["clip_k400"], st_adapter["clip_ssv2"]) == (7.2, 82.0, 66.3)
-    assert pd.isna(paper.set_index("method").loc["partial_ft", "clip_k400"])  # lost in the seed, not 0
+    assert pd.isna(paper.set_index("method").loc["partial_ft", "clip_k400"])  # lost in transcription, not 0
     assert len(paper) == 11
 
 
@@ -412,7 +413,7 @@ def test_system_table_keeps_the_papers_rows_and_adds_marked_measured_ones() -> N
     )
     report = system_report(frame, "k400")
     cells = report.cells
-    published = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "paper_k400_comparison.csv")
+    published = pd.read_csv(io.StringIO(reference_text("paper_k400_comparison.csv")))
     assert cells.index.tolist()[: len(published)] == published["model"].tolist()
     assert (cells["source"].iloc[: len(published)] == "reported by the paper").all()
     measured = cells.iloc[len(published):]

@@ -1,17 +1,18 @@
-"""Loading data recipes (frame sampling + augmentation) from `benchmarks/recipes/*.yaml` or a given file."""
+"""Loading data recipes (frame sampling + augmentation) from `benchmarks/recipes/*.yaml` (package data of
+`peft_bench.benchmarks`) or a given file."""
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 import yaml
 
+from peft_bench.benchmarks import recipe_folder
 from peft_bench.data.transforms import Recipe, RecipeValueError, recipe_field_names
 
 
 def available_recipes() -> list[str]:
-    return sorted(entry.name[: -len(".yaml")] for entry in _recipe_folder().iterdir() if entry.name.endswith(".yaml"))
+    return sorted(entry.name[: -len(".yaml")] for entry in recipe_folder().iterdir() if entry.name.endswith(".yaml"))
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -39,20 +40,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise ValueError(f"recipe {source}: key {error.key!r} {error.problem}") from error
 
 
-def _recipe_folder():
-    try:
-        return importlib.resources.files("benchmarks") / "recipes"
-    except NotADirectoryError:
-        # An editable install made before benchmarks/__init__.py existed maps `benchmarks` as a namespace
-        # package with a non-folder path entry, which importlib.resources refuses; use its real folder.
-        import benchmarks
-
-        for entry in benchmarks.__path__:
-            if (Path(entry) / "recipes").is_dir():
-                return Path(entry) / "recipes"
-        raise
-
-
 def _looks_like_path(name_or_path: str | Path) -> bool:
     text = str(name_or_path)
     return isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text
@@ -65,7 +52,7 @@ def _recipe_text(name_or_path: str | Path) -> tuple[str, str]:
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
         return str(path), path.read_text(encoding="utf-8")
-    resource = _recipe_folder() / f"{name_or_path}.yaml"
+    resource = recipe_folder() / f"{name_or_path}.yaml"
     if not resource.is_file():
         raise ValueError(f"unknown recipe {name_or_path!r}; available: {', '.join(available_recipes())}")
     return str(resource), resource.read_text(encoding="utf-8")
