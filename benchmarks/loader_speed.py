@@ -1,8 +1,10 @@
-"""Loader throughput in clips per second for one worker process: the project's loader against the way the
-released ST-Adapter code loads a clip (decode every frame with PyAV, then sample), on Kinetics-like and
-Something-Something-v2-like videos, raw and after `peft-bench data prepare`.
+"""Loader throughput in clips per second for one worker process: the project's loader with each decoder
+(PyAV, torchcodec, decord) against the way the released ST-Adapter code loads a clip (decode every frame
+with PyAV, then sample), on Kinetics-like and Something-Something-v2-like videos, raw and after
+`peft-bench data prepare`.
 
-    python -m benchmarks.loader_speed        # writes results/loader_speed.csv and results/loader_speed.md
+    python -m peft_bench.benchmarks.loader_speed   # (or python -m benchmarks.loader_speed from a clone)
+                                                   # writes results/loader_speed.csv and results/loader_speed.md
 
 One "clip" is one training item: sample the frame indices, decode, and apply the recipe's training
 augmentation at 224 px (`load_recipe("k400")` / `load_recipe("ssv2")`), as a DataLoader worker does. Every
@@ -36,6 +38,12 @@ import torch
 from peft_bench.data import decode
 from peft_bench.data.annotations import Annotations, VideoSample
 from peft_bench.data.dataset import VideoClipDataset
+from peft_bench.data.decode import (
+    AUTO_ORDER,
+    DECODERS,
+    available_decoders,
+    decoder_unavailable_reason,
+)
 from peft_bench.data.prepare import EncodeSettings, prepare_videos
 from peft_bench.data.recipes import load_recipe
 from peft_bench.data.sampling import dense_indices, segment_indices
@@ -45,9 +53,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BASELINE = "baseline: decode all (PyAV), then sample"
 WORK_CLIPS = 24  # clips whose decoding work is counted per loader
-OURS = "ours"
-DECORD = "ours with decord (get_batch)"
 AUGMENTATION_ONLY = "augmentation alone (no decoding)"
+RAW, PREPARED, PREPARED_DEFAULT_TUNING = "raw", "prepared", "prepared, x264 default tuning"
 
 
 @dataclass(frozen=True)
@@ -147,8 +154,7 @@ Loader = Callable[[int], torch.Tensor]  # clip number -> augmented clip
 
 
 def ours_loader(paths: list[Path], recipe: Recipe, input_size: int, decoder: str = "auto") -> Loader:
-    """The project's VideoClipDataset (by default PyAV decoding only the groups of pictures that hold the
-    sampled frames; `decoder="decord"` for decord's get_batch)."""
+    """The project's VideoClipDataset with one of its decoders (`auto`: the one it would choose)."""
     annotations = Annotations([VideoSample(path, 0) for path in paths], ["any"])
     dataset = VideoClipDataset(annotations, recipe, train=True, input_size=input_size, mean=CLIP_MEAN,
                                std=CLIP_STD, max_failure_fraction=0.0, decoder=decoder)
@@ -210,10 +216,11 @@ def baseline_loader(paths: list[Path], recipe: Recipe, input_size: int) -> Loade
 @dataclass
 class Case:
     video_set: str
+    copy: str  # RAW, PREPARED or PREPARED_DEFAULT_TUNING: which files
     loader: str
     load: Loader
     files: list[Path]
-    decoder: str  # "baseline", "auto" (the PyAV path) or "decord"
+    decoder: str  # "baseline", "none" (augmentation alone) or a decoder name
     recipe: Recipe
     rates: list[float] = field(default_factory=list)  # clips per second, one per repeat
 
@@ -221,13 +228,15 @@ class Case:
 @dataclass(frozen=True)
 class Measurement:
     video_set: str
+    copy: str
     loader: str
+    decoder: str
     clips_per_s: float  # median over repeats
     clips_per_s_min: float
     clips_per_s_max: float
-    speedup: float  # over the baseline on the same video set
-    packets_fed_per_clip: float  # mean packets sent to the decoder (nan: not counted, decord)
-    frames_decoded_per_clip: float  # of those, frames decoded, not skipped as unreferenced (nan: decord)
+    speedup: float  # over the baseline on the same video set (raw files)
+    packets_fed_per_clip: float  # mean packets sent to the decoder (nan: not counted, other decoders)
+    frames_decoded_per_clip: float  # of those, frames decoded, not skipped as unreferenced (nan: not counted)
     repeats: int
     clips_per_repeat: int
     mean_file_kb: float
@@ -287,10 +296,10 @@ def decode_work(case: Case, clips: int) -> tuple[float, float]:
     Runs the PyAV path's own decoding (`decode._decode_wanted_frames`) on the same kind of clips, through a
     counting stand-in for the decoder; the baseline decodes every packet of the video.
     """
-    if case.decoder == "decord":
-        return float("nan"), float("nan")
     if case.decoder == "none":
         return 0.0, 0.0
+    if case.decoder not in ("baseline", "pyav"):  # only PyAV's path can be counted from outside
+        return float("nan"), float("nan")
     fed, decoded = [], []
     for clip_number in range(clips):
         path = case.files[clip_number % len(case.files)]
@@ -316,56 +325,58 @@ def summarise(cases: list[Case], clips_per_repeat: int) -> list[Measurement]:
     for case in cases:
         median = statistics.median(case.rates)
         measurements.append(Measurement(
-            case.video_set, case.loader, median, min(case.rates), max(case.rates),
+            case.video_set, case.copy, case.loader, case.decoder, median, min(case.rates), max(case.rates),
             median / baselines[case.video_set] if case.video_set in baselines else float("nan"),
             *decode_work(case, clips=WORK_CLIPS),
             len(case.rates), clips_per_repeat, statistics.mean(p.stat().st_size for p in case.files) / 1e3))
     return measurements
 
 
-def prepared_variants(settings: BenchmarkSettings, video_set: VideoSet) -> list[tuple[str, str, EncodeSettings]]:
-    """(loader label, folder name, encode settings) of the prepared copies to measure on this video set."""
+def prepared_variants(settings: BenchmarkSettings, video_set: VideoSet) -> list[tuple[str, EncodeSettings]]:
+    """(copy, encode settings) of the prepared copies to measure on this video set."""
     encode = EncodeSettings(short_side=settings.prepared_short_side,
                             keyframe_interval=settings.prepared_keyframe_interval)
-    what = f"short side {encode.short_side}, keyframe every {encode.keyframe_interval}"
     if video_set.codec != "libx264":  # fastdecode is an x264 tuning: one VP9 copy
-        return [(f"ours, prepared ({what}, VP9)", "prepared", encode)]
+        return [(PREPARED, encode)]
     # With and without the fastdecode tuning, to show what the keyframes alone buy.
-    return [(f"ours, prepared ({what}, x264 fastdecode)", "prepared", encode),
-            (f"ours, prepared ({what}, x264 default tuning)", "prepared-default-tuning",
-             dataclasses.replace(encode, fast_decode=False))]
+    return [(PREPARED, encode), (PREPARED_DEFAULT_TUNING, dataclasses.replace(encode, fast_decode=False))]
 
 
-def build_cases(settings: BenchmarkSettings, work_dir: Path, progress: bool = False) -> list[Case]:
-    """Write the videos (and the prepared copies) under `work_dir`; the loaders to compare on them."""
+def build_cases(settings: BenchmarkSettings, work_dir: Path, decoders: list[str] | None = None,
+                progress: bool = False) -> list[Case]:
+    """Write the videos (and the prepared copies) under `work_dir`; the loaders to compare on them.
+
+    Every decoder reads every copy; decord included on .webm, which `auto` never gives it (see
+    peft_bench/data/decode.py), so that the table shows what it would cost and deliver there.
+    """
+    decoders = available_decoders() if decoders is None else decoders
     cases = []
     size = settings.input_size
     for video_set in (settings.k400, settings.ssv2):
         recipe = load_recipe(video_set.recipe)
         source = work_dir / video_set.name / "source"
         paths = write_video_set(video_set, source)
-        cases.append(Case(video_set.name, BASELINE, baseline_loader(paths, recipe, size), paths, "baseline", recipe))
-        cases.append(Case(video_set.name, AUGMENTATION_ONLY, augmentation_only_loader(paths, recipe, size), paths,
-                          "none", recipe))
-        cases.append(Case(video_set.name, OURS, ours_loader(paths, recipe, size), paths, "auto", recipe))
-        with_decord = video_set.suffix != ".webm"  # decord numbers webm frames wrongly: never used there
-        if with_decord:
-            cases.append(Case(video_set.name, DECORD, ours_loader(paths, recipe, size, "decord"), paths, "decord",
-                              recipe))
-        for label, folder_name, encode in prepared_variants(settings, video_set):
-            folder = work_dir / video_set.name / folder_name
+        cases.append(Case(video_set.name, RAW, BASELINE, baseline_loader(paths, recipe, size), paths, "baseline",
+                          recipe))
+        cases.append(Case(video_set.name, RAW, AUGMENTATION_ONLY, augmentation_only_loader(paths, recipe, size),
+                          paths, "none", recipe))
+        copies = [(RAW, paths)]
+        for copy, encode in prepared_variants(settings, video_set):
+            folder = work_dir / video_set.name / copy.replace(", ", "-").replace(" ", "-")
             prepare_videos(source, folder, encode, workers=1, progress=progress)
-            prepared = [folder / path.name for path in paths]
-            cases.append(Case(video_set.name, label, ours_loader(prepared, recipe, size), prepared, "auto", recipe))
-            if with_decord and encode.fast_decode:
-                cases.append(Case(video_set.name, label.replace("ours", DECORD, 1),
-                                  ours_loader(prepared, recipe, size, "decord"), prepared, "decord", recipe))
+            copies.append((copy, [folder / path.name for path in paths]))
+        for copy, files in copies:
+            # The default tuning only shows what the keyframes alone buy: one decoder is enough for that.
+            for decoder in decoders if copy != PREPARED_DEFAULT_TUNING else decoders[:1]:
+                cases.append(Case(video_set.name, copy, decoder, ours_loader(files, recipe, size, decoder), files,
+                                  decoder, recipe))
     return cases
 
 
-def run_benchmark(settings: BenchmarkSettings = BenchmarkSettings(), work_dir: Path | None = None) -> list[Measurement]:
+def run_benchmark(settings: BenchmarkSettings = BenchmarkSettings(), work_dir: Path | None = None,
+                  decoders: list[str] | None = None) -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="loader_speed-") as temporary:
-        cases = build_cases(settings, Path(work_dir or temporary))
+        cases = build_cases(settings, Path(work_dir or temporary), decoders)
         measure(cases, settings.repeats, settings.clips_per_repeat, settings.clock)
         return summarise(cases, settings.clips_per_repeat)
 
@@ -401,15 +412,21 @@ def write_results(measurements: list[Measurement], settings: BenchmarkSettings, 
 def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup: str) -> str:
     per_second = "clips/s (CPU time)" if settings.clock == "cpu" else "clips/s"
     lines = ["# Loader speed: clips per second in one worker process", "",
-             "Generated by `python -m benchmarks.loader_speed`; do not edit by hand.", "",
-             f"| video set | loader | {per_second} (median) | min - max | vs baseline | ms per clip "
+             "Generated by `python -m peft_bench.benchmarks.loader_speed`; do not edit by hand.", "",
+             "## Decoders side by side", "", side_by_side(measurements, per_second), "",
+             f"Fastest first in this run: {', '.join(measured_order(measurements))} (by the geometric mean of "
+             f"the four columns; `auto` follows `AUTO_ORDER` = {', '.join(AUTO_ORDER)} in "
+             "peft_bench/data/decode.py).", "",
+             "## Every loader", "",
+             f"| video set | files | loader | {per_second} (median) | min - max | vs baseline | ms per clip "
              "| packets decoded per clip | frames not skipped | mean file size |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m in measurements:
-        lines.append(f"| {m.video_set} | {m.loader} | {m.clips_per_s:.1f} | {m.clips_per_s_min:.1f} - "
+        lines.append(f"| {m.video_set} | {m.copy} | {m.loader} | {m.clips_per_s:.1f} | {m.clips_per_s_min:.1f} - "
                      f"{m.clips_per_s_max:.1f} | {m.speedup:.2f}x | {1000 / m.clips_per_s:.0f} | "
                      f"{_count(m.packets_fed_per_clip)} | {_count(m.frames_decoded_per_clip)} | "
                      f"{m.mean_file_kb:.0f} kB |")
+    missing = [f"{name} ({decoder_unavailable_reason(name)})" for name in DECODERS if decoder_unavailable_reason(name)]
     lines += ["", "## Setup", "",
               f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe: dense "
               "sampling, 8 frames at stride 16, short-side jitter 224-258, random 224 crop, flip.",
@@ -417,20 +434,23 @@ def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup
               "random-resized crop, RandAugment (n 4, m 7).",
               "- baseline: the file read into memory, every frame decoded by PyAV on one thread, then the "
               "sampled frames converted to RGB (the released ST-Adapter code's reading); same augmentation.",
-              "- ours: `VideoClipDataset` with its default decoder: PyAV reads the file's packets once (the "
-              "frame count, also for WebM, which stores none), decodes only the groups of pictures that hold "
-              "sampled frames, each up to its last sampled frame, and skips frames nothing refers to "
-              "(non-reference B-frames) unless sampled. `with decord (get_batch)`: the same dataset with "
-              "`decoder=\"decord\"` (never used for .webm).",
+              "- pyav, torchcodec, decord: `VideoClipDataset` with `data.decoder` set to that decoder, one decoder "
+              "thread. pyav reads the file's packets once (the frame count, also for WebM, which stores none), "
+              "decodes only the groups of pictures that hold sampled frames, each up to its last sampled frame, "
+              "and skips frames nothing refers to (non-reference B-frames) unless sampled; torchcodec scans the "
+              "file once (exact seek mode) and `get_frames_at` decodes from the keyframe before each sampled "
+              "frame; decord's `get_batch` likewise. decord is measured on .webm too, where `auto` never uses it."
+              + (f" Not installed here: {'; '.join(missing)}." if missing else ""),
               "- augmentation alone: the same augmentation on clips decoded beforehand, the ceiling for any "
               "loader here.",
               f"- packets decoded / frames not skipped: mean over {WORK_CLIPS} training clips of the packets "
               "sent to the decoder and of the frames it decoded rather than skipped (8 of them are used); "
-              "the baseline decodes every frame; not counted for decord.",
+              "the baseline decodes every frame; counted for PyAV's path only.",
               f"- prepared: `peft-bench data prepare` applied to the same videos (`prepare_videos`): short side "
               f"{settings.prepared_short_side} (so no video here is scaled: none is larger), a keyframe every "
-              f"{settings.prepared_keyframe_interval} frames, x264 crf 23 preset fast with or without its fastdecode "
-              "tuning (no CABAC, no deblocking; the default of `data prepare`), VP9 crf 32 for .webm.",
+              f"{settings.prepared_keyframe_interval} frames, x264 crf 23 preset fast with its fastdecode tuning "
+              "(no CABAC, no deblocking; the default of `data prepare`), or without it ('x264 default tuning', "
+              "read by the first decoder only), VP9 crf 32 for .webm.",
               f"- {settings.repeats} repeats of {settings.clips_per_repeat} clips per loader, loaders taking "
               "turns within each repeat; median and range over repeats. "
               + CLOCK_NOTES[settings.clock],
@@ -438,26 +458,53 @@ def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup
     return "\n".join(lines)
 
 
+def side_by_side(measurements: list[Measurement], per_second: str) -> str:
+    """One row per decoder: its clips per second (and speed-up over the baseline) per video set and copy."""
+    columns = [(video_set, copy) for video_set in ("k400-like", "ssv2-like") for copy in (RAW, PREPARED)]
+    by_key = {(m.decoder, m.video_set, m.copy): m for m in measurements}
+    header = "| decoder | " + " | ".join(f"{video_set}, {copy}" for video_set, copy in columns) + " |"
+    lines = [f"{per_second} (median) and speed-up over decoding every frame, one worker:", "", header,
+             "| --- |" + " ---: |" * len(columns)]
+    for decoder in ["baseline", *[d for d in DECODERS if any(m.decoder == d for m in measurements)]]:
+        cells = []
+        for video_set, copy in columns:
+            m = by_key.get((decoder, video_set, RAW if decoder == "baseline" else copy))
+            cells.append("-" if m is None else f"{m.clips_per_s:.1f} ({m.speedup:.2f}x)")
+        name = "baseline (decode all, PyAV)" if decoder == "baseline" else decoder
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measured_order(measurements: list[Measurement]) -> list[str]:
+    """Decoders fastest first, by the geometric mean of their clips per second over the video sets and copies
+    they were measured on (all four for every decoder in a full run)."""
+    rates: dict[str, list[float]] = {}
+    for m in measurements:
+        if m.decoder in DECODERS and m.copy in (RAW, PREPARED):
+            rates.setdefault(m.decoder, []).append(m.clips_per_s)
+    return sorted(rates, key=lambda d: -statistics.geometric_mean(rates[d]))
+
+
 def _count(value: float) -> str:
     return "-" if value != value else f"{value:.0f}"  # nan: not counted
 
 
 def describe_setup(pinned: int | None) -> str:
-    import decord
-
     cpu = "unknown CPU"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     pinning = f"pinned to core {pinned}" if pinned is not None else "not pinned"
+    decoders = "; ".join(f"{p['decoder_version']} on {p['ffmpeg']}"
+                         for p in (decode.decoder_provenance(name) for name in available_decoders()))
     return (f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, one process {pinning}, 1 torch thread; "
-            f"Python {platform.python_version()}, PyAV {av.__version__}, decord {decord.__version__}, "
-            f"torch {torch.__version__}")
+            f"Python {platform.python_version()}, torch {torch.__version__}; {decoders}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.loader_speed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m peft_bench.benchmarks.loader_speed",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=6, help="videos per set (default 6)")
     parser.add_argument("--repeats", type=int, default=BenchmarkSettings.repeats)
     parser.add_argument("--clips", type=int, default=BenchmarkSettings.clips_per_repeat, help="clips per repeat")
@@ -466,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                              "a shared machine; wall: per elapsed second")
     parser.add_argument("--cpu", type=int, help="core to pin to (default: the last allowed one)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one core")
+    parser.add_argument("--decoders", default=",".join(available_decoders()),
+                        help=f"comma-separated decoders to measure (default: every installed one of {', '.join(DECODERS)})")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--note", default="", help="a remark for the setup line (e.g. 'machine shared with ...')")
     args = parser.parse_args(argv)
@@ -474,7 +523,10 @@ def main(argv: list[str] | None = None) -> int:
                                  repeats=args.repeats, clips_per_repeat=args.clips, clock=args.clock)
     pinned = None if args.no_pin else pin_to_one_cpu(args.cpu)
     torch.set_num_threads(1)
-    measurements = run_benchmark(settings)
+    decoders = [name for name in args.decoders.split(",") if name]
+    for name in decoders:
+        decode.check_decoder(name)
+    measurements = run_benchmark(settings, decoders=decoders)
     setup = describe_setup(pinned) + (f". {args.note}" if args.note else "")
     csv_path, md_path = write_results(measurements, settings, Path(args.results_dir), setup)
     print(markdown(measurements, settings, setup))

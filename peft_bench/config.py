@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import yaml
 
 from .dataclass_io import ConfigError, from_dict, merge, to_dict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +76,14 @@ class SpeedConfig:
             raise ValueError(f"cache_dtype must be float32 or float16, got {self.cache_dtype}")
 
 
+@dataclass
+class DataConfig:
+    """How videos are read. Every decoder returns the same frames, so none of this enters the digest."""
+
+    decoder: str = "auto"  # "auto", "pyav", "torchcodec" or "decord" (peft_bench/data/decode.py)
+    decode_device: str = "cpu"  # "cuda": torchcodec decodes on the GPU, in the training process
+
+
 # The released code's optimisation recipes (peft_bench/reference/README.md), and cheap ones for the embedded default.
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "k400": dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4),
@@ -101,10 +112,10 @@ class RunConfig:
     data_root: str | None = None  # where the videos are (synthetic datasets: generated under the cache)
     annotations: str | None = None  # where the annotation files are (default: data_root)
     num_frames: int = 8
-    decoder: str = "auto"  # "auto", "pyav" or "decord": the frames are the same, only the speed differs
     preset: str | None = None  # the method preset; default from the dataset
     method_args: dict[str, Any] = field(default_factory=dict)  # resolved: the method's full config
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
@@ -116,7 +127,7 @@ class RunConfig:
     def digest(self) -> str:
         """Hash of everything that changes a result (not where outputs go)."""
         data = to_dict(self)
-        for key in ("experiment", "tracking_uri", "results_dir", "output_dir", "device", "decoder"):
+        for key in ("experiment", "tracking_uri", "results_dir", "output_dir", "device", "data"):
             data.pop(key)
         data["train"].pop("num_workers")
         data["train"].pop("checkpoint_every")  # where a run saves, not what it computes
@@ -147,7 +158,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     from .data import DATASETS
     from .registry import available_methods, get_method
 
-    data = merge(base or {}, overrides or {})
+    data = merge(_moved_decoder_key(base or {}), _moved_decoder_key(overrides or {}))
     if isinstance(data.get("method"), dict):  # `--set method.width=256` lands here
         data["method_args"] = merge(data.get("method_args", {}), data.pop("method"))
     dataset = data.get("dataset", RunConfig.dataset)
@@ -159,10 +170,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
         raise ConfigError(f"unknown method '{cfg.method}'; available: {', '.join(available_methods())}")
     if cfg.backbone not in available_backbones():
         raise ConfigError(f"unknown backbone '{cfg.backbone}'; available: {', '.join(available_backbones())}")
-    from .data.decode import BACKENDS
-
-    if cfg.decoder not in BACKENDS:
-        raise ConfigError(f"unknown decoder '{cfg.decoder}'; available: {', '.join(BACKENDS)}")
+    _check_data_config(cfg)
     if cfg.num_frames < 1:
         raise ConfigError(f"num_frames must be at least 1, got {cfg.num_frames}")
     spec = get_method(cfg.method)
@@ -172,6 +180,37 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     # The dataset's preset, then the backbone's (how the method scales to it), then the user's values.
     method_cfg = spec.make_config([preset, cfg.backbone], cfg.method_args)
     return replace(cfg, preset=preset if preset in spec.presets else None, method_args=to_dict(method_cfg))
+
+
+def _moved_decoder_key(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before the `data` section had a top-level `decoder`: read it as `data.decoder`."""
+    if "decoder" not in data:
+        return data
+    data = dict(data)
+    decoder = data.pop("decoder")
+    section = dict(data.get("data") or {})
+    if section.setdefault("decoder", decoder) != decoder:
+        raise ConfigError(f"decoder '{decoder}' and data.decoder '{section['decoder']}' disagree; "
+                          "the key is data.decoder now")
+    log.warning("config key 'decoder' is now data.decoder; read decoder=%s as data.decoder=%s", decoder, decoder)
+    return {**data, "data": section}
+
+
+def _check_data_config(cfg: RunConfig) -> None:
+    from .data.decode import BACKENDS, DECODE_DEVICES
+
+    if cfg.data.decoder not in BACKENDS:
+        raise ConfigError(f"unknown decoder '{cfg.data.decoder}'; available: {', '.join(BACKENDS)}")
+    if cfg.data.decode_device not in DECODE_DEVICES:
+        raise ConfigError(f"unknown data.decode_device '{cfg.data.decode_device}'; available: "
+                          f"{', '.join(DECODE_DEVICES)}")
+    if cfg.data.decode_device == "cuda":
+        if cfg.data.decoder not in ("auto", "torchcodec"):
+            raise ConfigError(f"data.decode_device=cuda needs data.decoder=torchcodec (or auto), not "
+                              f"'{cfg.data.decoder}'")
+        if cfg.train.num_workers:
+            # CUDA cannot start in DataLoader workers forked from a process that already uses it.
+            raise ConfigError("data.decode_device=cuda decodes in the training process: set train.num_workers=0")
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -22,6 +22,7 @@ class Provenance:
     commits: list[str] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)
     hardware: list[str] = field(default_factory=list)
+    decoding: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     run_count: int = 0
 
@@ -34,6 +35,7 @@ class Provenance:
             "commits: " + ("; ".join(self.commits) or "not recorded"),
             "versions: " + (" | ".join(self.versions) or "not recorded"),
             "hardware: " + ("; ".join(self.hardware) or "not recorded"),
+            "decoding: " + ("; ".join(self.decoding) or "not recorded"),
         ]
 
 
@@ -45,6 +47,7 @@ def provenance(runs: pd.DataFrame) -> Provenance:
         commits=commit_lines(runs),
         versions=counted_values(runs["versions"]),
         hardware=counted_values(hardware_of(runs)),
+        decoding=counted_values(decoding_of(runs)),
         warnings=dirty_tree_warnings(runs) + mixed_cell_warnings(runs),
         run_count=len(runs),
     )
@@ -72,6 +75,15 @@ def hardware_of(runs: pd.DataFrame) -> pd.Series:
     return pd.Series(
         [describe(device, host) for device, host in zip(runs["device"], runs["host"])], dtype=object
     )
+
+
+def decoding_of(runs: pd.DataFrame) -> pd.Series:
+    """The decoder and the FFmpeg under it, per run ("av 18.1.0 on FFmpeg 8.1.2 ..."); runs from before
+    these tags were recorded have none."""
+    def describe(decoder: object, ffmpeg: object) -> str | None:
+        return f"{decoder} on {ffmpeg}" if isinstance(decoder, str) and decoder else None
+
+    return pd.Series([describe(d, f) for d, f in zip(runs["decoder_version"], runs["ffmpeg"])], dtype=object)
 
 
 def counted_values(values: pd.Series) -> list[str]:

@@ -31,6 +31,7 @@ from . import distributed, preemption
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import build_dataset
+from .data.decode import decoder_provenance
 from .efficiency import apply_speed_options
 from .model import count_parameters, load_trainable_state_dict, trainable_state_dict
 from .method_checks import measures_time
@@ -286,7 +287,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     data_kwargs = dict(root=Path(cfg.data_root) if cfg.data_root else None,
                        annotations=Path(cfg.annotations) if cfg.annotations else None,
                        input_size=backbone.input_size, mean=backbone.mean, std=backbone.std,
-                       num_frames=cfg.num_frames, seed=cfg.seed, decoder=cfg.decoder)
+                       num_frames=cfg.num_frames, seed=cfg.seed, decoder=cfg.data.decoder,
+                       decode_device=cfg.data.decode_device)
     train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_items = val_set
@@ -353,6 +355,9 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                 # The batch and lr of one optimizer step are the config's whatever the process count.
                 "peft_bench.world_size": str(world), "peft_bench.rank_batch": str(micro * accumulate),
                 "peft_bench.feature_cache": cache_tag,
+                # What decoded the clips (decoder, version, FFmpeg): every decoder gives the same frames.
+                **{f"peft_bench.{key}": value for key, value in
+                   decoder_provenance(cfg.data.decoder, cfg.data.decode_device).items()},
             })
             flops = count_gflops(model, cfg.num_frames, backbone.input_size)
             views = getattr(val_set, "num_views", 1)

@@ -37,7 +37,7 @@ TABLE_FILE_NAME = "cross_modality.csv"
 RUN_KEY = ["method", "backbone", "dataset", "seed"]
 # What a run is (its tags), and where it came from.
 IDENTITY_TAGS = ["method", "backbone", "dataset", "seed", "models_time", "group", "architecture", "pretrained"]
-PROVENANCE_TAGS = ["config_hash", "git_commit", "git_dirty", "device", "host"]
+PROVENANCE_TAGS = ["config_hash", "git_commit", "git_dirty", "device", "host", "decoder_version", "ffmpeg"]
 TAG_COLUMNS = IDENTITY_TAGS + PROVENANCE_TAGS
 METRIC_COLUMNS = ["top1", "top5", "trainable_params", "gflops", "gflops_per_view"]
 # Read from a run's params: its recipe (config without seed and output places), library versions, frames.
@@ -56,7 +56,7 @@ SSV2_NAMES = {"ssv2", "something-something-v2", "sthsthv2", "sth-sth-v2"}
 # RunConfig.digest leaves them out), plus the seed: two seeds of one recipe share a recipe_hash.
 NOT_RECIPE_PARAMS = {
     "seed", "config_digest", "experiment", "tracking_uri", "results_dir", "output_dir", "device", "train.num_workers",
-    "train.checkpoint_every", "decoder",
+    "train.checkpoint_every", "decoder", "data.decoder", "data.decode_device",
 }
 VERSION_PARAM_PREFIX = "version."
 RANDOM_INIT_SUFFIX = " (random init)"  # appended to the backbone of runs from random weights

@@ -20,6 +20,10 @@ Tags (strings):
     peft_bench.git_dirty      "yes" / "no" / "unknown": tracked files modified in that checkout
     peft_bench.device         e.g. "cpu (2 cores)" or "NVIDIA H200"
     peft_bench.host           the machine around the device: OS, architecture, CPU model ("Linux x86_64, AMD EPYC")
+    peft_bench.decoder        what decoded the videos: "pyav", "torchcodec", "decord", or "pyav (auto)" (the runner)
+    peft_bench.decode_device  "cpu" or "cuda"
+    peft_bench.decoder_version  the decoder's package and version, e.g. "av 18.1.0"
+    peft_bench.ffmpeg         the FFmpeg it decodes with, e.g. "FFmpeg 8.1.2 (libavcodec 62.28.102), bundled with PyAV"
     peft_bench.error          set when the run ends FAILED or KILLED: the exception, truncated
 
 Params: the run's config flattened to dotted keys (``optim.lr``), plus ``version.<package>`` for python
@@ -66,6 +70,7 @@ VERSIONED_PACKAGES = (
     "fvcore",
     "decord",
     "av",
+    "torchcodec",
     "mlflow",
     "pandas",
 )

@@ -305,6 +305,7 @@ def test_output_size_only_scales_down():
 
 def test_loader_benchmark_runs_on_a_tiny_setting(tmp_path):
     from peft_bench.benchmarks import loader_speed
+    from peft_bench.data.decode import available_decoders
 
     tiny = dict(count=1, seconds=1.0, width=64, height=48)
     settings = loader_speed.BenchmarkSettings(
@@ -312,10 +313,17 @@ def test_loader_benchmark_runs_on_a_tiny_setting(tmp_path):
         ssv2=dataclasses.replace(loader_speed.SSV2_LIKE, **tiny),
         repeats=1, clips_per_repeat=2, input_size=32)
     measurements = loader_speed.run_benchmark(settings, work_dir=tmp_path / "work")
-    loaders = {(m.video_set, m.loader) for m in measurements}
-    assert ("k400-like", loader_speed.BASELINE) in loaders and ("ssv2-like", loader_speed.OURS) in loaders
-    assert sum(m.loader.startswith("ours, prepared") for m in measurements) == 3
+    decoders = available_decoders()
+    loaders = {(m.video_set, m.copy, m.loader) for m in measurements}
+    assert ("k400-like", "raw", loader_speed.BASELINE) in loaders
+    # Every installed decoder on both sets, raw and prepared; x264's default tuning read by the first one.
+    for video_set in ("k400-like", "ssv2-like"):
+        for copy in (loader_speed.RAW, loader_speed.PREPARED):
+            assert {m.decoder for m in measurements if (m.video_set, m.copy) == (video_set, copy)} >= set(decoders)
+    assert [m.decoder for m in measurements if m.copy == loader_speed.PREPARED_DEFAULT_TUNING] == decoders[:1]
     assert all(m.clips_per_s > 0 and m.speedup > 0 for m in measurements)
+    assert sorted(loader_speed.measured_order(measurements)) == sorted(decoders)
     csv_path, md_path = loader_speed.write_results(measurements, settings, tmp_path / "results", "test run")
     assert len(csv_path.read_text().splitlines()) == len(measurements) + 1
-    assert "| k400-like | ours |" in md_path.read_text()
+    side_by_side = md_path.read_text().split("## Every loader")[0]
+    assert all(f"| {decoder} |" in side_by_side for decoder in decoders)

@@ -1,4 +1,8 @@
-"""Frame decoding: exact frames with each backend, partial decoding, clear errors for broken files."""
+"""Frame decoding: exact frames with every decoder, partial decoding, clear errors for broken files.
+
+A decoder that cannot run here (not installed, or without FFmpeg's shared libraries) skips its cases,
+saying why.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,35 @@ import pytest
 from peft_bench.benchmarks.loader_speed import CountingDecoder  # the benchmark's packet and frame counter
 
 from peft_bench.data import decode
-from peft_bench.data.decode import VideoDecodeError, count_frames, read_clip, read_frames
+from peft_bench.data.decode import (
+    DECODERS,
+    DecoderUnavailableError,
+    VideoDecodeError,
+    check_decoder,
+    count_frames,
+    decoder_unavailable_reason,
+    read_clip,
+    read_frames,
+)
 from peft_bench.data.prepare import EncodeSettings, transcode
 from peft_bench.data.synthetic import write_video
 
 NUM_FRAMES = 48
+
+
+def runnable(backend: str):
+    """`backend` as a test parameter that skips, with the reason, where that decoder cannot run."""
+    reason = decoder_unavailable_reason(backend)
+    return pytest.param(backend, marks=pytest.mark.skipif(reason is not None, reason=str(reason)), id=backend)
+
+
+def runnable_case(container: str, backend: str):
+    reason = decoder_unavailable_reason(backend)
+    return pytest.param(container, backend, marks=pytest.mark.skipif(reason is not None, reason=str(reason)),
+                        id=f"{container}-{backend}")
+
+
+EVERY_BACKEND = [runnable(name) for name in ("auto", *DECODERS)]
 KEYFRAME_INTERVAL = 8
 BITS = 8
 BAR_WIDTH = 8
@@ -100,9 +128,9 @@ ORDERS = [
     [40, 41, 40],
     list(range(0, NUM_FRAMES, 6)),
 ]
-BACKEND_CASES = [("mp4", "decord"), ("mp4", "pyav"), ("mp4", "auto"), ("webm", "pyav"), ("webm", "auto")]
-BACKEND_CASES += [(f"{kind}-{suffix}", "auto") for kind in ("long-gop", "prepared") for suffix in ("mp4", "webm")]
-BACKEND_CASES += [("long-gop-mp4", "decord"), ("prepared-mp4", "decord")]
+# Every decoder on every kind of file, decord included on .webm (which `auto` never gives it).
+BACKEND_CASES = [runnable_case(f"{kind}{suffix}", backend) for kind in ("", "long-gop-", "prepared-")
+                 for suffix in ("mp4", "webm") for backend in ("auto", *DECODERS)]
 
 
 @pytest.mark.parametrize("container,backend", BACKEND_CASES)
@@ -146,16 +174,30 @@ def test_webm_frames_are_counted_without_decoding(videos, monkeypatch):
 
 
 @pytest.mark.parametrize("container", ["mp4", "webm"])
-def test_auto_reads_with_pyav_and_never_with_decord(videos, container, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("auto mode must read with PyAV")
+def test_auto_reads_with_the_first_decoder_of_its_order(videos, container, monkeypatch):
+    first = decode.auto_choice()
+    assert first == decode.AUTO_ORDER[0] == "pyav"  # PyAV is a dependency, and the fastest measured
 
-    monkeypatch.setattr(decode, "_read_with_decord", refuse)
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"auto mode must read with {first}")
+
+    for name in DECODERS:
+        if name != first:
+            monkeypatch.setitem(decode._READERS, name, refuse)
     assert [frame_index(f) for f in read_frames(videos[container], [30, 2], backend="auto")] == [30, 2]
 
 
+def pretend_unavailable(monkeypatch, *names: str) -> None:
+    real_probe = decode._probe
+    monkeypatch.setattr(decode, "_probe", lambda name: f"{name} is pretended away" if name in names else real_probe(name))
+
+
 @pytest.mark.parametrize("container", ["mp4", "webm"])
-def test_auto_falls_back_to_decord_when_pyav_cannot_open_except_for_webm(videos, container, monkeypatch):
+@pytest.mark.parametrize("second", DECODERS[1:])
+def test_auto_gives_a_file_pyav_cannot_open_to_the_next_decoder_but_never_webm_to_decord(
+        videos, container, second, monkeypatch):
+    if decoder_unavailable_reason(second):
+        pytest.skip(str(decoder_unavailable_reason(second)))
     real_open = av.open
 
     def cannot_open(file, *args, **kwargs):
@@ -164,13 +206,70 @@ def test_auto_falls_back_to_decord_when_pyav_cannot_open_except_for_webm(videos,
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(av, "open", cannot_open)
-    if container == "mp4":
-        assert [frame_index(f) for f in read_frames(videos[container], [33, 1], backend="auto")] == [33, 1]
-    else:  # decord numbers webm frames wrongly: no second chance
+    pretend_unavailable(monkeypatch, *[name for name in DECODERS[1:] if name != second])
+    if second == "decord" and container == "webm":  # decord numbers webm frames wrongly: no second chance
         with pytest.raises(VideoDecodeError, match="PyAV could not open it"):
             read_frames(videos[container], [33, 1], backend="auto")
+    else:
+        assert [frame_index(f) for f in read_frames(videos[container], [33, 1], backend="auto")] == [33, 1]
     with pytest.raises(VideoDecodeError, match="simulated demuxer failure"):
         read_frames(videos[container], [1], backend="pyav")
+
+
+def test_a_decoder_that_cannot_run_stops_the_read_instead_of_counting_a_broken_video(videos, monkeypatch):
+    pretend_unavailable(monkeypatch, "torchcodec")
+    with pytest.raises(DecoderUnavailableError, match="torchcodec is pretended away"):
+        read_frames(videos["mp4"], [0], backend="torchcodec")
+    assert not issubclass(DecoderUnavailableError, VideoDecodeError)  # a dataset would count and skip those
+    assert [frame_index(f) for f in read_frames(videos["mp4"], [4], backend="auto")] == [4]
+
+
+def test_torchcodec_without_ffmpeg_libraries_says_what_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ffmpeg(name, *args, **kwargs):
+        if name.startswith("torchcodec"):
+            raise OSError("libavutil.so.59: cannot open shared object file: No such file or directory")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ffmpeg)
+    reason = decode._probe.__wrapped__("torchcodec")
+    assert "cannot load FFmpeg's shared libraries" in reason and "apt-get install ffmpeg" in reason
+
+
+def test_decoding_on_the_gpu_is_checked_and_needs_torchcodec(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DecoderUnavailableError, match="no CUDA device"):
+        check_decoder("auto", "cuda")
+    with pytest.raises(DecoderUnavailableError, match="needs torchcodec, not pyav"):
+        check_decoder("pyav", "cuda")
+    with pytest.raises(ValueError, match="unknown decode device 'tpu'"):
+        check_decoder("auto", "tpu")
+
+
+@pytest.mark.skipif(decoder_unavailable_reason("torchcodec") is not None,
+                    reason=str(decoder_unavailable_reason("torchcodec")))
+def test_the_gpu_path_hands_the_device_to_torchcodec_and_returns_host_frames(videos, monkeypatch):
+    # No GPU here: a CUDA device is pretended, and torchcodec is told to decode on the CPU after the
+    # device it was given has been recorded.
+    import torch
+    import torchcodec.decoders
+
+    real_decoder, devices = torchcodec.decoders.VideoDecoder, []
+
+    def recording(*args, device=None, **kwargs):
+        devices.append(device)
+        return real_decoder(*args, device="cpu", **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torchcodec.decoders, "VideoDecoder", recording)
+    frames = read_frames(videos["mp4"], [40, 3], backend="auto", device="cuda")
+    assert devices == ["cuda"] and isinstance(frames, np.ndarray)
+    assert [frame_index(f) for f in frames] == [40, 3]
 
 
 def decode_counting(path: Path, wanted: list[int]) -> tuple[list[int], CountingDecoder]:
@@ -281,20 +380,100 @@ def test_pyav_frames_are_pixel_identical_to_a_full_decode(textured_videos, kind)
         assert np.array_equal(read_frames(textured_videos[kind], wanted, backend="pyav"), everything[wanted])
 
 
+# ------------------------------------------------------------------ every decoder against a full decode
+
+EXACT_FRAMES = 72
+# Milliseconds between frames of the variable-frame-rate files: 20 to 100 ms, irregularly.
+VFR_STEPS_MS = np.random.default_rng(2).choice([20, 33, 40, 67, 100], EXACT_FRAMES - 1)
+EXACTNESS_FILES = {
+    # x264 with B-frames in a pyramid: display order differs from decode order; keyframes 30 apart.
+    "h264-bframes.mp4": ("libx264", {"crf": "18", "preset": "medium",
+                                     "x264-params": "keyint=30:scenecut=0:bframes=3:b-pyramid=normal"}, False),
+    # libvpx's good-quality VP9 with hidden alternate reference frames, as SSv2's files are made.
+    "vp9.webm": ("libvpx-vp9", {"crf": "24", "b:v": "0", "deadline": "good", "cpu-used": "4", "g": "30"}, False),
+    "vfr-h264.mp4": ("libx264", {"crf": "18", "preset": "veryfast",
+                                 "x264-params": "keyint=25:scenecut=0:bframes=2"}, True),
+    "vfr-vp9.webm": ("libvpx-vp9", {"crf": "24", "b:v": "0", "deadline": "realtime", "cpu-used": "8", "g": "25"},
+                     True),
+}
+
+
+def write_encoded(path: Path, frames: np.ndarray, codec: str, options: dict, variable_rate: bool) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=30, options=options)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        pts = [0, *np.cumsum(VFR_STEPS_MS).tolist()] if variable_rate else list(range(len(frames)))
+        time_base = Fraction(1, 1000) if variable_rate else Fraction(1, 30)
+        if variable_rate:
+            stream.codec_context.time_base = stream.time_base = time_base
+        for rgb, stamp in zip(frames, pts):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = int(stamp), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def exactness_videos(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray]]:
+    """Each file with PyAV's decode of its whole stream, frames in display order: the reference."""
+    folder = tmp_path_factory.mktemp("exactness")
+    frames = textured_frames(EXACT_FRAMES)
+    videos = {}
+    for name, (codec, options, variable_rate) in EXACTNESS_FILES.items():
+        write_encoded(folder / name, frames, codec, options, variable_rate)
+        videos[name] = (folder / name, decode_everything(folder / name))
+    return videos
+
+
+def test_the_exactness_files_have_the_structure_they_are_named_for(exactness_videos):
+    for name, (path, everything) in exactness_videos.items():
+        assert len(everything) == EXACT_FRAMES
+        with av.open(str(path)) as container:
+            packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+        pts = [p.pts for p in packets]
+        if "h264" in name:
+            assert pts != sorted(pts), "B-frames: display order differs from decode order"
+        durations = {b - a for a, b in zip(sorted(pts), sorted(pts)[1:])}
+        assert (len(durations) > 2) == name.startswith("vfr"), durations
+
+
+SEEKS = [
+    [EXACT_FRAMES - 1],  # the last frame alone
+    [EXACT_FRAMES - 2, EXACT_FRAMES - 1, EXACT_FRAMES - 3],  # near the end, out of order
+    [3, EXACT_FRAMES - 1, 4, EXACT_FRAMES - 2],  # back and forth between the start and the end
+    [29, 30, 31, 59, 60, 61],  # either side of keyframes
+    [10, 10, 0, 10],  # repeats
+    list(range(0, EXACT_FRAMES, 9)),  # a dense clip's spread
+]
+
+
+@pytest.mark.parametrize("name", list(EXACTNESS_FILES))
+@pytest.mark.parametrize("backend", EVERY_BACKEND)
+def test_every_decoder_returns_the_frames_of_a_full_decode(exactness_videos, name, backend):
+    path, everything = exactness_videos[name]
+    assert count_frames(path, backend=backend) == EXACT_FRAMES
+    for wanted in SEEKS:
+        frames = read_frames(path, wanted, backend=backend)
+        assert frames.shape == everything[wanted].shape
+        for index, frame in zip(wanted, frames):
+            # The same frame, pixel for pixel: every frame differs from its neighbours everywhere.
+            assert np.array_equal(frame, everything[index]), f"{backend} frame {index} of {name}"
+
+
 def test_read_clip_lets_the_caller_choose_from_the_frame_count(videos):
     frames, used = read_clip(videos["webm"], lambda num_frames: [num_frames - 1, 0])
     assert used == [NUM_FRAMES - 1, 0]
     assert [frame_index(frame) for frame in frames] == used
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
+@pytest.mark.parametrize("backend", EVERY_BACKEND)
 @pytest.mark.parametrize("indices", [[NUM_FRAMES], [-1], [0, 100]])
 def test_indices_out_of_range_are_errors(videos, backend, indices):
     with pytest.raises(VideoDecodeError, match="out of range"):
         read_frames(videos["mp4"], indices, backend=backend)
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
+@pytest.mark.parametrize("backend", EVERY_BACKEND)
 @pytest.mark.parametrize(
     "kind,cause",
     [
@@ -314,20 +493,26 @@ def test_broken_files_raise_a_decode_error_naming_path_and_cause(broken_files, b
         count_frames(path, backend=backend)
 
 
-def test_truncated_webm_is_an_error_for_frames_past_the_cut(tmp_path, videos):
+@pytest.mark.parametrize("backend", EVERY_BACKEND)
+def test_truncated_webm_is_an_error_for_frames_past_the_cut(tmp_path, videos, backend):
     truncated = tmp_path / "truncated.webm"
     truncated.write_bytes(videos["webm"].read_bytes()[: videos["webm"].stat().st_size // 2])
+    if backend == "decord":  # decord counts the frames it finds: nothing past the cut can be asked for
+        assert count_frames(truncated, backend=backend) < NUM_FRAMES
+        return
     with pytest.raises(VideoDecodeError, match=str(truncated)):
-        read_frames(truncated, [NUM_FRAMES - 1])
+        read_frames(truncated, [NUM_FRAMES - 1], backend=backend)
 
 
-def test_truncated_mp4_with_its_index_up_front_reads_before_the_cut_and_names_the_cut_after(tmp_path, videos):
+@pytest.mark.parametrize("backend", [runnable(name) for name in ("auto", "pyav", "torchcodec")])
+def test_truncated_mp4_with_its_index_up_front_reads_before_the_cut_and_names_the_cut_after(tmp_path, videos,
+                                                                                            backend):
     truncated = tmp_path / "cut.mp4"  # `data prepare` writes the index (moov) first: it survives the cut
     truncated.write_bytes(videos["prepared-mp4"].read_bytes()[: videos["prepared-mp4"].stat().st_size * 3 // 4])
-    assert count_frames(truncated) == NUM_FRAMES  # what the header declares
-    assert [frame_index(f) for f in read_frames(truncated, [0, 5])] == [0, 5]
+    assert count_frames(truncated, backend=backend) == NUM_FRAMES  # what the header declares
+    assert [frame_index(f) for f in read_frames(truncated, [0, 5], backend=backend)] == [0, 5]
     with pytest.raises(VideoDecodeError, match=f"of the {NUM_FRAMES} frames its header declares"):
-        read_frames(truncated, [NUM_FRAMES - 1])
+        read_frames(truncated, [NUM_FRAMES - 1], backend=backend)
 
 
 def test_unknown_backend_is_rejected(videos):

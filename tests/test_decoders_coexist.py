@@ -1,4 +1,5 @@
-"""decord and PyAV in one process: reading mp4 with decord must not break writing VP9 with PyAV."""
+"""Three FFmpeg builds in one process (PyAV's, torchcodec's system one, decord's): using one decoder must not
+break another, nor PyAV's VP9 encoder (the synthetic suite writes webm)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,29 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
+from peft_bench.data.decode import decoder_unavailable_reason
 from peft_bench.data.synthetic import write_video
 
 
-def test_vp9_encoding_still_works_after_decord_decodes(tmp_path):
+@pytest.mark.parametrize("first", ["decord", "torchcodec"])
+def test_vp9_encoding_and_every_decoder_still_work_after_another_decoder_decodes(tmp_path, first):
+    if decoder_unavailable_reason(first):
+        pytest.skip(str(decoder_unavailable_reason(first)))
     write_video(tmp_path / "a.mp4", (np.random.default_rng(0).random((8, 32, 32, 3)) * 255).astype(np.uint8), "libx264")
-    # A fresh interpreter whose first video work is a decord read, as in a run that decodes Kinetics-style
-    # mp4 before it generates the webm suite: the clash depends on which FFmpeg build is loaded first.
+    # A fresh interpreter whose first video work is a read with `first`, as in a run that decodes Kinetics-style
+    # mp4 before it generates the webm suite: a clash depends on which FFmpeg build is loaded first.
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from peft_bench.data.decode import read_frames
-        frames = read_frames(Path({str(tmp_path)!r}) / "a.mp4", list(range(8)), backend="decord")
+        from peft_bench.data.decode import available_decoders, read_frames
+        folder = Path({str(tmp_path)!r})
+        frames = read_frames(folder / "a.mp4", list(range(8)), backend={first!r})
         from peft_bench.data.synthetic import write_video
-        write_video(Path({str(tmp_path)!r}) / "b.webm", frames, "libvpx-vp9")
-        assert read_frames(Path({str(tmp_path)!r}) / "b.webm", [7]).shape == (1, 32, 32, 3)
+        write_video(folder / "b.webm", frames, "libvpx-vp9")
+        for decoder in available_decoders():
+            assert read_frames(folder / "b.webm", [7], backend=decoder).shape == (1, 32, 32, 3), decoder
+            assert read_frames(folder / "a.mp4", [7], backend=decoder).shape == (1, 32, 32, 3), decoder
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,6 +8,7 @@ import pytest
 import peft_bench.runner as runner
 from peft_bench.cli import main
 from peft_bench.config import resolve_config
+from peft_bench.data.decode import decoder_provenance
 
 FAST = ["--pretrained", "none", "--no-progress", "--set", "train.epochs=2", "--set", "train.val_subset=24",
         "--set", "train.num_workers=0", "--set", "train.batch_size=8"]
@@ -32,6 +33,9 @@ def test_a_run_lands_in_mlflow_and_comes_back_through_the_table(tmp_path, capsys
     assert run.data.tags["peft_bench.method"] == "linear_probe"
     assert run.data.tags["peft_bench.pretrained"] == "none"  # random weights are recorded as such
     assert run.data.tags["peft_bench.models_time"] == "no"  # measured
+    decoding = decoder_provenance("auto")  # what decoded the clips, and on which FFmpeg
+    assert {key: run.data.tags[f"peft_bench.{key}"] for key in decoding} == decoding
+    assert "FFmpeg" in decoding["ffmpeg"] and run.data.params["data.decoder"] == "auto"
     assert run.data.params["train.epochs"] == "2" and run.data.params["train.head_dropout"] == "0.0"
     assert run.data.metrics["trainable_params"] == 96 * 8 + 8  # the head alone on tiny's 96-wide features
     assert run.data.metrics["gflops"] > 0 and 0 <= run.data.metrics["top1"] <= 100
@@ -41,6 +45,7 @@ def test_a_run_lands_in_mlflow_and_comes_back_through_the_table(tmp_path, capsys
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| linear_probe"))
     assert f"{run.data.metrics['top1']:.1f}" in row and "tiny (random init) / synthetic-appearance" in out
+    assert f"decoding: {decoding['decoder_version']} on {decoding['ffmpeg']}" in out
 
 
 def test_resume_continues_the_same_run_and_ends_where_an_unbroken_run_ends(tmp_path, monkeypatch):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
 
-from peft_bench.config import resolve_config
+from peft_bench.config import load_config, resolve_config
 from peft_bench.dataclass_io import ConfigError, parse_overrides
 from peft_bench.registry import available_methods, get_method, load_plugin
 
@@ -133,6 +134,27 @@ def test_a_saved_config_is_the_base_and_only_given_flags_override_it(tmp_path):
 
 def test_decoder_is_checked_and_left_out_of_the_digest():
     # Every decoder returns the same frames, so choosing one must not make a run look like another recipe.
-    assert resolve_config({"decoder": "decord"}).digest() == resolve_config({"decoder": "pyav"}).digest()
+    digests = {resolve_config({"data": {"decoder": name}}).digest() for name in ("auto", "pyav", "torchcodec", "decord")}
+    assert len(digests) == 1
+    assert resolve_config({"data": {"decode_device": "cuda"}, "train": {"num_workers": 0}}).digest() in digests
     with pytest.raises(ConfigError, match="unknown decoder 'ffmpeg'"):
-        resolve_config({"decoder": "ffmpeg"})
+        resolve_config({"data": {"decoder": "ffmpeg"}})
+    with pytest.raises(ConfigError, match="data.decode_device=cuda needs data.decoder=torchcodec"):
+        resolve_config({"data": {"decoder": "pyav", "decode_device": "cuda"}, "train": {"num_workers": 0}})
+    with pytest.raises(ConfigError, match="set train.num_workers=0"):
+        resolve_config({"data": {"decoder": "torchcodec", "decode_device": "cuda"}})
+
+
+def test_an_old_config_with_a_top_level_decoder_still_loads(tmp_path, caplog):
+    saved = resolve_config({"dataset": "synthetic-appearance"})
+    old = yaml.safe_load(saved.to_yaml())
+    del old["data"]
+    old["decoder"] = "pyav"  # where the key was before the data section
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    with caplog.at_level("WARNING"):
+        loaded = load_config(tmp_path / "config.yaml")
+    assert loaded.data.decoder == "pyav" and loaded.digest() == saved.digest()
+    assert "'decoder' is now data.decoder" in caplog.text
+    # `--set decoder=X` on a new config, and data.decoder over an old one, each take the value given.
+    assert resolve_config({"decoder": "torchcodec"}, base=yaml.safe_load(saved.to_yaml())).data.decoder == "torchcodec"
+    assert resolve_config({"data": {"decoder": "decord"}}, base=old).data.decoder == "decord"

@@ -58,6 +58,7 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         max_failure_fraction: float = 0.05,
         decoder: str = "auto",
+        decode_device: str = "cpu",
         keep_decoded: bool = False,
     ) -> None:
         if not 0 <= max_failure_fraction <= 1:
@@ -68,6 +69,7 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.max_failure_fraction = max_failure_fraction
         self.decoder = decoder
+        self.decode_device = decode_device
         # Small datasets (the synthetic suite) decode each video once per process and keep its frames:
         # real datasets never do, they decode only the frames a clip needs.
         self.keep_decoded = keep_decoded
@@ -156,11 +158,13 @@ class VideoClipDataset(Dataset):
         if self.keep_decoded:
             whole = self._decoded.get(sample.path)
             if whole is None:
-                whole, _ = read_clip(sample.path, lambda num_frames: list(range(num_frames)), self.decoder)
+                whole, _ = read_clip(sample.path, lambda num_frames: list(range(num_frames)), self.decoder,
+                                     self.decode_device)
                 self._decoded[sample.path] = whole
             frames = whole[self._clip_indices(len(whole), rng)]
         else:
-            frames, _ = read_clip(sample.path, lambda num_frames: self._clip_indices(num_frames, rng), self.decoder)
+            frames, _ = read_clip(sample.path, lambda num_frames: self._clip_indices(num_frames, rng), self.decoder,
+                                  self.decode_device)
         clip = torch.from_numpy(frames)
         if self.train:
             # An isolated generator state: reproducible per item, and the caller's torch RNG is untouched.

@@ -1,21 +1,31 @@
-"""Reading selected frames from video files with PyAV or decord.
+"""Reading selected frames from video files: three decoders behind one interface.
 
-Only the frames that are asked for are decoded. `auto` uses PyAV, reading the compressed stream once and
-decoding only the groups of pictures that hold wanted frames (see the PyAV section below): on Kinetics-like
-H.264 it is about twice as fast as decord's `get_batch`, which decodes from the keyframe through every
-frame up to the wanted one (`benchmarks/loader_speed.py`), and it numbers VP8/VP9 `.webm` frames right,
-where decord's seeking is known to return frames from the start of the video. When PyAV cannot open a
-file that is not a `.webm`, `auto` gives it a second chance with decord.
+Only the frames that are asked for are decoded, and every decoder returns the same frames (the tests hold
+each one to PyAV's decode of the whole stream: H.264 with B-frames, VP9 .webm, seeks near the end,
+variable frame rate):
+
+* `pyav`: PyAV (FFmpeg bundled with its wheel). The compressed stream is read once and only the groups of
+  pictures that hold wanted frames are decoded, skipping frames nothing refers to (see the PyAV section).
+* `torchcodec`: the PyTorch team's decoder, on the system's FFmpeg libraries (Debian: `apt-get install
+  ffmpeg`); exact frame indexing from a scan of the file, on the CPU or, with `device="cuda"`, on the GPU.
+* `decord`: optional (`pip install peft-bench[decord]`); never used for VP8/VP9 `.webm` by `auto`, where
+  users report its seeking returns frames from the start of the video.
+
+`auto` takes the first installed decoder of `AUTO_ORDER` (the measured order, fastest first) that suits the
+file, and when that one cannot open a file, gives it to the next.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-import av  # noqa: F401  -- before decord, always: see below
+import av  # before decord, always: see below
 import numpy as np
 
 # decord bundles its own FFmpeg libraries; when they are loaded before PyAV's, PyAV's VP9 encoder fails
@@ -24,7 +34,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "decord", "pyav")
+DECODERS = ("pyav", "torchcodec", "decord")
+BACKENDS = ("auto", *DECODERS)
+# `auto`'s preference, fastest first, by clips per second of one loader worker on Kinetics-like H.264 and
+# SSv2-like VP9, raw and prepared (benchmarks/loader_speed.py; results/loader_speed.md, README's table): PyAV
+# led everywhere (K400-like raw 1.72x the decode-everything baseline, prepared 3.72x), torchcodec next
+# (1.29x, 3.13x), decord last (1.26x, 2.26x); on SSv2-like VP9 all three were within 8% of each other.
+AUTO_ORDER = ("pyav", "torchcodec", "decord")
+DECODE_DEVICES = ("cpu", "cuda")
 # Containers whose codecs (VP8/VP9) decord seeks wrongly in; "auto" never sends them to decord.
 _DECORD_WRONG_SUFFIXES = {".webm"}
 
@@ -38,6 +55,10 @@ class VideoDecodeError(RuntimeError):
         self.cause = cause
 
 
+class DecoderUnavailableError(RuntimeError):
+    """The decoder asked for cannot run here (not installed, no FFmpeg libraries, no GPU): not a video's fault."""
+
+
 class _OpenError(Exception):
     """The decoder could not open the file at all (the caller may try the other one)."""
 
@@ -49,8 +70,8 @@ class _OpenError(Exception):
 IndexChooser = Callable[[int], Sequence[int]]
 
 
-def count_frames(path: str | Path, backend: str = "auto") -> int:
-    """Number of frames in the video (PyAV: its packets, counted without decoding; decord: its index)."""
+def count_frames(path: str | Path, backend: str = "auto", device: str = "cpu") -> int:
+    """Number of frames in the video (PyAV: its packets, counted without decoding; others: their index)."""
     count = 0
 
     def remember_count(num_frames: int) -> list[int]:
@@ -58,52 +79,150 @@ def count_frames(path: str | Path, backend: str = "auto") -> int:
         count = num_frames
         return []
 
-    read_clip(path, remember_count, backend=backend)
+    read_clip(path, remember_count, backend=backend, device=device)
     return count
 
 
-def read_frames(path: str | Path, indices: Sequence[int], backend: str = "auto") -> np.ndarray:
+def read_frames(path: str | Path, indices: Sequence[int], backend: str = "auto", device: str = "cpu") -> np.ndarray:
     """uint8 array (len(indices), H, W, 3) RGB holding exactly the frames asked for, in the order asked."""
     wanted = [int(i) for i in indices]
-    frames, _ = read_clip(path, lambda _num_frames: wanted, backend=backend)
+    frames, _ = read_clip(path, lambda _num_frames: wanted, backend=backend, device=device)
     return frames
 
 
 def read_clip(
-    path: str | Path, choose_indices: IndexChooser, backend: str = "auto"
+    path: str | Path, choose_indices: IndexChooser, backend: str = "auto", device: str = "cpu"
 ) -> tuple[np.ndarray, list[int]]:
     """Open the video once, let `choose_indices(num_frames)` pick frames, and decode only those.
 
-    Returns the frames (N, H, W, 3) uint8 RGB and the indices used. This spares datasets a second open of
-    the file just to learn its length.
+    Returns the frames (N, H, W, 3) uint8 RGB, in host memory, and the indices used. This spares datasets a
+    second open of the file just to learn its length. `device="cuda"` decodes on the GPU (torchcodec).
     """
     path = Path(path)
     _check_readable_file(path)
-    _check_backend(backend)
-    if backend == "decord":
+    check_decoder(backend, device)
+    causes = []
+    for name in decoders_for(path, backend, device):
         try:
-            return _read_with_decord(path, choose_indices)
+            return _READERS[name](path, choose_indices, device)
         except _OpenError as error:
-            raise VideoDecodeError(path, f"decord could not open it ({error.cause})") from error
-    try:
-        return _read_with_pyav(path, choose_indices)
-    except _OpenError as error:
-        if backend == "pyav" or path.suffix.lower() in _DECORD_WRONG_SUFFIXES:
-            raise VideoDecodeError(path, f"PyAV could not open it ({error.cause})") from error
-        # decord bundles another FFmpeg build; give the file a second chance.
-        log.debug("PyAV could not open %s (%s); trying decord", path, error.cause)
-        return _read_with_decord_after_pyav(path, choose_indices, error.cause)
+            causes.append(f"{_DISPLAY_NAMES[name]} could not open it ({error.cause})")
+            log.debug("%s: %s", path, causes[-1])
+        except VideoDecodeError as error:
+            if not causes:
+                raise
+            raise VideoDecodeError(path, "; ".join([*causes, f"{_DISPLAY_NAMES[name]}: {error.cause}"])) from error
+    raise VideoDecodeError(path, "; ".join(causes) if causes else "no decoder suits this file")
 
 
-def _read_with_decord_after_pyav(path: Path, choose_indices: IndexChooser, pyav_cause: str):
+# ------------------------------------------------------------------------------------- choosing one
+
+
+def decoder_unavailable_reason(name: str) -> str | None:
+    """Why decoder `name` cannot run in this process, or None when it can."""
+    _check_backend(name)
+    return None if name == "auto" else _probe(name)
+
+
+@functools.cache
+def _probe(name: str) -> str | None:
     try:
-        return _read_with_decord(path, choose_indices)
-    except _OpenError as error:
-        raise VideoDecodeError(
-            path, f"PyAV could not open it ({pyav_cause}); decord could not open it either ({error.cause})"
-        ) from error
-    except VideoDecodeError as error:
-        raise VideoDecodeError(path, f"PyAV could not open it ({pyav_cause}); decord: {error.cause}") from error
+        if name == "torchcodec":
+            import torchcodec.decoders  # noqa: F401  -- loads FFmpeg's shared libraries: fails without them
+        elif name == "decord":
+            import decord  # noqa: F401
+    except ImportError as error:
+        if error.name == name:
+            return f"{name} is not installed (pip install peft-bench[{name}])"
+        return f"{name} cannot be imported ({_short_cause(error)})"
+    except Exception as error:  # noqa: BLE001  -- torchcodec raises RuntimeError/OSError without FFmpeg's libraries
+        return f"{name} cannot load FFmpeg's shared libraries ({_short_cause(error)}); on Debian: apt-get install ffmpeg"
+    return None
+
+
+def available_decoders() -> list[str]:
+    return [name for name in DECODERS if _probe(name) is None]
+
+
+def check_decoder(backend: str, device: str = "cpu") -> None:
+    """Raise DecoderUnavailableError (or ValueError for a bad name) unless `backend` can decode on `device`."""
+    _check_backend(backend)
+    if device not in DECODE_DEVICES:
+        raise ValueError(f"unknown decode device {device!r}; choose one of {', '.join(DECODE_DEVICES)}")
+    if device == "cuda":
+        if backend not in ("auto", "torchcodec"):
+            raise DecoderUnavailableError(f"decoding on the GPU needs torchcodec, not {backend}")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DecoderUnavailableError("decoding on the GPU was asked for, but torch sees no CUDA device")
+    wanted = "torchcodec" if device == "cuda" and backend == "auto" else backend
+    if wanted != "auto" and _probe(wanted):
+        raise DecoderUnavailableError(f"decoder {wanted!r} cannot run here: {_probe(wanted)}")
+
+
+def decoders_for(path: Path, backend: str = "auto", device: str = "cpu") -> list[str]:
+    """The decoders `read_clip` tries on `path`, in order (one, unless `backend` is "auto")."""
+    if device == "cuda":
+        return ["torchcodec"]
+    if backend != "auto":
+        return [backend]
+    return [name for name in AUTO_ORDER if _probe(name) is None
+            and not (name == "decord" and path.suffix.lower() in _DECORD_WRONG_SUFFIXES)]
+
+
+def auto_choice() -> str:
+    """The decoder `auto` uses for a file every installed decoder can read."""
+    return next(name for name in AUTO_ORDER if _probe(name) is None)
+
+
+# ------------------------------------------------------------------------------------------ provenance
+
+
+def decoder_provenance(backend: str = "auto", device: str = "cpu") -> dict[str, str]:
+    """What decodes a run's videos, for its tracking tags: decoder, its version, the FFmpeg it runs on.
+
+    For `auto` the decoder is the one it chooses first (others only for files that one cannot open).
+    """
+    name = "torchcodec" if device == "cuda" else (auto_choice() if backend == "auto" else backend)
+    return {"decoder": name if backend != "auto" else f"{name} (auto)", "decode_device": device,
+            "decoder_version": f"{_PACKAGES[name]} {_package_version(_PACKAGES[name])}",
+            "ffmpeg": _ffmpeg_description(name)}
+
+
+_PACKAGES = {"pyav": "av", "torchcodec": "torchcodec", "decord": "decord"}
+_DISPLAY_NAMES = {"pyav": "PyAV", "torchcodec": "torchcodec", "decord": "decord"}
+
+
+def _package_version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _ffmpeg_description(name: str) -> str:
+    """The FFmpeg release (and libavcodec version) decoder `name` decodes with; "unknown" if it cannot say."""
+    try:
+        if name == "pyav":
+            codec = ".".join(map(str, av.library_versions["libavcodec"]))
+            return f"FFmpeg {av.ffmpeg_version_info} (libavcodec {codec}), bundled with PyAV"
+        if name == "torchcodec":
+            from torchcodec._core import get_ffmpeg_library_versions
+
+            versions = get_ffmpeg_library_versions()
+            codec = ".".join(map(str, versions["libavcodec"]))
+            return f"FFmpeg {versions['ffmpeg_version']} (libavcodec {codec}), the system's"
+        # decord reports none: its wheel's bundled libavcodec file names carry the version.
+        files = metadata.files("decord") or []
+        found = [re.search(r"libavcodec[-\w]*\.so\.([\d.]+)$", str(file)) for file in files]
+        codec = next((match.group(1) for match in found if match), None)
+        return f"libavcodec {codec}, bundled with decord" if codec else "unknown (decord does not say)"
+    except Exception as error:  # noqa: BLE001  -- provenance must never stop a run
+        return f"unknown ({_short_cause(error)})"
+
+
+# --------------------------------------------------------------------------------------------- checks
 
 
 def _check_backend(backend: str) -> None:
@@ -135,10 +254,47 @@ def _empty_frames() -> np.ndarray:
     return np.zeros((0, 0, 0, 3), dtype=np.uint8)
 
 
+def _in_asked_order(batch: np.ndarray, unique: list[int], wanted: list[int]) -> np.ndarray:
+    """Rows of `batch` (one per index of `unique`) rearranged to `wanted`, repeats included."""
+    position = {index: row for row, index in enumerate(unique)}
+    return np.ascontiguousarray(batch[[position[i] for i in wanted]])
+
+
+# ------------------------------------------------------------------------------------------- torchcodec
+
+
+def _read_with_torchcodec(path: Path, choose_indices: IndexChooser, device: str = "cpu"):
+    from torchcodec.decoders import VideoDecoder
+
+    try:
+        # Exact seeking: the file is scanned once on opening, so frame i is the i-th in display order. One
+        # thread per decoder: parallelism comes from DataLoader workers.
+        decoder = VideoDecoder(str(path), seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC",
+                               device=device)
+        stream = decoder.metadata
+        found = int(stream.num_frames_from_content or 0)
+    except Exception as error:  # RuntimeError from its C++ core, ValueError for streams it rejects
+        raise _OpenError(_short_cause(error)) from error
+    if found <= 0:
+        raise VideoDecodeError(path, "no decodable video frames")
+    declared = int(stream.num_frames_from_header or 0)
+    num_frames = max(declared, found)  # as PyAV's path: a truncated file is chosen from, then refused
+    wanted = _validated_indices(path, choose_indices(num_frames), num_frames)
+    _refuse_frames_past_the_end(path, wanted, found, declared)
+    if not wanted:
+        return _empty_frames(), wanted
+    unique = sorted(set(wanted))
+    try:
+        batch = decoder.get_frames_at(unique).data.cpu().numpy()
+    except Exception as error:
+        raise VideoDecodeError(path, f"torchcodec failed while decoding ({_short_cause(error)})") from error
+    return _in_asked_order(batch, unique, wanted), wanted
+
+
 # ----------------------------------------------------------------------------------------------- decord
 
 
-def _read_with_decord(path: Path, choose_indices: IndexChooser) -> tuple[np.ndarray, list[int]]:
+def _read_with_decord(path: Path, choose_indices: IndexChooser, device: str = "cpu") -> tuple[np.ndarray, list[int]]:
     import decord
 
     try:
@@ -157,8 +313,7 @@ def _read_with_decord(path: Path, choose_indices: IndexChooser) -> tuple[np.ndar
         batch = reader.get_batch(unique).asnumpy()
     except Exception as error:
         raise VideoDecodeError(path, f"decord failed while decoding ({_short_cause(error)})") from error
-    position = {index: row for row, index in enumerate(unique)}
-    return np.ascontiguousarray(batch[[position[i] for i in wanted]]), wanted
+    return _in_asked_order(batch, unique, wanted), wanted
 
 
 # ------------------------------------------------------------------------------------------------- PyAV
@@ -188,9 +343,7 @@ class _PacketIndex:
         return len(self.frame_positions)
 
 
-def _read_with_pyav(path: Path, choose_indices: IndexChooser) -> tuple[np.ndarray, list[int]]:
-    import av
-
+def _read_with_pyav(path: Path, choose_indices: IndexChooser, device: str = "cpu") -> tuple[np.ndarray, list[int]]:
     try:
         container = av.open(str(path))
     except Exception as error:
@@ -339,5 +492,10 @@ def _stacked(frames: list[np.ndarray]) -> np.ndarray:
 
 def _short_cause(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    first_line = text[0] if text else ""
+    # torchcodec prefixes its messages with the C++ function, file and line: keep the message.
+    first_line = _SOURCE_LOCATION.sub("", text[0]) if text else ""
     return f"{type(error).__name__}: {first_line[:300]}"
+
+
+_SOURCE_LOCATION = re.compile(r"^\w+, \S+\.(cpp|h):\d+, ")
+_READERS = {"pyav": _read_with_pyav, "torchcodec": _read_with_torchcodec, "decord": _read_with_decord}
