@@ -252,10 +252,13 @@ def test_missing_root_or_annotation_file_says_what_was_expected(tmp_path):
         build_dataset("k400", "train", root=None, input_size=32, mean=MEAN, std=STD)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_dataset("k400", "train", root=tmp_path / "nope", input_size=32, mean=MEAN, std=STD)
+    with pytest.raises(FileNotFoundError, match=r"no annotation files \(train\.csv, validate\.csv, val\.csv\) in "):
+        build_dataset("k400", "val", root=tmp_path, input_size=32, mean=MEAN, std=STD)
+    with pytest.raises(FileNotFoundError, match=r"labels\.json\) in .*labels; .*Expected layout: .*20bn"):
+        build_dataset("ssv2", "val", root=tmp_path, input_size=32, mean=MEAN, std=STD)
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n")  # the folder, but no val file
     with pytest.raises(FileNotFoundError, match=r"validate\.csv not found \(also tried val\.csv\); expected layout"):
         build_dataset("k400", "val", root=tmp_path, input_size=32, mean=MEAN, std=STD)
-    with pytest.raises(FileNotFoundError, match=r"labels\.json not found; expected layout: .*20bn"):
-        build_dataset("ssv2", "val", root=tmp_path, input_size=32, mean=MEAN, std=STD)
 
 
 def test_wrong_class_count_for_a_named_dataset_is_an_error(tmp_path, video_files):

@@ -21,7 +21,7 @@ from peft_bench.data.annotations import (
     read_ssv2,
 )
 from peft_bench.data.dataset import DataError, VideoClipDataset
-from peft_bench.data.decode import VideoDecodeError, count_frames, read_frames
+from peft_bench.data.decode import VideoDecodeError, check_decoder, count_frames, read_frames
 from peft_bench.data.recipes import load_recipe
 from peft_bench.data.synthetic import SSV2_VIDEO_FOLDER, default_cache_dir, ensure_synthetic
 from peft_bench.data.transforms import Recipe, test_views, train_transform
@@ -77,20 +77,23 @@ def build_dataset(
     seed: int = 0,
     cache_dir: Path | None = None,
     decoder: str = "auto",
+    decode_device: str = "cpu",
     max_failure_fraction: float = 0.05,
 ) -> VideoClipDataset:
     """The `split` ("train" or "val") of dataset `name`, ready for a DataLoader.
 
-    Real datasets: `root` holds the videos and `annotations` (default: `root`) the published annotation
-    files. Synthetic datasets are generated once under `cache_dir` (default `$PEFT_BENCH_CACHE/data`, else
+    Real datasets: `root` holds the videos and `annotations` the published annotation files (default: `root`,
+    or where the release keeps them under it: K400's `annotations/`, SSv2's `labels/`). Synthetic datasets are generated once under `cache_dir` (default `$PEFT_BENCH_CACHE/data`, else
     ~/.cache/peft_bench/data) and read back like real ones; `root` is ignored for them. `num_frames` overrides
     the recipe's frame count; `max_failure_fraction` bounds the undecodable and missing videos tolerated.
+    A decoder that cannot run here (`decoder`, `decode_device`) stops it before any video is read.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     spec = DATASETS[name]
+    check_decoder(decoder, decode_device)
     recipe = load_recipe(spec.recipe)
     if num_frames is not None:
         recipe = dataclasses.replace(recipe, num_frames=num_frames)
@@ -98,7 +101,8 @@ def build_dataset(
     if spec.layout.startswith("synthetic-"):
         annotations_found = read(split, Path(cache_dir) if cache_dir else default_cache_dir())
     else:
-        annotations_found = read(split, _required_root(name, spec.layout, root), Path(annotations or root))
+        root = _required_root(name, spec.layout, root)
+        annotations_found = read(split, root, annotation_folder(spec.layout, root, annotations))
     if spec.num_classes is not None and annotations_found.num_classes != spec.num_classes:
         raise DataError(
             f"{name} should have {spec.num_classes} classes, but its {split} annotations give "
@@ -114,6 +118,7 @@ def build_dataset(
         seed=seed,
         max_failure_fraction=max_failure_fraction,
         decoder=decoder,
+        decode_device=decode_device,
         keep_decoded=spec.layout.startswith("synthetic"),  # a few MB of tiny videos: decode each once
     )
 
@@ -125,6 +130,56 @@ _LAYOUT_HINTS = {
     f"root/{SSV2_VIDEO_FOLDER}/ or directly under root",
     "list": "train.txt and val.txt with lines 'relative/path label_index'",
 }
+# Each split's annotation file (the first that exists), per layout.
+SPLIT_FILES = {
+    "kinetics": {"train": ("train.csv",), "val": ("validate.csv", "val.csv")},
+    "ssv2": {"train": ("train.json",), "val": ("validation.json",)},
+    "list": {"train": ("train.txt", "trainlist.txt"), "val": ("val.txt", "vallist.txt", "test.txt")},
+}
+CLASS_FILES = {"ssv2": "labels.json"}  # Kinetics' classes are the training file's labels; list files' are indices
+# Where the published releases keep their annotation files beside the videos: the Kinetics-400 release
+# (CVDF) in annotations/ next to train/ val/ test/, Something-Something v2 in labels/.
+PUBLISHED_ANNOTATION_FOLDERS = {"kinetics": "annotations", "ssv2": "labels"}
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """The annotation files one split is read from."""
+
+    split_file: Path
+    class_file: Path | None = None  # SSv2's labels.json; Kinetics' train.csv when reading val
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for path in (self.class_file, self.split_file) if path is not None]
+
+
+def annotation_folder(layout: str, root: Path, annotations: Path | None = None) -> Path:
+    """`annotations` when given; else `root` or the layout's published folder under it (K400's annotations/,
+    SSv2's labels/), whichever holds the layout's annotation files. Neither: one error naming both."""
+    if annotations is not None:
+        return Path(annotations).expanduser()
+    places = [root] + ([root / PUBLISHED_ANNOTATION_FOLDERS[layout]] if layout in PUBLISHED_ANNOTATION_FOLDERS else [])
+    names = [name for names in SPLIT_FILES[layout].values() for name in names] + (
+        [CLASS_FILES[layout]] if layout in CLASS_FILES else [])
+    for place in places:
+        if any((place / name).is_file() for name in names):
+            return place
+    raise FileNotFoundError(
+        f"no annotation files ({', '.join(names)}) in {' or '.join(str(place) for place in places)}; give "
+        f"their folder with --annotations. Expected layout: {_LAYOUT_HINTS[layout]}"
+    )
+
+
+def split_files(layout: str, split: str, folder: Path) -> SplitFiles:
+    """The files `split` of a `layout` dataset is read from in `folder` (a missing one: FileNotFoundError)."""
+    split_file = _first_existing(folder, SPLIT_FILES[layout][split], layout)
+    if layout in CLASS_FILES:
+        return SplitFiles(split_file, _first_existing(folder, [CLASS_FILES[layout]], layout))
+    train_csv = folder / SPLIT_FILES["kinetics"]["train"][0]
+    if layout == "kinetics" and split == "val" and train_csv.is_file():
+        return SplitFiles(split_file, train_csv)  # class indices must agree with training
+    return SplitFiles(split_file)
 
 
 def _required_root(name: str, layout: str, root: Path | None) -> Path:
@@ -155,30 +210,25 @@ def _split_video_root(root: Path, split: str) -> Path:
     return root
 
 
+def _ssv2_video_root(root: Path) -> Path:
+    return root / SSV2_VIDEO_FOLDER if (root / SSV2_VIDEO_FOLDER).is_dir() else root
+
+
 def _kinetics_annotations(split: str, root: Path, annotation_folder: Path) -> Annotations:
-    names = ["train.csv"] if split == "train" else ["validate.csv", "val.csv"]
-    csv_path = _first_existing(annotation_folder, names, "kinetics")
-    class_names = None
-    if split == "val":
-        # Class indices must agree with training: take them from the training file when it is there.
-        train_csv = annotation_folder / "train.csv"
-        if train_csv.is_file():
-            class_names = read_kinetics_class_names(train_csv)
-    return read_kinetics(csv_path, _split_video_root(root, split), class_names)
+    files = split_files("kinetics", split, annotation_folder)
+    class_names = read_kinetics_class_names(files.class_file) if files.class_file else None
+    return read_kinetics(files.split_file, _split_video_root(root, split), class_names)
 
 
 def _ssv2_annotations(split: str, root: Path, annotation_folder: Path) -> Annotations:
-    labels = _first_existing(annotation_folder, ["labels.json"], "ssv2")
-    split_file = _first_existing(annotation_folder, ["train.json" if split == "train" else "validation.json"], "ssv2")
-    video_root = root / SSV2_VIDEO_FOLDER if (root / SSV2_VIDEO_FOLDER).is_dir() else root
-    return read_ssv2(labels, split_file, video_root)
+    files = split_files("ssv2", split, annotation_folder)
+    return read_ssv2(files.class_file, files.split_file, _ssv2_video_root(root))
 
 
 def _list_annotations(split: str, root: Path, annotation_folder: Path) -> Annotations:
     if annotation_folder.is_file():  # a single list file given directly
         return read_list_file(annotation_folder, root)
-    names = ["train.txt", "trainlist.txt"] if split == "train" else ["val.txt", "vallist.txt", "test.txt"]
-    return read_list_file(_first_existing(annotation_folder, names, "list"), root)
+    return read_list_file(split_files("list", split, annotation_folder).split_file, root)
 
 
 # The synthetic datasets are fixed: training seeds vary the run, not the data (and the cache is shared).

@@ -34,7 +34,15 @@ from tqdm import tqdm
 
 # The private helpers below are the ones `build_dataset` and the readers use, so that the check resolves
 # exactly the paths and class lists that training will (flat vs per-label folders, split folders, ...).
-from peft_bench.data import DATASETS, SPLITS, _first_existing, _list_annotations, _split_video_root
+from peft_bench.data import (
+    DATASETS,
+    SPLITS,
+    _list_annotations,
+    _split_video_root,
+    _ssv2_video_root,
+    annotation_folder,
+    split_files,
+)
 from peft_bench.data.annotations import (
     AnnotationError,
     DirectoryListing,
@@ -45,9 +53,9 @@ from peft_bench.data.annotations import (
     read_kinetics_class_names,
     ssv2_label_of_template,
 )
-from peft_bench.data.decode import VideoDecodeError, read_clip
+from peft_bench.data.decode import VideoDecodeError, check_decoder, read_clip
 from peft_bench.data.recipes import load_recipe
-from peft_bench.data.synthetic import SSV2_VIDEO_FOLDER, default_cache_dir, ensure_synthetic
+from peft_bench.data.synthetic import default_cache_dir, ensure_synthetic
 from peft_bench.data.transforms import Recipe
 from peft_bench.system import usable_cpu_count
 
@@ -111,6 +119,7 @@ class CheckReport:
     span: ClipSpan
     entries: list[CheckedEntry]
     notes: list[str]  # dataset-level problems, e.g. a class count build_dataset would refuse
+    annotation_files: list[Path] = dataclasses.field(default_factory=list)  # what the splits were read from
 
     @property
     def problems(self) -> list[CheckedEntry]:
@@ -130,6 +139,7 @@ class CheckReport:
 
     def summary(self) -> str:
         lines = [f"data check of {self.dataset} at {self.root}",
+                 *(f"annotations: {path}" for path in self.annotation_files),
                  f"too_short means fewer than {self.span.frames} frames: {self.span.reason}", ""]
         header = ["split", *CATEGORIES, "total"]
         rows = [[split, *(str(counts[c]) for c in CATEGORIES), str(sum(counts.values()))]
@@ -171,17 +181,19 @@ def list_videos(
     dataset: str, split: str, root: Path, annotation_folder: Path
 ) -> tuple[list[ListedVideo], int]:
     """Every entry of one split, unknown labels included, and the number of classes the split is read with."""
-    layout = SYNTHETIC_LAYOUTS.get(dataset, DATASETS[dataset].layout)
-    return _LISTERS[layout](split, root, annotation_folder)
+    return _LISTERS[_layout(dataset)](split, root, annotation_folder)
+
+
+def _layout(dataset: str) -> str:
+    return SYNTHETIC_LAYOUTS.get(dataset, DATASETS[dataset].layout)
 
 
 def _kinetics_videos(split: str, root: Path, annotation_folder: Path) -> tuple[list[ListedVideo], int]:
-    names = ["train.csv"] if split == "train" else ["validate.csv", "val.csv"]
-    csv_path = _first_existing(annotation_folder, names, "kinetics")
+    files = split_files("kinetics", split, annotation_folder)
+    csv_path = files.split_file
     rows = list(_kinetics_rows(csv_path))  # a malformed line raises AnnotationError here
-    train_csv = annotation_folder / "train.csv"
-    if split == "val" and train_csv.is_file():  # validation is read with the training classes
-        class_names = read_kinetics_class_names(train_csv)
+    if files.class_file:  # validation is read with the training classes
+        class_names = read_kinetics_class_names(files.class_file)
     else:
         class_names = sorted({label for _, label, _ in rows})
     known = set(class_names)
@@ -199,9 +211,9 @@ def _kinetics_videos(split: str, root: Path, annotation_folder: Path) -> tuple[l
 
 
 def _ssv2_videos(split: str, root: Path, annotation_folder: Path) -> tuple[list[ListedVideo], int]:
-    labels_json = _first_existing(annotation_folder, ["labels.json"], "ssv2")
-    split_json = _first_existing(annotation_folder, ["train.json" if split == "train" else "validation.json"], "ssv2")
-    video_root = root / SSV2_VIDEO_FOLDER if (root / SSV2_VIDEO_FOLDER).is_dir() else root
+    files = split_files("ssv2", split, annotation_folder)
+    labels_json, split_json = files.class_file, files.split_file
+    video_root = _ssv2_video_root(root)
     class_names = _ssv2_class_names(labels_json)
     known = set(class_names)
     videos = []
@@ -283,13 +295,19 @@ def check_dataset(
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; available: {', '.join(DATASETS)}")
+    check_decoder(backend)
     root, annotation_folder = _dataset_folders(dataset, root, annotations, cache_dir)
     recipe = load_recipe(DATASETS[dataset].recipe)
     if num_frames is not None:
         recipe = dataclasses.replace(recipe, num_frames=num_frames)
     span = clip_span(recipe)
-    videos, notes = [], []
+    videos, notes, files = [], [], []
+    layout = _layout(dataset)
     for split in splits:
+        if layout != "list" or annotation_folder.is_dir():
+            files += [path for path in split_files(layout, split, annotation_folder).paths if path not in files]
+        else:
+            files.append(annotation_folder)  # one list file given directly
         split_videos, num_classes = list_videos(dataset, split, root, annotation_folder)
         videos += split_videos
         expected = DATASETS[dataset].num_classes
@@ -298,7 +316,7 @@ def check_dataset(
                          "build_dataset will refuse it")
     findings = _inspect_all(videos, span.frames, backend, workers, progress)
     entries = [CheckedEntry(video, finding) for video, finding in zip(videos, findings)]
-    return CheckReport(dataset, root, span, entries, notes)
+    return CheckReport(dataset, root, span, entries, notes, files)
 
 
 def _dataset_folders(
@@ -308,11 +326,11 @@ def _dataset_folders(
         folder = ensure_synthetic(dataset, Path(cache_dir) if cache_dir else default_cache_dir())
         return folder, folder
     if root is None:
-        raise FileNotFoundError(f"dataset {dataset!r} needs --root, the folder holding its videos")
+        raise FileNotFoundError(f"dataset {dataset!r} needs --data-root, the folder holding its videos")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"video root {root} does not exist")
-    return root, Path(annotations).expanduser() if annotations else root
+    return root, annotation_folder(_layout(dataset), root, annotations)
 
 
 def _inspect_all(

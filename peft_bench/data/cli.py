@@ -13,7 +13,7 @@ from pathlib import Path
 
 from peft_bench.data import DATASETS, SPLITS
 from peft_bench.data.annotations import AnnotationError
-from peft_bench.data.decode import BACKENDS
+from peft_bench.data.decode import BACKENDS, DecoderUnavailableError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
@@ -33,13 +33,16 @@ def _add_check_parser(commands) -> None:
                     "last frames; report each problem. Exit 0 when all is well, 1 when there are problems, "
                     "2 when an annotation file is malformed.")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--root", help="folder holding the videos (not needed for synthetic datasets)")
-    p.add_argument("--annotations", help="folder holding the annotation files (default: --root)")
+    p.add_argument("--data-root", "--root", dest="root",
+                   help="folder holding the videos (not needed for synthetic datasets), as for `peft-bench run`")
+    p.add_argument("--annotations", help="folder holding the annotation files (default: --data-root, or where the "
+                                         "release keeps them under it: annotations/ for k400, labels/ for ssv2)")
     p.add_argument("--split", choices=[*SPLITS, "all"], default="all", help="which split to check (default all)")
     p.add_argument("--workers", type=int, help="worker processes (default: the number of CPU cores)")
     p.add_argument("--report", help="CSV of the problems, summary beside it (default data-check-DATASET.csv)")
     p.add_argument("--frames", type=int, help="frames per clip, if not the recipe's (sets the too-short limit)")
-    p.add_argument("--decoder", choices=BACKENDS, default="auto", help="video backend, as for training (default auto)")
+    p.add_argument("--decoder", choices=BACKENDS, default="auto",
+                   help="video decoder, as data.decoder for training (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -51,7 +54,8 @@ def _add_prepare_parser(commands) -> None:
                     "skipped. Exit 0 when every video was prepared, 1 when some failed.")
     # Synthetic datasets are generated small already: nothing to prepare.
     p.add_argument("--dataset", required=True, choices=[n for n in DATASETS if not n.startswith("synthetic")])
-    p.add_argument("--root", required=True, help="folder holding the source videos (read only)")
+    p.add_argument("--data-root", "--root", dest="root", required=True,
+                   help="folder holding the source videos (read only)")
     p.add_argument("--out", required=True, help="folder for the prepared copy (outside --root)")
     p.add_argument("--annotations", help="folder holding the annotation files, if not --root")
     p.add_argument("--short-side", type=int, default=320, help="scale down to this shorter side (default 320)")
@@ -69,7 +73,7 @@ def cmd_data(args) -> int:
         return commands[args.data_command](args)
     except AnnotationError as error:  # names the file and the line
         return _error(args, f"malformed annotations: {error}")
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, DecoderUnavailableError) as error:
         return _error(args, str(error))
 
 
