@@ -9,7 +9,8 @@ variable frame rate):
 * `torchcodec`: the PyTorch team's decoder, on the system's FFmpeg libraries (Debian: `apt-get install
   ffmpeg`); exact frame indexing from a scan of the file, on the CPU or, with `device="cuda"`, on the GPU.
 * `decord`: optional (`pip install peft-bench[decord]`); never used for VP8/VP9 `.webm` by `auto`, where
-  users report its seeking returns frames from the start of the video.
+  users report its seeking returns frames from the start of the video (on the VP9 files the tests make it
+  returned the right frames; the reports are about real SSv2 files).
 
 `auto` takes the first installed decoder of `AUTO_ORDER` (the measured order, fastest first) that suits the
 file, and when that one cannot open a file, gives it to the next.
@@ -60,7 +61,7 @@ class DecoderUnavailableError(RuntimeError):
 
 
 class _OpenError(Exception):
-    """The decoder could not open the file at all (the caller may try the other one)."""
+    """The decoder could not open the file at all (the caller may try another one)."""
 
     def __init__(self, cause: str) -> None:
         super().__init__(cause)
