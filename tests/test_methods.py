@@ -11,7 +11,7 @@ import torch
 
 from peft_bench import method_checks
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
-from peft_bench.registry import available_methods, get_method
+from peft_bench.registry import RunContext, available_methods, get_method
 
 MINE = ["full_ft", "full_ft_ta", "full_ft_ts", "partial_ft", "partial_ft_ta", "temporal_ft", "prompt_tuning",
         "attentional_pooling", "adapter"]
@@ -201,7 +201,7 @@ def test_temporal_attention_starts_from_the_blocks_spatial_attention(backbone_na
 
     backbone = create_backbone(backbone_name, NO_WEIGHTS).requires_grad_(False)
     spatial = backbone.blocks[-1].attention_weights()
-    model = get_method("temporal_ft").build(backbone, 5, get_method("temporal_ft").make_config())
+    model = get_method("temporal_ft").create(backbone, RunContext(5))
     block = model.backbone.blocks[-1]
     assert isinstance(block, HookedBlock)
     temporal = block.before_attention
