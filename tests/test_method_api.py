@@ -161,6 +161,26 @@ def test_qk_through_a_wrapper_that_bypasses_the_projection_is_an_error():
         backbone.forward_intermediates(random_clip(backbone), [1], qk=True)
 
 
+@pytest.mark.parametrize("family", ["tiny", "in21k_vitb16"])
+def test_a_hook_before_the_pre_norm_sees_embedded_frames_and_trains(family):
+    """Where AIM and ZeroI2V add their temporal embedding: after the position embedding, before ln_pre."""
+    from peft_bench.temporal import TemporalEmbedding
+
+    backbone = backbone_of(family).requires_grad_(False)
+    video = random_clip(backbone, frames=3)
+    reference = backbone(video)
+    backbone.before_pre_norm = TemporalEmbedding(backbone.width, 3, init_std=0.5)
+    assert "before_pre_norm.table" in dict(backbone.named_parameters())  # registered: it trains and is counted
+    changed = backbone(video)
+    assert changed.shape == reference.shape and not torch.allclose(changed, reference)
+    with torch.no_grad():
+        x = backbone.embed_patches(video.flatten(0, 1)).view(1, 3, -1, backbone.width)
+        x = backbone.pre_norm((x + backbone.before_pre_norm.table[None, :, None]).flatten(0, 1))
+        for block in backbone.blocks:
+            x = block(x, 3)
+    torch.testing.assert_close(changed, x.view_as(changed))
+
+
 # --- hook sites and merging -------------------------------------------------------------------------
 
 

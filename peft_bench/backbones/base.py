@@ -202,9 +202,13 @@ class VideoBackbone(nn.Module):
     info: BackboneInfo
     # Recompute each block's activations during backward instead of keeping them (SpeedConfig).
     checkpoint_blocks: bool = False
-    # A method's module run as ``hook(tokens, num_frames)`` between the position embedding and the
-    # pre-norm (where AIM and ZeroI2V add their temporal embedding); None: nothing runs there.
-    before_pre_norm: nn.Module | None = None
+
+    def __init__(self):
+        super().__init__()
+        # A method's module run as ``hook(tokens, num_frames)`` between the position embedding and the
+        # pre-norm (where AIM and ZeroI2V add their temporal embedding); None: nothing runs there. Set
+        # here, not as a class attribute, so that a module assigned later is found as a submodule.
+        self.before_pre_norm: nn.Module | None = None
 
     @property
     def num_tokens(self) -> int:
