@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -76,6 +77,22 @@ def test_models_time_is_measured_on_the_runs_own_config():
     flat = resolve_config({"method": "st_adapter", "method_args": {"kernel_size": [1, 1, 1]}})
     assert method_checks.measures_time(flat.method, flat.method_args) is False  # (1,1,1): frames never meet
     assert method_checks.measures_time("st_adapter", resolve_config({"method": "st_adapter"}).method_args) is True
+
+
+def test_a_config_naming_blocks_tiny_lacks_is_measured_on_the_runs_backbone(monkeypatch):
+    from peft_bench import runner
+
+    calls = []
+
+    def measure(method, method_args, backbone_name="tiny"):
+        calls.append(backbone_name)
+        if backbone_name == "tiny":
+            raise ValueError("layers (10, 11) do not fit a backbone of 4 blocks")
+        return True
+
+    monkeypatch.setattr(runner, "measures_time", measure)
+    assert runner._measured_models_time("temporal_ft", None, json.dumps({"layers": [10, 11]}), "clip_vitb16") is True
+    assert calls == ["tiny", "clip_vitb16"]
 
 
 def test_a_run_of_st_adapter_with_a_pointwise_kernel_is_tagged_as_not_modelling_time(tmp_path):
