@@ -191,18 +191,17 @@ def build(cfg: BenchConfig, method: str, device: torch.device):
     from peft_bench.backbones import create_backbone
     from peft_bench.config import SpeedConfig
     from peft_bench.efficiency import apply_speed_options
-    from peft_bench.registry import get_method
+    from peft_bench.registry import RunContext, get_method
 
     backbone = create_backbone(cfg.backbone, cfg.pretrained)
     resolution = cfg.resolution or backbone.input_size
     if resolution != backbone.input_size:
         raise ValueError(f"{cfg.backbone} takes {backbone.input_size} px (its position embedding), not {resolution}")
-    backbone.requires_grad_(False)
     spec = get_method(method)
-    # The method's configuration for this backbone (e.g. fewer prompts on tiny), K400 preset.
-    method_cfg = spec.make_config(["k400", cfg.backbone], {"num_frames": cfg.frames}
-                                  if "num_frames" in {f.name for f in dataclasses.fields(spec.config_class)} else {})
-    model = spec.build(backbone, cfg.num_classes, method_cfg).to(device)
+    # The method's configuration for this backbone (e.g. fewer prompts on tiny), K400 preset; what it
+    # leaves to the run (its temporal embedding's length) from the benchmark's clips.
+    context = RunContext(num_classes=cfg.num_classes, num_frames=cfg.frames)
+    model = spec.create(backbone, context, spec.make_config(["k400", cfg.backbone])).to(device)
     speed = SpeedConfig(frozen_bf16=cfg.frozen_bf16, activation_checkpointing=cfg.activation_checkpointing,
                         compile=cfg.compile)
     step_model, _ = apply_speed_options(model, speed, device)

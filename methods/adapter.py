@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from peft_bench.backbones import VideoBackbone
 from peft_bench.layers import hook_blocks
 from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.registry import RunContext, register_method
 from peft_bench.temporal import init_vit_linear
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -58,9 +58,9 @@ class Adapter(nn.Module):
 
 
 @register_method("adapter", config=AdapterConfig, group="Adapter", architecture="SA", models_time=False)
-def build(backbone: VideoBackbone, num_classes: int, cfg: AdapterConfig) -> VideoClassifier:
+def build(backbone: VideoBackbone, context: RunContext, cfg: AdapterConfig) -> VideoClassifier:
     def adapter() -> Adapter:
         return Adapter(backbone.width, cfg.width, cfg.activation)
 
     hook_blocks(backbone, cfg.layers, cfg.positions, adapter)
-    return VideoClassifier(backbone, num_classes)
+    return VideoClassifier(backbone, context)

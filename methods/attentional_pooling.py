@@ -13,6 +13,10 @@ Parameters, ViT-B/16: query 768 + temporal embedding 8 x 768 = 6,144 + attention
 query and the attention layer alone (2,362,368 + 768 = 2,363,136 = 2.36M), so the paper's figure for
 this row appears to leave out the 0.31M head that every other row counts. With the head counted,
 2.36M would leave 2.05M for the pooling, less than one attention layer of width 768.
+
+Weight decay: none on the query and the temporal embedding. The query is a learned token like a ViT's
+class token and the embedding is TimeSformer's ``time_embed``; timm's ViTs and TimeSformer declare
+those in ``no_weight_decay()``. The attention's weight matrices decay, its biases do not.
 """
 
 from __future__ import annotations
@@ -22,15 +26,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from peft_bench.backbones import VideoBackbone
+from peft_bench.backbones import Features, VideoBackbone
 from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.registry import RunContext, from_context, register_method
 from peft_bench.temporal import Attention, TemporalEmbedding
 
 
 @dataclass
 class AttentionalPoolingConfig:
-    num_frames: int = 8  # length of the temporal position embedding (resampled for other clip lengths)
+    num_frames: int | None = from_context("num_frames", "length of the temporal position embedding (None: the run's)")
 
 
 class AttentionalPool(nn.Module):
@@ -44,15 +48,19 @@ class AttentionalPool(nn.Module):
         self.time_embedding = TemporalEmbedding(dim, num_frames, init_std=0.02)
         self.attn = Attention(dim, num_heads)
 
-    def forward(self, tokens: Tensor, final_norm: nn.Module) -> Tensor:
+    def no_weight_decay(self) -> set[str]:
+        return {"query"}
+
+    def forward(self, features: Features) -> Tensor:
+        tokens = features.tokens
         b, t, length, dim = tokens.shape
-        x = final_norm(tokens) + self.time_embedding.for_frames(t).to(tokens.dtype)[None, :, None]
+        x = features.final_norm(tokens) + self.time_embedding.for_frames(t).to(tokens.dtype)[None, :, None]
         query = self.query.to(x.dtype).expand(b, -1, -1)
         return self.attn(query, context=x.reshape(b, t * length, dim))[:, 0]
 
 
 @register_method("attentional_pooling", config=AttentionalPoolingConfig, group="Attentional pooling",
                  architecture="SA", models_time=True)
-def build(backbone: VideoBackbone, num_classes: int, cfg: AttentionalPoolingConfig) -> VideoClassifier:
+def build(backbone: VideoBackbone, context: RunContext, cfg: AttentionalPoolingConfig) -> VideoClassifier:
     pool = AttentionalPool(backbone.width, backbone.num_heads, cfg.num_frames)
-    return VideoClassifier(backbone, num_classes, pool=pool)
+    return VideoClassifier(backbone, context, pool=pool)

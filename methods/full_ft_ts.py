@@ -15,6 +15,12 @@ Parameters, ViT-B/16: backbone 85,799,424 + temporal embedding 8 x 768 = 6,144 +
 + aggregation layer 7,087,872 (the size of a ViT-B block) + head 307,600 = 93,201,808 = 93.20M.
 The paper prints 93.79M, 0.63% more: 588,192 more than this, close to one more 768 x 768 linear layer
 with bias (590,592). Neither paper says what that layer would be, so it is not added.
+
+Weight decay: none on the position embedding and class token (as timm and open_clip declare them), the
+temporal embedding and the aggregation token. X-ViT's model declares its position embedding, class
+token and temporal embedding in ``no_weight_decay()`` (1adrianb/video-transformers at 82ca176,
+slowfast/models/transformers/vit.py, where the last is misspelt ``temp_token`` and so matches nothing);
+the aggregation token is a learned token like the class token.
 """
 
 from __future__ import annotations
@@ -25,17 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peft_bench.backbones import FrameBlock, VideoBackbone
+from peft_bench.backbones import Features, FrameBlock, VideoBackbone
 from peft_bench.layers import WrappedBlock
 from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.registry import RunContext, from_context, register_method
 from peft_bench.temporal import Attention, TemporalEmbedding, init_vit_linear
 
 
 @dataclass
 class FullFTTSConfig:
     window: int = 1  # temporal window w: channels come from frames t-w..t+w
-    num_frames: int = 8  # length of the learned temporal embedding
+    num_frames: int | None = from_context("num_frames", "length of the learned temporal embedding (None: the run's)")
 
     def __post_init__(self):
         if self.window < 0:
@@ -77,13 +83,14 @@ class SpaceTimeMixingBlock(WrappedBlock):
         self.window = window
         self.time_embedding = time_embedding  # the first block adds X-ViT's temporal embedding
 
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, num_frames: int) -> Tensor:
+        k, v = mix_time(k, num_frames, self.window), mix_time(v, num_frames, self.window)
+        return F.scaled_dot_product_attention(q, k, v)
+
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         if self.time_embedding is not None:
             x = self.time_embedding(x, num_frames)
-        q, k, v = self.inner.project_qkv(self.inner.norm1(x))
-        k, v = mix_time(k, num_frames, self.window), mix_time(v, num_frames, self.window)
-        x = x + self.inner.project_out(F.scaled_dot_product_attention(q, k, v))
-        return x + self.inner.mlp(x)
+        return super().forward(x, num_frames)
 
 
 class TemporalAggregation(nn.Module):
@@ -100,20 +107,23 @@ class TemporalAggregation(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         init_vit_linear(self.mlp)
 
-    def forward(self, tokens: Tensor, final_norm: nn.Module) -> Tensor:
-        cls = tokens[:, :, 0]  # (B, T, D)
+    def no_weight_decay(self) -> set[str]:
+        return {"token"}
+
+    def forward(self, features: Features) -> Tensor:
+        cls = features.tokens[:, :, 0]  # (B, T, D)
         x = torch.cat([self.token.to(cls.dtype).expand(cls.shape[0], -1, -1), cls], dim=1)
         x = x + self.attn(self.norm1(x))
         x = x + self.mlp(self.norm2(x))
-        return final_norm(x[:, 0])
+        return features.final_norm(x[:, 0])
 
 
 @register_method("full_ft_ts", config=FullFTTSConfig, group="Full fine-tuning", architecture="SA+TS",
                  models_time=True)
-def build(backbone: VideoBackbone, num_classes: int, cfg: FullFTTSConfig) -> VideoClassifier:
+def build(backbone: VideoBackbone, context: RunContext, cfg: FullFTTSConfig) -> VideoClassifier:
     backbone.requires_grad_(True)
     for i, block in enumerate(backbone.blocks):
         embedding = TemporalEmbedding(backbone.width, cfg.num_frames) if i == 0 else None
         backbone.blocks[i] = SpaceTimeMixingBlock(block, cfg.window, embedding)
     pool = TemporalAggregation(backbone.width, backbone.num_heads)
-    return VideoClassifier(backbone, num_classes, pool=pool)
+    return VideoClassifier(backbone, context, pool=pool)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from peft_bench.backbones import VideoBackbone
 from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.registry import RunContext, register_method
 
 
 @dataclass
@@ -20,5 +20,5 @@ class LinearProbeConfig:
 
 
 @register_method("linear_probe", config=LinearProbeConfig, group="Linear probe", architecture="SA", models_time=False)
-def build(backbone: VideoBackbone, num_classes: int, cfg: LinearProbeConfig) -> VideoClassifier:
-    return VideoClassifier(backbone, num_classes)
+def build(backbone: VideoBackbone, context: RunContext, cfg: LinearProbeConfig) -> VideoClassifier:
+    return VideoClassifier(backbone, context)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from peft_bench.backbones import VideoBackbone
 from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.registry import RunContext, register_method
 
 
 @dataclass
@@ -32,7 +32,7 @@ def last_blocks(backbone: VideoBackbone, count: int) -> list[int]:
 
 @register_method("partial_ft", config=PartialFTConfig, group="Partial fine-tuning", architecture="SA",
                  models_time=False)
-def build(backbone: VideoBackbone, num_classes: int, cfg: PartialFTConfig) -> VideoClassifier:
+def build(backbone: VideoBackbone, context: RunContext, cfg: PartialFTConfig) -> VideoClassifier:
     for i in last_blocks(backbone, cfg.trainable_blocks):
         backbone.blocks[i].requires_grad_(True)
-    return VideoClassifier(backbone, num_classes)
+    return VideoClassifier(backbone, context)

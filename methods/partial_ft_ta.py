@@ -4,7 +4,8 @@ attention layer before its spatial attention (divided space-time attention, Bert
 
 The learned temporal embedding that TimeSformer adds to its input tokens is added just before that
 temporal layer, so no gradient has to flow through the frozen blocks. Zero ``temporal_fc`` and a zero
-embedding make the model start as the frozen image model.
+embedding make the model start as the frozen image model. Weight decay: none on the temporal embedding
+(TimeSformer's model declares ``time_embed`` in ``no_weight_decay()``).
 
 Parameters, ViT-B/16: last block 7,087,872 + temporal layer 2,954,496 + temporal embedding 6,144
 + head 307,600 = 10,356,112 = 10.36M (paper: 10.36M).
@@ -17,14 +18,14 @@ from dataclasses import dataclass
 from .partial_ft import last_blocks
 from peft_bench.backbones import VideoBackbone
 from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.registry import RunContext, from_context, register_method
 from peft_bench.temporal import add_divided_attention
 
 
 @dataclass
 class PartialFTTAConfig:
     trainable_blocks: int = 1  # how many of the last blocks train (each gets a temporal layer)
-    num_frames: int = 8  # length of the learned temporal embedding
+    num_frames: int | None = from_context("num_frames", "length of the learned temporal embedding (None: the run's)")
 
     def __post_init__(self):
         if self.trainable_blocks < 1:
@@ -33,9 +34,9 @@ class PartialFTTAConfig:
 
 @register_method("partial_ft_ta", config=PartialFTTAConfig, group="Partial fine-tuning", architecture="SA+TA",
                  models_time=True)
-def build(backbone: VideoBackbone, num_classes: int, cfg: PartialFTTAConfig) -> VideoClassifier:
+def build(backbone: VideoBackbone, context: RunContext, cfg: PartialFTTAConfig) -> VideoClassifier:
     layers = last_blocks(backbone, cfg.trainable_blocks)
     for i in layers:
         backbone.blocks[i].requires_grad_(True)  # before wrapping: only the original block unfreezes
     add_divided_attention(backbone, layers, cfg.num_frames)
-    return VideoClassifier(backbone, num_classes)
+    return VideoClassifier(backbone, context)

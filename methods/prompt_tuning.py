@@ -11,6 +11,11 @@ Parameters: depth x prompts x D + head. ViT-B/16 with VPT's common length of 100
 (1.18M - 0.31M) / (12 x 768) = 94.6, i.e. its figure implies 95 prompts per block (12 x 95 x 768
 + 307,600 = 1,183,120 = 1.18M), a length outside VPT's usual grid {1, 5, 10, 50, 100, 200}; set
 ``num_prompts=95`` to reproduce that count.
+
+Weight decay: none on the prompts. They are learned tokens, which this project never decays (timm's
+rule for class and position tokens, ``no_weight_decay()``). VPT's own optimizer is different: it
+decays them (KMnP/vpt at 7f3942e, src/solver/optimizer.py, exempts only biases and LayerNorms) and
+sweeps the decay down to 0 per task, while this benchmark runs every row at ST-Adapter's fixed 0.01.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import Tensor, nn
 from peft_bench.backbones import FrameBlock, VideoBackbone
 from peft_bench.layers import WrappedBlock, resolve_layers
 from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.registry import RunContext, register_method
 
 
 @dataclass
@@ -44,6 +49,9 @@ class PromptedBlock(WrappedBlock):
         super().__init__(block)
         self.prompts = nn.Parameter(torch.empty(num_prompts, dim).uniform_(-init_range, init_range))
 
+    def no_weight_decay(self) -> set[str]:
+        return {"prompts"}
+
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         prompts = self.prompts.to(x.dtype).expand(x.shape[0], -1, -1)
         x = self.inner(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1), num_frames)
@@ -53,8 +61,8 @@ class PromptedBlock(WrappedBlock):
 
 @register_method("prompt_tuning", config=PromptTuningConfig, group="Prompt tuning", architecture="SA",
                  models_time=False, presets={"tiny": {"num_prompts": 8}})  # half of tiny's 16 patches, as 100 is of 196
-def build(backbone: VideoBackbone, num_classes: int, cfg: PromptTuningConfig) -> VideoClassifier:
+def build(backbone: VideoBackbone, context: RunContext, cfg: PromptTuningConfig) -> VideoClassifier:
     init_range = math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + backbone.width))
     for i in resolve_layers(cfg.layers, len(backbone.blocks)):
         backbone.blocks[i] = PromptedBlock(backbone.blocks[i], cfg.num_prompts, backbone.width, init_range)
-    return VideoClassifier(backbone, num_classes)
+    return VideoClassifier(backbone, context)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from peft_bench.backbones import VideoBackbone
 from peft_bench.layers import hook_blocks
 from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.registry import RunContext, register_method
 
 ACTIVATIONS = {"none": nn.Identity, "gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": None}
 
@@ -100,9 +100,9 @@ def mix_over_time(patches: Tensor, conv: nn.Conv3d, num_frames: int) -> Tensor:
     "st_adapter", config=STAdapterConfig, group="ST-Adapter", architecture="SA", models_time=True,
     presets={"k400": {"positions": ("mlp",)}, "ssv2": {"positions": ("attention", "mlp")}},
 )
-def build(backbone: VideoBackbone, num_classes: int, cfg: STAdapterConfig) -> VideoClassifier:
+def build(backbone: VideoBackbone, context: RunContext, cfg: STAdapterConfig) -> VideoClassifier:
     def adapter() -> STAdapter:
         return STAdapter(backbone.width, cfg.width, cfg.kernel_size, cfg.activation)
 
     hook_blocks(backbone, cfg.layers, cfg.positions, adapter)
-    return VideoClassifier(backbone, num_classes)
+    return VideoClassifier(backbone, context)

@@ -283,17 +283,18 @@ class Account:
     preset: str | None = None
 
 
-def build_for_counting(method: str, backbone: str, num_classes: int, preset: str | None) -> tuple[nn.Module, str | None]:
-    """The method on a frozen backbone with random weights, as the runner builds it, and the preset applied
-    (None when the method has no such preset: a linear probe is the same on every dataset)."""
+def build_for_counting(method: str, backbone: str, num_classes: int, preset: str | None,
+                       frames: int = 8) -> tuple[nn.Module, str | None]:
+    """The method on a frozen backbone with random weights, as the runner builds it (for ``frames``-frame
+    clips), and the preset applied (None when the method has no such preset: a linear probe is the same
+    on every dataset)."""
     from .backbones import NO_WEIGHTS, create_backbone
-    from .registry import get_method
+    from .registry import RunContext, get_method
 
     spec = get_method(method)
     applied = preset if preset in spec.presets else None
-    frozen = create_backbone(backbone, NO_WEIGHTS)
-    frozen.requires_grad_(False)
-    return spec.build(frozen, num_classes, spec.make_config(applied)), applied
+    context = RunContext(num_classes=num_classes, num_frames=frames)
+    return spec.create(create_backbone(backbone, NO_WEIGHTS), context, spec.make_config(applied)), applied
 
 
 def account(method: str, backbone: str, *, num_classes: int, frames: int = 8, views: int = 3,
@@ -301,7 +302,7 @@ def account(method: str, backbone: str, *, num_classes: int, frames: int = 8, vi
     """Parameters and GFLOPs of ``method`` on ``backbone`` (random weights; 1 multiply-add = 1 FLOP)."""
     from .model import count_parameters
 
-    model, applied = build_for_counting(method, backbone, num_classes, preset)
+    model, applied = build_for_counting(method, backbone, num_classes, preset, frames)
     params = count_parameters(model)
     size = input_size or model.backbone.input_size
     per_view = count_video_flops(model, frames, size, convention)
@@ -409,10 +410,10 @@ def add_account_parser(subparsers) -> argparse.ArgumentParser:
 
 def _method_names(selection: str) -> list[str]:
     from .registry import available_methods
-    from .table import ordered_methods, paper_method_order
+    from .table import registered_method_order
 
     if selection == "all":
-        return ordered_methods(available_methods(), paper_method_order())
+        return registered_method_order(available_methods())
     return [m.strip() for m in selection.split(",") if m.strip()]
 
 

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate methods; with no flags, the embedded default")
     # Flags left out fall back to --config's values, then to RunConfig's defaults: hence default=None.
-    run.add_argument("--methods", help="comma-separated method names, or 'all' (default)")
+    run.add_argument("--methods", help="comma-separated method names, 'paper' (default: the paper's benchmark) "
+                                       "or 'all' (every registered method, later ones included)")
     run.add_argument("--backbone", help="clip_vitb16, clip_vitl14, in21k_vitb16 or tiny (default)")
     run.add_argument("--dataset", "--datasets", dest="datasets",
                      help=f"comma-separated dataset names (default: {EMBEDDED_DATASETS})")
@@ -91,11 +92,17 @@ def _run_configs(args) -> list:
     from .config import load_config, resolve_config
     from .dataclass_io import merge, to_dict
     from .registry import available_methods
+    from .table import paper_method_order
 
     base = to_dict(load_config(args.config)) if args.config else {}
     base_method_args = base.pop("method_args", {})  # they belong to the config's method alone
-    selection = args.methods or base.get("method", "all")
-    methods = _paper_order(available_methods()) if selection == "all" else _split(selection)
+    selection = args.methods or base.get("method", "paper")
+    if selection == "all":
+        methods = _paper_order(available_methods())
+    elif selection == "paper":  # the paper's benchmark: its rows, not the methods published after it
+        methods = _paper_order([m for m in available_methods() if m in paper_method_order()])
+    else:
+        methods = _split(selection)
     datasets = _split(args.datasets or base.get("dataset", EMBEDDED_DATASETS))
     seeds = [int(s) for s in _split(args.seeds)] if args.seeds else [args.seed if args.seed is not None else base.get("seed", 0)]
     flags = {k: v for k, v in {
@@ -120,10 +127,9 @@ def _run_configs(args) -> list:
 
 
 def _paper_order(methods: list[str]) -> list[str]:
-    from .table import paper_method_order
+    from .table import registered_method_order
 
-    order = paper_method_order()
-    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+    return registered_method_order(methods)
 
 
 def cmd_run(args) -> int:
@@ -173,13 +179,14 @@ def cmd_table(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    """Every method: what it is, what it trains on the chosen backbone, and the paper's figure beside it."""
+    """Every method: what it is, what it trains on the chosen backbone, and the reported figure beside it
+    (the paper's for its rows, the authors' for later methods)."""
     from .method_checks import measures_time, parameter_parity
     from .registry import get_method
 
     rows = {row["method"]: row for row in parameter_parity(args.backbone, args.num_classes)}
     time_header = "models time (measured)" if args.check else "models time (declared)"
-    print(f"{'method':20} {'group':20} {'arch':6} {time_header:23} {'trainable':>13} {'paper (M)':>9} "
+    print(f"{'method':20} {'group':20} {'arch':6} {time_header:23} {'trainable':>13} {'reported (M)':>17} "
           f"{'diff':>7}  presets")
     for name in _paper_order(list(rows)):
         row, spec = rows[name], get_method(name)
@@ -187,9 +194,9 @@ def cmd_methods(args) -> int:
         mark = "yes" if models_time else "no"
         if args.check and models_time != spec.models_time:
             mark += f" (declared {'yes' if spec.models_time else 'no'}!)"
-        paper = f"{row['paper_m']:.2f}" if row["paper_m"] is not None else "-"
+        reported = f"{row['reported_m']:.2f} ({row['reported_by']})" if row["reported_m"] is not None else "-"
         diff = f"{row['diff_pct']:+.1f}%" if row["diff_pct"] is not None else "-"
-        print(f"{name:20} {spec.group:20} {spec.architecture:6} {mark:23} {row['trainable']:>13,} {paper:>9} "
+        print(f"{name:20} {spec.group:20} {spec.architecture:6} {mark:23} {row['trainable']:>13,} {reported:>17} "
               f"{diff:>7}  {','.join(spec.presets) or '-'}")
     return 0
 

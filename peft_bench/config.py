@@ -156,7 +156,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     """
     from .backbones import available_backbones
     from .data import DATASETS
-    from .registry import available_methods, get_method
+    from .registry import RunContext, available_methods, get_method
 
     data = merge(_moved_decoder_key(base or {}), _moved_decoder_key(overrides or {}))
     if isinstance(data.get("method"), dict):  # `--set method.width=256` lands here
@@ -177,8 +177,10 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     preset = cfg.preset or METHOD_PRESET_FOR_DATASET.get(cfg.dataset)
     if cfg.preset is not None and cfg.preset not in spec.presets:
         raise ConfigError(f"method '{cfg.method}' has no preset '{cfg.preset}'; it has: {', '.join(spec.presets) or 'none'}")
-    # The dataset's preset, then the backbone's (how the method scales to it), then the user's values.
-    method_cfg = spec.make_config([preset, cfg.backbone], cfg.method_args)
+    # The dataset's preset, then the backbone's (how the method scales to it), then the user's values;
+    # fields the method leaves to the run (None, e.g. num_frames) take the run's values, once, here.
+    context = RunContext(num_frames=cfg.num_frames, dataset=cfg.dataset, head_dropout=cfg.train.head_dropout)
+    method_cfg = spec.make_config([preset, cfg.backbone], cfg.method_args, context)
     return replace(cfg, preset=preset if preset in spec.presets else None, method_args=to_dict(method_cfg))
 
 

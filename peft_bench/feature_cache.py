@@ -1,12 +1,16 @@
 """Frozen-feature cache: a frozen backbone's output tokens, computed once and trained from many times.
 
 For a method whose trainable parts all sit after the backbone (``VideoClassifier.backbone_is_frozen``),
-every epoch recomputes the same backbone forward on (nearly) the same clips. The cache stores the
-backbone's final tokens (B, V, T, L, D) per (backbone, dataset, sampling and augmentation, view) and the
-run trains the method's pooling and head from them.
+every epoch recomputes the same backbone forward on (nearly) the same clips. The cache stores what the
+method's head reads from the backbone (``VideoClassifier.reads``): the final tokens (B, V, T, L, D), or,
+for a head that also reads intermediate blocks and their attention q/k, those too, packed as
+(B, V, T, S, L, D) by ``VideoClassifier.pack_features``. It is stored per (backbone, what the head
+reads, dataset, sampling and augmentation, view) and the run trains the method's pooling and head from
+it. A method the cache cannot serve (its backbone trains, or its head reads the clip itself) is refused
+with the reason (:func:`feature_cache_refusal`) and trains on clips.
 
 * **Key**: a hash of everything that changes the stored numbers: the backbone's weights and structure,
-  the dataset's samples (path, label, file size and mtime), its recipe and transform, its seed, the
+  what the head reads (blocks, q/k, frame stride), the dataset's samples (path, label, file size and mtime), its recipe and transform, its seed, the
   augmentation epoch of the copy, the cache dtype and the device type (bf16 autocast on GPU, fp32 on
   CPU). A changed config gives a new key; nothing stale is ever read.
 * **Augmentation** is explicit: ``SpeedConfig.augmented_copies`` copies of the training set, copy k
@@ -54,11 +58,22 @@ def default_feature_cache_dir() -> Path:
     return Path(os.environ.get("PEFT_BENCH_CACHE", Path.home() / ".cache" / "peft_bench")) / "features"
 
 
-def supports_feature_cache(model: nn.Module) -> bool:
-    """True for a VideoClassifier whose backbone has no trainable parameter (detected, not listed)."""
+def feature_cache_refusal(model: nn.Module) -> str | None:
+    """Why the cache cannot serve ``model`` (None when it can): it must be a VideoClassifier whose backbone
+    has no trainable parameter (detected, not listed) and whose head reads nothing but backbone features."""
     from .model import VideoClassifier
 
-    return isinstance(model, VideoClassifier) and model.backbone_is_frozen()
+    if not isinstance(model, VideoClassifier):
+        return f"{type(model).__name__} is not a VideoClassifier"
+    if not model.backbone_is_frozen():
+        return "the backbone trains"
+    if model.reads.video:
+        return "its head reads the clip itself"
+    return None
+
+
+def supports_feature_cache(model: nn.Module) -> bool:
+    return feature_cache_refusal(model) is None
 
 
 # --- keys --------------------------------------------------------------------------------------------
@@ -90,10 +105,14 @@ def dataset_fingerprint(dataset: Dataset) -> dict:
             "seed": dataset.seed, "decoder": dataset.decoder}
 
 
-def entry_key(backbone_hash: str, dataset_hash: dict, epoch: int | None, dtype: str, device: torch.device) -> str:
-    """``epoch``: the augmentation epoch of a training copy; None for evaluation views."""
+def entry_key(backbone_hash: str, dataset_hash: dict, epoch: int | None, dtype: str, device: torch.device,
+              reads=None) -> str:
+    """``epoch``: the augmentation epoch of a training copy; None for evaluation views. ``reads``: the
+    model's FeatureRequest; the final tokens alone (the default) leave it out of the key, as before."""
     description = {"version": CACHE_FORMAT_VERSION, "backbone": backbone_hash, "dataset": dataset_hash,
                    "epoch": epoch, "dtype": dtype, "compute": "bf16" if device.type == "cuda" else "fp32"}
+    if reads is not None and not reads.tokens_only:
+        description["reads"] = dataclasses.asdict(reads)
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -101,7 +120,7 @@ def entry_key(backbone_hash: str, dataset_hash: dict, epoch: int | None, dtype: 
 
 @dataclass
 class CacheEntry:
-    tokens: np.ndarray  # (N, V, T, L, D), memory-mapped
+    tokens: np.ndarray  # (N, V, T, L, D) or, packed with intermediates, (N, V, T, S, L, D); memory-mapped
     labels: np.ndarray  # (N,) int64
     failed_count: int  # videos that failed to decode while it was built
     hit: bool  # read from disk (True) or built by this call (False)
@@ -123,9 +142,10 @@ def read_entry(folder: Path, key: str) -> CacheEntry:
 
 
 @torch.no_grad()
-def write_entry(folder: Path, key: str, backbone: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
+def write_entry(folder: Path, key: str, model: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
                 device: torch.device, batch_size: int, num_workers: int) -> None:
-    """Run the backbone over ``dataset`` (augmentation epoch ``epoch``) and store its tokens at ``folder``."""
+    """Run ``model``'s backbone over ``dataset`` (augmentation epoch ``epoch``) and store what its head
+    reads (``pack_features``) at ``folder``."""
     from .runner import autocast
 
     if epoch is not None:
@@ -137,6 +157,7 @@ def write_entry(folder: Path, key: str, backbone: nn.Module, dataset: Dataset, e
     workers = max(num_workers, usable_cpu_count())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     tokens, labels, start = None, np.empty(len(dataset), dtype=np.int64), 0
+    backbone = model.backbone
     was_training = backbone.training
     backbone.eval()
     try:
@@ -144,7 +165,7 @@ def write_entry(folder: Path, key: str, backbone: nn.Module, dataset: Dataset, e
             video = batch["video"].to(device, non_blocking=True)  # (B, V, T, C, H, W)
             b, v = video.shape[:2]
             with autocast(device):
-                out = backbone(video.flatten(0, 1))
+                out = model.pack_features(model.forward_features(video.flatten(0, 1)))
             out = out.float().view(b, v, *out.shape[1:]).cpu().numpy()
             if tokens is None:  # the token shape is known after the first batch
                 tokens = np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=NUMPY_DTYPES[dtype],
@@ -175,12 +196,15 @@ def set_augmentation_epoch(dataset: Dataset, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
-def get_or_build(cache_dir: Path, backbone: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
+def get_or_build(cache_dir: Path, model: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
                  device: torch.device, batch_size: int, num_workers: int, backbone_hash: str | None = None) -> CacheEntry:
-    """The entry for (backbone, dataset, epoch, dtype, device): read when present, else built; an entry
-    that cannot be read is logged and rebuilt."""
-    backbone_hash = backbone_hash or backbone_fingerprint(backbone)
-    key = entry_key(backbone_hash, dataset_fingerprint(dataset), epoch, dtype, device)
+    """The entry for (``model``'s backbone and what its head reads, dataset, epoch, dtype, device): read
+    when present, else built; an entry that cannot be read is logged and rebuilt."""
+    reason = feature_cache_refusal(model)
+    if reason is not None:
+        raise ValueError(f"the feature cache cannot serve this model: {reason}")
+    backbone_hash = backbone_hash or backbone_fingerprint(model.backbone)
+    key = entry_key(backbone_hash, dataset_fingerprint(dataset), epoch, dtype, device, model.reads)
     folder = Path(cache_dir) / key
     if folder.exists():
         try:
@@ -189,7 +213,7 @@ def get_or_build(cache_dir: Path, backbone: nn.Module, dataset: Dataset, epoch: 
             log.warning("feature cache entry unusable, rebuilding it: %s", err)
             shutil.rmtree(folder, ignore_errors=True)
     started = time.time()
-    write_entry(folder, key, backbone, dataset, epoch, dtype, device, batch_size, num_workers)
+    write_entry(folder, key, model, dataset, epoch, dtype, device, batch_size, num_workers)
     entry = read_entry(folder, key)
     entry.hit = False
     log.info("feature cache: stored %s %s in %.1f s (%s)", "x".join(map(str, entry.tokens.shape)), dtype,
@@ -200,7 +224,7 @@ def get_or_build(cache_dir: Path, backbone: nn.Module, dataset: Dataset, epoch: 
 # --- datasets the runner trains and evaluates from ---------------------------------------------------
 
 class CachedFeatures(Dataset):
-    """Items dict(tokens=float32 (V, T, L, D), label) read from cache entries; with several entries
+    """Items dict(tokens=float32 (V, T, L, D) or packed (V, T, S, L, D), label) read from cache entries; with several entries
     (augmented copies), ``set_epoch(e)`` selects copy e mod copies."""
 
     loader_workers = 0  # reading a memory map needs no worker processes
@@ -240,14 +264,14 @@ class FeatureCacheReport:
 def cached_datasets(model: nn.Module, train_set: Dataset, val_set: Dataset, epochs: int, speed, device: torch.device,
                     batch_size: int, num_workers: int, cache_dir: Path | None = None
                     ) -> tuple[CachedFeatures, CachedFeatures, FeatureCacheReport]:
-    """Training copies and evaluation views of ``model``'s backbone features, from the cache or built now."""
+    """Training copies and evaluation views of what ``model``'s head reads, from the cache or built now."""
     started = time.time()
     cache_dir = Path(cache_dir) if cache_dir else default_feature_cache_dir()
     backbone_hash = backbone_fingerprint(model.backbone)
     copies = min(speed.augmented_copies, epochs)  # more copies than epochs would never be read
 
     def entry(dataset, epoch):
-        return get_or_build(cache_dir, model.backbone, dataset, epoch, speed.cache_dtype, device, batch_size,
+        return get_or_build(cache_dir, model, dataset, epoch, speed.cache_dtype, device, batch_size,
                             num_workers, backbone_hash)
 
     train_entries = [entry(train_set, epoch) for epoch in range(copies)]

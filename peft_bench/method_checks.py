@@ -1,9 +1,12 @@
 """Checks of what each registered method claims, measured on randomly initialised backbones.
 
-* :func:`parameter_parity`: every method's trainable and total parameters beside the paper's figure.
+* :func:`parameter_parity`: every method's trainable and total parameters beside the paper's figure
+  (or, for later methods, their authors').
 * :func:`measures_time`: whether a method's output depends on the order of the frames.
 * :func:`frozen_after_step`: whether anything outside a method's trainable set moves in a training step.
+* :func:`params_without_gradient`: trainable parameters that get no finite gradient in a training step.
 * :func:`starts_as_backbone`: how far a method's initial features are from the frozen backbone's.
+* :func:`merge_difference`: for methods that fold into the backbone, merged against unmerged logits.
 
 All use random weights (``pretrained="none"``): they test architectures, never results.
 """
@@ -21,10 +24,12 @@ from torch import Tensor, nn
 from .backbones import NO_WEIGHTS, VideoBackbone, create_backbone
 from .model import count_parameters
 from .reference import reference_text
-from .registry import available_methods, get_method
+from .registry import RunContext, available_methods, get_method
 
-# The paper's table as published (package data; read here without pulling in pandas and mlflow).
+# The paper's table as published and the later methods' authors' figures (package data; read here
+# without pulling in pandas and mlflow).
 PAPER_TABLE_FILE = "paper_cross_modality.csv"
+FOLLOWUPS_FILE = "followups_clip_vitb16.csv"
 
 NOISE_STD = 0.02  # perturbation of trainable parameters in measures_time (ViT's init scale)
 NUM_CLASSES = 10  # head size for the forward checks
@@ -36,11 +41,18 @@ def paper_params_m() -> dict[str, float]:
     return {row["method"]: float(row["params_m"]) for row in rows if row.get("params_m")}
 
 
-def build_method(method_name: str, backbone: VideoBackbone, num_classes: int) -> nn.Module:
-    """The method with its default configuration on ``backbone`` (frozen first, as the runner does)."""
-    spec = get_method(method_name)
-    backbone.requires_grad_(False)
-    return spec.build(backbone, num_classes, spec.make_config())
+def authors_params_m() -> dict[str, float]:
+    """Later methods' trainable parameters (M) as their authors report them; reported, not measured."""
+    rows = csv.DictReader(io.StringIO(reference_text(FOLLOWUPS_FILE)))
+    return {row["method"]: float(row["params_m"]) for row in rows if row.get("params_m")}
+
+
+def build_method(method_name: str, backbone: VideoBackbone, num_classes: int, method_args: dict | None = None,
+                 num_frames: int = 8) -> nn.Module:
+    """The method with its default configuration (or ``method_args``) on ``backbone``, built as the runner
+    builds it (``MethodSpec.create``: backbone frozen, config resolved against the context)."""
+    context = RunContext(num_classes=num_classes, num_frames=num_frames)
+    return get_method(method_name).create(backbone, context, dict(method_args) if method_args else None)
 
 
 def parameter_parity(backbone_name: str, num_classes: int) -> list[dict]:
@@ -49,7 +61,7 @@ def parameter_parity(backbone_name: str, num_classes: int) -> list[dict]:
     Models are built on the meta device (shapes only, no memory, no initialisation), so that counting
     ViT-B/16 for every method takes seconds; a method that cannot be built there is built for real.
     """
-    paper = paper_params_m()
+    paper, authors = paper_params_m(), authors_params_m()
     rows = []
     for name in available_methods():
         spec = get_method(name)
@@ -60,6 +72,8 @@ def parameter_parity(backbone_name: str, num_classes: int) -> list[dict]:
             model = build_method(name, create_backbone(backbone_name, NO_WEIGHTS), num_classes)
         counts = count_parameters(model)
         paper_m = paper.get(name)
+        # A paper row is compared with the paper; a later method with its own authors' figure.
+        reported, reported_by = (paper_m, "paper") if paper_m is not None else (authors.get(name), "authors")
         rows.append({
             "method": name,
             "group": spec.group,
@@ -68,7 +82,9 @@ def parameter_parity(backbone_name: str, num_classes: int) -> list[dict]:
             "trainable": counts.trainable,
             "total": counts.total,
             "paper_m": paper_m,
-            "diff_pct": None if paper_m is None else 100.0 * (counts.trainable / 1e6 - paper_m) / paper_m,
+            "reported_m": reported,
+            "reported_by": reported_by if reported is not None else None,
+            "diff_pct": None if reported is None else 100.0 * (counts.trainable / 1e6 - reported) / reported,
         })
     return rows
 
@@ -89,8 +105,10 @@ def shuffled_order(num_frames: int) -> list[int]:
     return [*range(1, num_frames, 2), *range(0, num_frames, 2)]
 
 
-def measures_time(method_name: str, backbone_name: str = "tiny", num_frames: int = 4) -> bool:
-    """True when the method's output changes once the frames of a clip are shuffled.
+def measures_time(method_name: str, method_args: dict | None = None, backbone_name: str = "tiny",
+                  num_frames: int = 4) -> bool:
+    """True when the method's output changes once the frames of a clip are shuffled, for its default config
+    or ``method_args`` (a run's own config: ST-Adapter with a (1, 1, 1) kernel does not model time).
 
     Trainable parameters get small random noise first, so that zero-initialised layers (temporal
     attention's output, adapters' up-projections) are not trivially the identity. The comparison runs
@@ -99,18 +117,58 @@ def measures_time(method_name: str, backbone_name: str = "tiny", num_frames: int
     initialisation (~1e-6 of the output; within float32 rounding of it).
     """
     torch.manual_seed(0)
-    model = build_method(method_name, create_backbone(backbone_name, NO_WEIGHTS), NUM_CLASSES)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * NOISE_STD)
+    model = build_method(method_name, create_backbone(backbone_name, NO_WEIGHTS), NUM_CLASSES, method_args)
+    perturb_trainable(model)
     model.double().eval()
     clip = _random_clip(model.backbone, num_frames).double()
     with torch.no_grad():
         out = model(clip)
         shuffled = model(clip[:, shuffled_order(num_frames)])
     return not torch.allclose(out, shuffled, rtol=1e-9, atol=1e-12)
+
+
+def perturb_trainable(model: nn.Module, seed: int = 1) -> None:
+    """Small random noise on every trainable parameter, so that zero-initialised layers (temporal
+    attention's output, adapters' up-projections, LoRA's B) are not trivially the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * NOISE_STD)
+
+
+def params_without_gradient(method_name: str, backbone_name: str = "tiny") -> list[str]:
+    """Names of trainable parameters whose gradient is missing or not finite after one training step's
+    backward pass (an empty list is what a method must give): a parameter that trains but never gets a
+    gradient (a wrapped layer the forward never calls) is counted and decayed for nothing."""
+    torch.manual_seed(0)
+    model = build_method(method_name, create_backbone(backbone_name, NO_WEIGHTS), NUM_CLASSES)
+    model.train()
+    clip = _random_clip(model.backbone, num_frames=2)
+    labels = torch.arange(clip.shape[0]) % NUM_CLASSES
+    F.cross_entropy(model(clip), labels).backward()
+    return [name for name, p in model.named_parameters()
+            if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+
+
+def merge_difference(method_name: str, backbone_name: str = "tiny") -> tuple[float, nn.Module, nn.Module]:
+    """(max abs logit difference, unmerged model, merged model) for a method that merges: trainable
+    parameters perturbed (so that the additions are not the identity), then folded into the backbone
+    by the method's ``merge``; both in double precision, in evaluation mode."""
+    spec = get_method(method_name)
+    if spec.merge is None:
+        raise ValueError(f"method '{method_name}' does not declare that it can merge")
+    torch.manual_seed(0)
+    model = build_method(method_name, create_backbone(backbone_name, NO_WEIGHTS), NUM_CLASSES)
+    perturb_trainable(model)
+    model.double().eval()
+    clip = _random_clip(model.backbone, num_frames=4).double()
+    with torch.no_grad():
+        unmerged_logits = model(clip)
+        unmerged = copy.deepcopy(model)
+        merged = spec.merge(model)
+        merged_logits = merged(clip)
+    return (merged_logits - unmerged_logits).abs().max().item(), unmerged, merged
 
 
 def frozen_after_step(method_name: str, backbone_name: str = "tiny") -> list[str]:
@@ -146,4 +204,4 @@ def starts_as_backbone(method_name: str, backbone_name: str = "tiny") -> float:
     model = build_method(method_name, copy.deepcopy(backbone), NUM_CLASSES).eval()
     clip = _random_clip(backbone, num_frames=4)
     with torch.no_grad():
-        return (model.features(clip) - reference.features(clip)).abs().max().item()
+        return (model.pooled_features(clip) - reference.pooled_features(clip)).abs().max().item()

@@ -1,68 +1,247 @@
-"""The video classifier every method builds: backbone -> pooling -> dropout -> linear head.
+"""The video classifier every method builds: backbone -> features -> pooling -> dropout -> head.
 
-The default pooling is the released ST-Adapter code's: temporal mean of the per-frame [CLS] tokens,
-then the backbone's frozen final norm. Methods that pool differently (attentional pooling, X-ViT's
-temporal aggregation) pass their own ``pool`` module.
+The default is the released ST-Adapter code's: temporal mean of the per-frame [CLS] tokens, the
+backbone's frozen final norm, the run's head dropout, a new linear head. A method replaces what it
+changes: ``pool`` (any module reading a :class:`~peft_bench.backbones.base.Features`, of any output
+width), ``head`` (after the run's dropout), and what the backbone hands over (intermediate blocks'
+outputs, their attention q/k, the clip itself). The optimizer side lives here too: which parameters a
+method exempts from weight decay (``no_weight_decay()`` on any submodule) and which optimizer groups it
+declares (``param_groups()`` on any submodule), collected with their paths as open_clip does.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .backbones import VideoBackbone
+from .backbones.base import Features, take_indices
+from .registry import RunContext
+
+log = logging.getLogger(__name__)
 
 
 class ClsTemporalMean(nn.Module):
     """Mean over frames of the [CLS] token, then the backbone's final norm."""
 
-    def forward(self, tokens: Tensor, final_norm: nn.Module) -> Tensor:
-        return final_norm(tokens[:, :, 0].mean(dim=1))
+    def forward(self, features: Features) -> Tensor:
+        return features.final_norm(features.tokens[:, :, 0].mean(dim=1))
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """What the part after the backbone reads besides the final tokens (and what a feature cache keys on)."""
+
+    intermediates: tuple[int, ...] = ()  # block indices whose outputs it reads
+    qk: bool = False  # the attention q and k of those blocks
+    video: bool = False  # the input clip itself
+    frame_stride: int = 1  # the backbone sees every frame_stride-th frame of the clip
+
+    @property
+    def tokens_only(self) -> bool:
+        return self == FeatureRequest()
 
 
 class VideoClassifier(nn.Module):
-    """The head is the same for every method, so rows differ only in what a method adds: its dropout is
-    set by the runner from the recipe (``train.head_dropout``); ``dropout`` here is the default for a model
-    built outside a run."""
+    """Backbone, pooling and head. Rows differ only in what a method adds; by default the head is the
+    same for every method and its dropout is the run's (``RunContext.head_dropout``).
 
-    def __init__(self, backbone: VideoBackbone, num_classes: int, dropout: float = 0.5, pool: nn.Module | None = None):
+    Args:
+        backbone: the (frozen) backbone, with whatever the method put inside it.
+        context: the run's context: the number of classes and the head dropout come from it.
+        pool: ``pool(features) -> (B, feature_dim)``; default :class:`ClsTemporalMean`.
+        head: ``head(pooled) -> logits``, after the run's dropout; default a new ``nn.Linear``.
+        feature_dim: the pool's output width (default the backbone's width), for the default head.
+        intermediates: blocks whose outputs the pool reads, in timm's convention (``()`` none, None all,
+            an int n the last n, a list of indices; negatives count from the end).
+        qk: the pool also reads those blocks' attention q and k.
+        video: the pool also reads the input clip (a side network of its own); a feature cache cannot serve it.
+        frame_stride: the backbone sees every ``frame_stride``-th frame (a side network may read all of them).
+    """
+
+    def __init__(self, backbone: VideoBackbone, context: RunContext, *, pool: nn.Module | None = None,
+                 head: nn.Module | None = None, feature_dim: int | None = None,
+                 intermediates: int | Sequence[int] | None = (), qk: bool = False, video: bool = False,
+                 frame_stride: int = 1):
         super().__init__()
+        if not isinstance(context, RunContext) or context.num_classes is None:
+            raise TypeError("VideoClassifier needs the run's RunContext, with num_classes")
+        if frame_stride < 1:
+            raise ValueError(f"frame_stride must be at least 1, got {frame_stride}")
         self.backbone = backbone
         self.pool = pool if pool is not None else ClsTemporalMean()
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.width, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.dropout = nn.Dropout(context.head_dropout)
+        if head is None:
+            head = nn.Linear(feature_dim or backbone.width, context.num_classes)
+            nn.init.trunc_normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+        self.head = head
+        self.reads = FeatureRequest(tuple(take_indices(intermediates, len(backbone.blocks))), qk, video, frame_stride)
 
     def backbone_is_frozen(self) -> bool:
         """True when nothing inside the backbone trains: what the method adds sits after it (linear probe,
         attentional pooling). Read from ``requires_grad``, so a new method needs no list to join."""
         return not any(p.requires_grad for p in self.backbone.parameters())
 
-    def backbone_tokens(self, video: Tensor) -> Tensor:
-        """(B, T, C, H, W) -> the backbone's final tokens (B, T, L, D).
+    def forward_features(self, video: Tensor) -> Features:
+        """(B, T, C, H, W) -> what the pool reads: final tokens and what the method asked for.
 
         A frozen backbone runs without autograd: no graph, no saved activations, nothing to go back
         through; the gradient of the trainable layers after it does not need any of it. (Frozen weights on
         an input without grad already give autograd nothing to record; no_grad makes it a guarantee,
         whatever the input.)"""
-        if self.backbone_is_frozen():
-            with torch.no_grad():
-                return self.backbone(video)
-        return self.backbone(video)
+        frames = video[:, ::self.reads.frame_stride] if self.reads.frame_stride > 1 else video
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_is_frozen()):
+            features = self.backbone.forward_intermediates(frames, list(self.reads.intermediates), qk=self.reads.qk)
+        if self.reads.video:
+            features.video = video
+        return features
 
-    def head_from_tokens(self, tokens: Tensor) -> Tensor:
-        """Backbone tokens (B, T, L, D) -> logits: everything after the backbone (what a feature cache feeds)."""
-        return self.head(self.dropout(self.pool(tokens, self.backbone.final_norm)))
+    def backbone_tokens(self, video: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> the backbone's final tokens (B, T, L, D)."""
+        return self.forward_features(video).tokens
 
-    def features(self, video: Tensor) -> Tensor:
-        """(B, T, C, H, W) -> pooled features (B, D)."""
-        return self.pool(self.backbone_tokens(video), self.backbone.final_norm)
+    def forward_head(self, features: Features) -> Tensor:
+        """Everything after the backbone: pooling, the run's dropout, the head."""
+        return self.head(self.dropout(self.pool(features)))
+
+    def pooled_features(self, video: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> what the head classifies (B, feature_dim)."""
+        return self.pool(self.forward_features(video))
 
     def forward(self, video: Tensor) -> Tensor:
-        return self.head_from_tokens(self.backbone_tokens(video))
+        return self.forward_head(self.forward_features(video))
+
+    # -- features as one tensor (what a feature cache stores) ------------------------------------------
+
+    def pack_features(self, features: Features) -> Tensor:
+        """The features the pool reads as one tensor: the final tokens (B, T, L, D) alone, or, when it reads
+        more, (B, T, S, L, D) with S streams: tokens, each intermediate block, then each block's q and k
+        (heads merged). Whatever is stored can be indexed per clip and per view like the tokens."""
+        if self.reads.video:
+            raise ValueError("features that include the input clip cannot be packed into one tensor")
+        if self.reads.tokens_only:
+            return features.tokens
+        streams = [features.tokens] + [features.intermediates[i] for i in self.reads.intermediates]
+        for i in self.reads.intermediates if self.reads.qk else ():
+            streams += [merge_frame_heads(t) for t in features.qk[i]]
+        return torch.stack(streams, dim=2)
+
+    def unpack_features(self, packed: Tensor) -> Features:
+        if self.reads.tokens_only:
+            return Features(packed, self.backbone.final_norm)
+        streams = iter(packed.unbind(dim=2))
+        tokens = next(streams)
+        intermediates = {i: next(streams) for i in self.reads.intermediates}
+        qk = {}
+        if self.reads.qk:
+            for i in self.reads.intermediates:
+                qk[i] = (split_frame_heads(next(streams), self.backbone.num_heads),
+                         split_frame_heads(next(streams), self.backbone.num_heads))
+        return Features(tokens, self.backbone.final_norm, intermediates, qk)
+
+    def head_from_tokens(self, packed: Tensor) -> Tensor:
+        """Packed features (see :meth:`pack_features`) -> logits: what a feature cache feeds."""
+        return self.forward_head(self.unpack_features(packed))
+
+
+def merge_frame_heads(x: Tensor) -> Tensor:
+    """(B, T, heads, L, d) -> (B, T, L, heads * d)."""
+    b, t, heads, length, d = x.shape
+    return x.transpose(2, 3).reshape(b, t, length, heads * d)
+
+
+def split_frame_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, T, L, D) -> (B, T, heads, L, D / heads)."""
+    b, t, length, dim = x.shape
+    return x.view(b, t, length, num_heads, dim // num_heads).transpose(2, 3)
+
+
+# --- optimizer groups and weight-decay exemptions ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """A method's optimizer group: the trainable parameters matching ``patterns`` (fnmatch, relative to
+    the module that declares it) learn at ``lr * lr_mult`` with ``weight_decay * decay_mult``."""
+
+    name: str
+    patterns: tuple[str, ...]
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+
+
+def _declared(model: nn.Module, method: str):
+    """(path prefix, value) of every submodule's ``method()`` (open_clip's collect_no_weight_decay): a
+    declaration nested at ``backbone.blocks.3.inner`` is not lost, and its names stay relative to it."""
+    for path, module in model.named_modules():
+        declare = getattr(module, method, None)
+        if callable(declare):
+            yield (f"{path}." if path else ""), declare()
+
+
+def no_weight_decay_patterns(model: nn.Module) -> set[str]:
+    """Every ``no_weight_decay()`` name or fnmatch pattern in ``model``, prefixed with its module's path."""
+    return {prefix + name for prefix, names in _declared(model, "no_weight_decay") for name in names}
+
+
+def declared_param_groups(model: nn.Module) -> list[ParamGroup]:
+    return [ParamGroup(group.name, tuple(prefix + p for p in group.patterns), group.lr_mult, group.decay_mult)
+            for prefix, groups in _declared(model, "param_groups") for group in groups]
+
+
+def matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0,
+                           pretrained: set[int] | frozenset[int] = frozenset()) -> list[dict]:
+    """AdamW parameter groups over the trainable parameters of ``model``, each named (and logged).
+
+    Weight decay goes to tensors of 2 or more dimensions (not biases, norms or other 1-D tensors) that no
+    module exempts with ``no_weight_decay()``; the ndim rule beats name matching (open_clip's reasoning:
+    it does not depend on how a library names its norms). Parameters in ``pretrained`` (ids of the
+    backbone's own weights) learn at ``lr * backbone_lr_scale``: what a method adds starts from scratch,
+    what it fine-tunes should not be pushed as hard. A method's ``param_groups()`` multiply both.
+    """
+    exempt = no_weight_decay_patterns(model)
+    declared = declared_param_groups(model)
+    buckets: dict[tuple[str, bool, bool], list[nn.Parameter]] = {}
+    multipliers = {"": (1.0, 1.0), **{g.name: (g.lr_mult, g.decay_mult) for g in declared}}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        group = next((g.name for g in declared if matches(name, g.patterns)), "")
+        decays = p.ndim > 1 and not matches(name, exempt) and multipliers[group][1] > 0
+        buckets.setdefault((group, decays, id(p) in pretrained), []).append(p)
+    if not buckets:
+        raise ValueError("the method left no trainable parameters")
+    groups = []
+    for (group, decays, is_pretrained), params in sorted(buckets.items()):
+        lr_mult, decay_mult = multipliers[group]
+        label = " ".join(part for part in (group or "default", "pretrained" if is_pretrained else "new",
+                                           "decay" if decays else "no-decay"))
+        groups.append({"params": params, "name": label,
+                       "lr": lr * lr_mult * (backbone_lr_scale if is_pretrained else 1.0),
+                       "weight_decay": weight_decay * decay_mult if decays else 0.0})
+    return groups
+
+
+def log_param_groups(groups: list[dict], exempt: set[str]) -> None:
+    for group in groups:
+        log.info("optimizer group %-28s %4d tensors %12s parameters  lr %.3g  weight decay %.3g", group["name"],
+                 len(group["params"]), f"{sum(p.numel() for p in group['params']):,}", group["lr"],
+                 group["weight_decay"])
+    if exempt:
+        log.info("no weight decay by declaration: %s", ", ".join(sorted(exempt)))
+
+
+# --- counting and trainable state -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 Filled markers are measured here (mean over seeds, ± sample std as an error bar); hollow markers of the
 same shape and colour are the paper's figures, drawn only in panels the paper reports (CLIP or IN-21K
-ViT-B/16 on K400 or SSv2). Every marker carries a ``gid`` ("measured:<method>" or "paper:<method>") so
-that tests and other tools can find them in the figure or the SVG.
+ViT-B/16 on K400 or SSv2). Methods published after the paper are drawn too, labelled as later methods
+in the legend, with their authors' figures as larger, thick-edged hollow markers where they report both a
+top-1 and a trainable-parameter count (CLIP ViT-B/16 on K400 or SSv2). Every marker carries a ``gid``
+("measured:<method>", "paper:<method>" or "authors:<method>") so that tests and other tools can find
+them in the figure or the SVG.
 """
 from __future__ import annotations
 
@@ -20,13 +23,16 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from peft_bench.registry import LATER_METHODS  # noqa: E402
 from peft_bench.table import (  # noqa: E402
+    authors_column,
     benchmark_runs,
     column_name,
+    followups_table,
+    ordered_methods,
     paper_column,
     paper_method_order,
     paper_table,
-    rank_in,
 )
 
 MARKERS = "osD^v<>pP*Xh"
@@ -63,10 +69,19 @@ def paper_points(backbone: str, dataset: str) -> list[Point]:
             for row in paper.itertuples(index=False)]
 
 
-def method_styles(methods: list[str]) -> dict[str, tuple[str, str]]:
+def authors_points(backbone: str, dataset: str, later: set[str]) -> list[Point]:
+    """The later methods' authors' (params, top-1) for this panel, where they report both."""
+    column = authors_column(backbone, dataset)
+    if column is None:
+        return []
+    reported = followups_table().dropna(subset=[column, "params_m"])
+    return [Point(str(row.method), float(row.params_m) * 1e6, float(getattr(row, column)))
+            for row in reported.itertuples(index=False) if row.method in later]
+
+
+def method_styles(methods: list[str], later: set[str] = frozenset()) -> dict[str, tuple[str, str]]:
     """(marker, colour) per method, fixed across panels; paper order first so the styles are stable."""
-    order = paper_method_order()
-    ordered = sorted(set(methods), key=lambda method: rank_in(order, method))
+    ordered = ordered_methods(sorted(set(methods)), paper_method_order(), later)
     colours = plt.get_cmap("tab10").colors
     return {method: (MARKERS[i % len(MARKERS)], colours[i % len(colours)]) for i, method in enumerate(ordered)}
 
@@ -78,22 +93,28 @@ def figure1(runs: pd.DataFrame, every_run: bool = False) -> Figure:
     if not panels:
         raise ValueError("no run with both a top-1 and a trainable-parameter count: nothing to plot")
     keys = sorted(panels)
+    later = set(used.loc[used["group"] == LATER_METHODS, "method"].astype(str))
     paper = {key: paper_points(*key) for key in keys}
-    styles = method_styles([p.method for points in [*panels.values(), *paper.values()] for p in points])
+    authors = {key: authors_points(*key, later) for key in keys}
+    styles = method_styles([p.method for points in [*panels.values(), *paper.values()] for p in points], later)
     figure, axes = plt.subplots(1, len(keys), figsize=(PANEL_SIZE[0] * len(keys), PANEL_SIZE[1]), squeeze=False)
     for axis, key in zip(axes[0], keys):
-        draw_panel(axis, key, panels[key], paper[key], styles)
-    add_legend(figure, styles, any(paper.values()))
+        draw_panel(axis, key, panels[key], paper[key], styles, authors[key])
+    add_legend(figure, styles, any(paper.values()), later, any(authors.values()))
     figure.tight_layout(rect=(0, 0, 1, 0.86))
     return figure
 
 
 def draw_panel(axis, key: tuple[str, str], measured: list[Point], paper: list[Point],
-               styles: dict[str, tuple[str, str]]) -> None:
+               styles: dict[str, tuple[str, str]], authors: list[Point] = ()) -> None:
     for point in paper:
         marker, colour = styles[point.method]
         axis.plot([point.params], [point.top1], linestyle="none", marker=marker, markersize=8,
                   markerfacecolor="none", markeredgecolor=colour, gid=f"paper:{point.method}")
+    for point in authors:
+        marker, colour = styles[point.method]
+        axis.plot([point.params], [point.top1], linestyle="none", marker=marker, markersize=11,
+                  markerfacecolor="none", markeredgecolor=colour, markeredgewidth=1.8, gid=f"authors:{point.method}")
     for point in measured:
         marker, colour = styles[point.method]
         if not math.isnan(point.std):
@@ -107,13 +128,18 @@ def draw_panel(axis, key: tuple[str, str], measured: list[Point], paper: list[Po
     axis.grid(True, which="major", alpha=0.3)
 
 
-def add_legend(figure: Figure, styles: dict[str, tuple[str, str]], has_paper: bool) -> None:
-    handles = [Line2D([], [], linestyle="none", marker=marker, color=colour, label=method)
+def add_legend(figure: Figure, styles: dict[str, tuple[str, str]], has_paper: bool, later: set[str] = frozenset(),
+               has_authors: bool = False) -> None:
+    handles = [Line2D([], [], linestyle="none", marker=marker, color=colour,
+                      label=f"{method} (later method)" if method in later else method)
                for method, (marker, colour) in styles.items()]
     handles.append(Line2D([], [], linestyle="none", marker="o", color="grey", label="measured here"))
     if has_paper:
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
                               markeredgecolor="grey", label="paper (reported)"))
+    if has_authors:
+        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgewidth=1.8,
+                              markeredgecolor="grey", label="later method's authors (reported)"))
     figure.legend(handles=handles, loc="upper center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
 
 

@@ -4,17 +4,26 @@ plugins add more.
 A method is one file with a config dataclass (defaults follow the paper) and a ``build`` function::
 
     @register_method("my_method", config=MyConfig, group="Adapter", architecture="SA", models_time=False)
-    def build(backbone: VideoBackbone, num_classes: int, cfg: MyConfig) -> VideoClassifier:
+    def build(backbone: VideoBackbone, context: RunContext, cfg: MyConfig) -> VideoClassifier:
         ...
 
-``build`` receives a backbone whose parameters are all frozen; whatever the method adds is trainable
-by default, and a method that trains backbone weights (full or partial fine-tuning) unfreezes them
-itself. Methods are found without a central list: every module of the ``peft_bench.methods`` package, every
-``peft_bench.methods`` entry point of installed packages, and any file given with ``--plugin``.
+``build`` receives a backbone whose parameters are all frozen, the run's :class:`RunContext` (classes,
+frames, dataset, the run's head dropout) and the method's config, already resolved against that context:
+a field declared with :func:`from_context` and left at None takes the run's value (peft's "None means
+take it from the model"), and the resolved config is what a run records and hashes. Whatever the method
+adds is trainable by default; a method that trains backbone weights (full or partial fine-tuning)
+unfreezes them itself. ``MethodSpec.create`` is the one way to build a method: it freezes, resolves and
+calls ``build``. Methods are found without a central list: every module of the ``peft_bench.methods`` package,
+every ``peft_bench.methods`` entry point of installed packages, and any file given with ``--plugin``.
+
+Methods published after the ST-Adapter paper register with ``group=LATER_METHODS``: the table and
+Figure 1 put them after the paper's groups, labelled as later methods. A method whose additions fold
+into the backbone's weights after training passes ``merge`` (a function model -> merged model).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -30,6 +39,45 @@ from .dataclass_io import ConfigError, from_dict, to_dict
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "peft_bench.methods"
+# The group of every method published after the ST-Adapter paper (AIM, EVL, DiST, ZeroI2V, the generic
+# PEFT baselines): rows after the paper's groups, labelled as later methods.
+LATER_METHODS = "Later methods"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may know about the run it is built for.
+
+    ``num_classes`` and ``head_dropout`` size the shared head; ``num_frames`` is the clip length the run
+    samples (what ``from_context("num_frames")`` fields take); ``dataset`` and ``class_names`` name the
+    data; ``backbone`` and ``input_size`` are filled from the backbone by ``MethodSpec.create``. Fields
+    a caller cannot know yet (the classes, while a config is being resolved) are None.
+    """
+
+    num_classes: int | None = None
+    num_frames: int = 8
+    dataset: str | None = None
+    class_names: tuple[str, ...] | None = None
+    head_dropout: float = 0.5
+    backbone: Any = None  # BackboneInfo
+    input_size: int | None = None
+
+
+def from_context(key: str, help: str = "") -> Any:
+    """A method-config field that defaults to the run's value of ``RunContext.<key>`` (None until resolved)."""
+    if key not in {f.name for f in dataclasses.fields(RunContext)}:
+        raise ValueError(f"RunContext has no field '{key}'")
+    return field(default=None, metadata={"from_context": key, "help": help})
+
+
+def resolve_from_context(cfg: Any, context: RunContext) -> Any:
+    """``cfg`` with every ``from_context`` field that is None set to the context's value (checks re-run)."""
+    updates = {}
+    for f in dataclasses.fields(cfg):
+        key = f.metadata.get("from_context")
+        if key is not None and getattr(cfg, f.name) is None and getattr(context, key) is not None:
+            updates[f.name] = getattr(context, key)
+    return dataclasses.replace(cfg, **updates) if updates else cfg
 
 
 @dataclass(frozen=True)
@@ -37,14 +85,25 @@ class MethodSpec:
     name: str
     build: Callable[..., Any]
     config_class: type
-    group: str  # the paper's row group, e.g. "Full fine-tuning"
+    group: str  # the paper's row group, e.g. "Full fine-tuning"; LATER_METHODS for methods after it
     architecture: str  # "SA", "SA+TA" or "SA+TS"
     models_time: bool  # as declared; `peft-bench methods --check` measures it
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = ""  # the module it came from
+    merge: Callable[[Any], Any] | None = None  # folds the trained additions into the backbone's weights
 
-    def make_config(self, preset: str | list[str] | None = None, overrides: dict[str, Any] | None = None):
-        """The config: class defaults, then each named preset the method has (in order), then overrides.
+    @property
+    def later(self) -> bool:
+        return self.group == LATER_METHODS
+
+    @property
+    def mergeable(self) -> bool:
+        return self.merge is not None
+
+    def make_config(self, preset: str | list[str] | None = None, overrides: dict[str, Any] | None = None,
+                    context: RunContext | None = None):
+        """The config: class defaults, then each named preset the method has (in order), then overrides,
+        then (with a context) the fields left to the run filled from it.
 
         Presets are named after datasets (the released K400 / SSv2 configurations) or after backbones
         (how a method scales to one, e.g. a bottleneck width for the narrow `tiny`).
@@ -54,12 +113,26 @@ class MethodSpec:
             values.update(self.presets.get(name, {}))
         values.update(overrides or {})
         try:
-            return from_dict(self.config_class, values, prefix="method.")
-        except ConfigError as err:
+            cfg = from_dict(self.config_class, values, prefix="method.")
+            return cfg if context is None else resolve_from_context(cfg, context)
+        except (ConfigError, TypeError, ValueError) as err:
             raise ConfigError(f"method '{self.name}': {err}") from None
 
     def default_config_dict(self, preset: str | None = None) -> dict[str, Any]:
         return to_dict(self.make_config(preset))
+
+    def create(self, backbone, context: RunContext, cfg: Any = None):
+        """The method on ``backbone`` for ``context``: the backbone frozen, ``cfg`` (a config, a dict of
+        overrides, or None for the defaults) resolved against the context, then ``build``."""
+        if context.num_classes is None:
+            raise ValueError("building a method needs the run's number of classes (RunContext.num_classes)")
+        context = dataclasses.replace(context, backbone=backbone.info, input_size=backbone.input_size)
+        if cfg is None or isinstance(cfg, dict):
+            cfg = self.make_config(None, cfg, context)
+        else:
+            cfg = resolve_from_context(cfg, context)
+        backbone.requires_grad_(False)
+        return self.build(backbone, context, cfg)
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -67,15 +140,15 @@ _discovered = False
 
 
 def register_method(name: str, *, config: type, group: str, architecture: str, models_time: bool,
-                    presets: dict[str, dict[str, Any]] | None = None):
-    """Decorator for a method's ``build(backbone, num_classes, cfg)`` function."""
+                    presets: dict[str, dict[str, Any]] | None = None, merge: Callable[[Any], Any] | None = None):
+    """Decorator for a method's ``build(backbone, context, cfg)`` function."""
 
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
         previous = _METHODS.get(name)
         if previous is not None and previous.source != build.__module__:
             raise ValueError(f"method '{name}' is registered twice: by {previous.source} and by {build.__module__}")
         _METHODS[name] = MethodSpec(name, build, config, group, architecture, models_time, dict(presets or {}),
-                                    build.__module__)
+                                    build.__module__, merge)
         return build
 
     return decorate

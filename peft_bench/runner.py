@@ -1,7 +1,8 @@
 """The one runner every method shares: frozen backbone + method -> train -> multi-view evaluation.
 
 The method decides what it adds and what trains (``requires_grad``); the runner gives gradients and
-optimizer state to those parameters only. AdamW without decay on 1-D parameters, linear warm-up then
+optimizer state to those parameters only. AdamW without decay on 1-D parameters and on what the model
+declares in ``no_weight_decay()``, with the method's own parameter groups, linear warm-up then
 cosine (per step), bf16 autocast on GPU and fp32 on CPU, top-1/top-5 over softmax-averaged views.
 Checkpoints hold the trainable state, optimizer, scheduler, RNG states, the position within the epoch
 and the mlflow run id, so that ``--resume`` continues the same run from the step it stopped at. They are
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import math
 import os
@@ -33,9 +35,10 @@ from .config import RunConfig
 from .data import build_dataset
 from .data.decode import decoder_provenance
 from .efficiency import apply_speed_options
-from .model import count_parameters, load_trainable_state_dict, trainable_state_dict
+from .model import (count_parameters, load_trainable_state_dict, log_param_groups, no_weight_decay_patterns,
+                    optimizer_param_groups, trainable_state_dict)
 from .method_checks import measures_time
-from .registry import get_method
+from .registry import RunContext, get_method
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +70,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: RunConfig, num_classes: int, backbone=None) -> nn.Module:
-    """The backbone, frozen, with the method's additions; only what the method trains has requires_grad."""
+def run_context(cfg: RunConfig, num_classes: int | None = None, class_names=None) -> RunContext:
+    """What the method may know about this run (its config's ``from_context`` fields are filled from it)."""
+    return RunContext(num_classes=num_classes, num_frames=cfg.num_frames, dataset=cfg.dataset,
+                      class_names=tuple(class_names) if class_names is not None else None,
+                      head_dropout=cfg.train.head_dropout)
+
+
+def build_model(cfg: RunConfig, num_classes: int, backbone=None, class_names=None) -> nn.Module:
+    """The backbone, frozen, with the method's additions; only what the method trains has requires_grad.
+    The head, and its dropout, are the run's (``train.head_dropout``), the same whatever the method."""
     spec = get_method(cfg.method)
     backbone = backbone if backbone is not None else create_backbone(cfg.backbone, cfg.pretrained)
-    backbone.requires_grad_(False)
-    model = spec.build(backbone, num_classes, spec.make_config(None, cfg.method_args))
-    model.dropout.p = cfg.train.head_dropout  # the head is the run's, the same whatever the method
-    return model
+    return spec.create(backbone, run_context(cfg, num_classes, class_names), cfg.method_args)
 
 
 def make_optimizer(model: nn.Module, cfg, pretrained: set[int] | frozenset[int] = frozenset()) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only.
-
-    No weight decay on biases, norms and other 1-D tensors. Parameters in ``pretrained`` (ids of the
-    backbone's own weights) learn at ``lr * backbone_lr_scale``: what a method adds starts from scratch,
-    what it fine-tunes should not be pushed as hard.
+    """AdamW over the trainable parameters only, in the groups ``model.optimizer_param_groups`` makes:
+    no weight decay on biases, norms and other 1-D tensors, nor on what the model's modules declare in
+    ``no_weight_decay()``; the backbone's own weights (``pretrained``, their ids) at ``lr *
+    backbone_lr_scale``; a method's declared ``param_groups()`` with their multipliers. The groups are logged.
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            groups.setdefault((p.ndim > 1, id(p) in pretrained), []).append(p)
-    if not groups:
-        raise ValueError("the method left no trainable parameters")
-    return torch.optim.AdamW([
-        {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0,
-         "lr": cfg.lr * (cfg.backbone_lr_scale if is_pretrained else 1.0)}
-        for (decays, is_pretrained), params in sorted(groups.items())
-    ], lr=cfg.lr)
+    groups = optimizer_param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale, pretrained)
+    log_param_groups(groups, no_weight_decay_patterns(model))
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
@@ -297,7 +296,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
 
     pretrained = backbone.info.pretrained
     pretrained_ids = {id(p) for p in backbone.parameters()}
-    model = build_model(cfg, train_set.num_classes, backbone).to(device)
+    model = build_model(cfg, train_set.num_classes, backbone, getattr(train_set, "class_names", None)).to(device)
     counts = count_parameters(model)
     step_model, applied = apply_speed_options(model, cfg.speed, device)  # step_model: compiled, if asked
     if applied:
@@ -344,7 +343,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             tracker.log_config(_config_for_tracking(cfg))
             tracker.log_environment()
             with torch.random.fork_rng():  # the check must not shift this run's random stream
-                models_time = _measured_models_time(cfg.method, spec.build)
+                models_time = _measured_models_time(cfg.method, spec.build, json.dumps(cfg.method_args, sort_keys=True),
+                                                    cfg.backbone)
             tracker.set_tags({
                 "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
                 "peft_bench.dataset": cfg.dataset, "peft_bench.seed": str(cfg.seed),
@@ -401,22 +401,29 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
 
 
 @functools.lru_cache(maxsize=None)
-def _measured_models_time(method: str, build) -> bool:
-    """measures_time once per method and process (keyed by its build function too, so a plugin that
-    re-registers the name is measured again): a sweep runs each method on several datasets and seeds."""
-    return measures_time(method)
+def _measured_models_time(method: str, build, method_args: str, backbone: str) -> bool:
+    """measures_time of the run's own method config (JSON), once per config and process (keyed by the build
+    function too, so a plugin that re-registers the name is measured again): a sweep repeats configs.
+    On the small tiny backbone, unless the config names blocks tiny does not have: then on the run's own
+    backbone, with random weights."""
+    try:
+        return measures_time(method, json.loads(method_args))
+    except ValueError as err:
+        log.info("measuring temporal modelling on %s: %s", backbone, err)
+        return measures_time(method, json.loads(method_args), backbone_name=backbone)
 
 
 def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_size: int):
     """(train set, val set, tag): cached backbone features when ``speed.feature_cache`` is on and nothing in
     the backbone trains; otherwise the clip datasets unchanged. The tag records the choice with the run."""
-    from .feature_cache import cached_datasets, supports_feature_cache
+    from .feature_cache import cached_datasets, feature_cache_refusal
 
     if not cfg.speed.feature_cache:
         return train_set, val_set, "off"
-    if not supports_feature_cache(model):
-        log.warning("%s trains inside the backbone: the feature cache does not apply, training on clips", cfg.method)
-        return train_set, val_set, "off: the backbone trains"
+    refusal = feature_cache_refusal(model)
+    if refusal is not None:
+        log.warning("%s: the feature cache cannot serve it (%s); training on clips", cfg.method, refusal)
+        return train_set, val_set, f"off: {refusal}"
     train_set, val_set, report = cached_datasets(model, train_set, val_set, cfg.train.epochs, cfg.speed, device,
                                                  batch_size, cfg.train.num_workers)
     log.info("feature cache: %d entries read, %d built in %.1f s", report.hits, report.misses, report.seconds)

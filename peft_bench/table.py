@@ -3,7 +3,9 @@
 Every measured number comes from a run in the tracking store. The paper's tables (package data,
 ``peft_bench/reference/paper_*.csv``) are *reported by others*: they give the order of the rows, and their figures
 appear only in columns (``--with-paper``) or rows (``--kind k400|ssv2``) labelled as the paper's, never
-in a measured cell. Rendering is ``table_output``'s job, the footer ``provenance``'s, Figure 1 ``plot``'s.
+in a measured cell. Methods published after the paper (group ``Later methods``) come after the paper's
+groups; their authors' figures (``results/followups_clip_vitb16.csv``) appear only in columns labelled
+as the authors'. Rendering is ``table_output``'s job, the footer ``provenance``'s, Figure 1 ``plot``'s.
 """
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ from mlflow.tracking import MlflowClient
 from peft_bench.benchmarks import recipe_folder
 from peft_bench.provenance import provenance
 from peft_bench.reference import reference_text
+from peft_bench.registry import LATER_METHODS
 from peft_bench.table_output import FORMATS, TableReport, render_report
 from peft_bench.tracking import TAG_PREFIX, quiet_mlflow_logging
 
-# The paper's figures are package data (peft_bench/reference; results/paper_*.csv link to them).
+# The reported figures are package data (peft_bench/reference; results/*.csv of the same names link to them).
 PAPER_TABLE_FILE = "paper_cross_modality.csv"
+FOLLOWUPS_FILE = "followups_clip_vitb16.csv"
 TABLE_FILE_NAME = "cross_modality.csv"
 
 # A run is identified by these; reruns of the same key replace each other (latest_per_key).
@@ -220,7 +224,8 @@ def cross_modality_table(
     """The cross-modality table of the runs in ``df`` (as from ``load_runs``), all cells text.
 
     Rows: the methods that have runs, in ``method_order`` (default: the paper's row order), then any
-    others alphabetically. Columns: ``group``, ``architecture``, ``models time`` (from the runs' tags),
+    others alphabetically, then the later methods (group ``Later methods``: the authors' reference file's
+    order, then alphabetically). Columns: ``group``, ``architecture``, ``models time`` (from the runs' tags),
     ``params (M)``, then one top-1 column per (backbone, dataset) that has runs, named
     ``"<backbone> / <dataset>"``, sorted by backbone then dataset.
 
@@ -235,7 +240,8 @@ def cross_modality_table(
     """
     runs = benchmark_runs(df, every_run)
     order = paper_method_order() if method_order is None else method_order
-    methods = ordered_methods(runs["method"].unique().tolist(), order)
+    later = set(runs.loc[runs["group"] == LATER_METHODS, "method"])
+    methods = ordered_methods(runs["method"].unique().tolist(), order, later)
     result_columns = result_column_pairs(runs)
     table = pd.DataFrame(
         "",
@@ -257,10 +263,22 @@ def paper_method_order() -> list[str]:
     return paper_table()["method"].tolist()
 
 
-def ordered_methods(methods: list[str], order: list[str]) -> list[str]:
+def ordered_methods(methods: list[str], order: list[str], later=frozenset()) -> list[str]:
+    """The paper's rows in ``order``, then other methods alphabetically, then the ``later`` ones after the
+    paper's groups (in the authors' reference file's order, then alphabetically)."""
     known = [method for method in order if method in methods]
-    others = sorted(method for method in methods if method not in order)
-    return known + others
+    others = sorted(method for method in methods if method not in order and method not in later)
+    reference = followups_table()["method"].tolist()
+    late = sorted((method for method in methods if method in later and method not in order),
+                  key=lambda method: rank_in(reference, method))
+    return known + others + late
+
+
+def registered_method_order(methods: list[str]) -> list[str]:
+    """``ordered_methods`` for registered methods: the later ones known from the registry."""
+    from peft_bench.registry import get_method
+
+    return ordered_methods(methods, paper_method_order(), {m for m in methods if get_method(m).later})
 
 
 def result_column_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -408,14 +426,24 @@ def is_ssv2(dataset: str) -> bool:
     return str(dataset).lower() in SSV2_NAMES
 
 
-def with_paper_columns(table: pd.DataFrame, means: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """``table`` with "<column> paper" and "<column> Δ" beside every column the paper also reports.
+def authors_column(backbone: str, dataset: str) -> str | None:
+    """The later methods' reference column for a harness (backbone, dataset): CLIP ViT-B/16 on K400/SSv2."""
+    if str(backbone) != "clip_vitb16":
+        return None
+    return "k400_top1" if is_k400(dataset) else "ssv2_top1" if is_ssv2(dataset) else None
 
-    ``means`` holds the measured means (same index, the table's result columns). The paper's
-    figures only ever go into the columns labelled paper; a measured cell with no run stays empty and
-    so does its difference. Returns the table and the columns that got a paper figure.
+
+def with_paper_columns(table: pd.DataFrame, means: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``table`` with "<column> paper" and "<column> Δ" beside every column the paper also reports, and
+    "<column> authors" where a later method's authors report a figure for that column.
+
+    ``means`` holds the measured means (same index, the table's result columns). The paper's figures
+    only ever go into the columns labelled paper and the later methods' authors' into those labelled
+    authors; Δ is the measured mean minus whichever of the two the row has. A measured cell with no run
+    stays empty and so does its difference. Returns the table and the columns that got a reported figure.
     """
     paper = paper_table().set_index("method")
+    authors = later_authors(table)
     compared = table.copy()
     matched: list[str] = []
     for column in [c for c in table.columns if c not in DESCRIPTION_COLUMNS]:
@@ -428,12 +456,28 @@ def with_paper_columns(table: pd.DataFrame, means: pd.DataFrame) -> tuple[pd.Dat
         measured = means[column] if column in means else pd.Series(float("nan"), index=table.index)
         at = compared.columns.get_loc(column) + 1
         compared.insert(at, f"{column} paper", reported.map(format_reported))
+        by_authors = authors_column(backbone, dataset)
+        if by_authors is not None and authors[by_authors].notna().any():
+            theirs = authors[by_authors].reindex(table.index)
+            at += 1
+            compared.insert(at, f"{column} authors", theirs.map(format_reported))
+            reported = reported.fillna(theirs)
         compared.insert(at + 1, f"{column} Δ", (measured - reported).map(format_difference))
     if matched:
         at = compared.columns.get_loc("params (M)") + 1
         params = paper["params_m"].reindex(table.index)
         compared.insert(at, "params (M) paper", params.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"))
+        if authors["params_m"].notna().any():
+            theirs = authors["params_m"].reindex(table.index)
+            compared.insert(at + 1, "params (M) authors", theirs.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"))
     return compared, matched
+
+
+def later_authors(table: pd.DataFrame) -> pd.DataFrame:
+    """The authors' figures of the table's later-method rows (indexed by method; empty for other rows)."""
+    followups = followups_table().set_index("method")
+    later = [m for m in table.index if table.loc[m, "group"] == LATER_METHODS and m in followups.index]
+    return followups.loc[later, ["k400_top1", "ssv2_top1", "params_m"]]
 
 
 def split_column_name(column: str) -> tuple[str, str]:
@@ -597,7 +641,11 @@ def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_pape
         if matched:
             notes.append(f"columns marked paper: figures reported by {PAPER_SOURCE} "
                          "(peft_bench/reference/paper_cross_modality.csv), not measured here; Δ = measured mean − paper")
-        else:
+        authors = any(str(column).endswith(" authors") for column in table.columns)
+        if authors:
+            notes.append(f"columns marked authors: figures reported by each later method's authors "
+                         f"({FOLLOWUPS_SOURCE}), not measured here; for those rows Δ = measured mean − authors")
+        if not matched and not authors:
             notes.append("--with-paper: no column has a paper figure (the paper reports clip_vitb16 and in21k_vitb16 "
                          "on k400 and ssv2 only)")
     notes.append(cell_legend(every_run))
@@ -705,6 +753,18 @@ def write_table(table: pd.DataFrame, results_dir: Path) -> Path:
     path = results_dir / TABLE_FILE_NAME
     path.write_text(render(table, "csv"), encoding="utf-8")
     return path
+
+
+FOLLOWUPS_SOURCE = "their repositories' READMEs, peft_bench/reference/followups_clip_vitb16.csv"
+
+
+def followups_table() -> pd.DataFrame:
+    """The later methods' figures on CLIP ViT-B/16 as their authors report them (not measured here).
+
+    Columns: method, name, venue, k400_top1, k400_setting, ssv2_top1, ssv2_setting, params_m, gflops,
+    source (the README and its commit), note.
+    """
+    return read_reference_csv(FOLLOWUPS_FILE)
 
 
 def paper_table() -> pd.DataFrame:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones.base import VideoBackbone, merge_heads, split_heads
-from .layers import HookedBlock
+from .layers import add_hook
 
 
 def init_vit_linear(module: nn.Module) -> None:
@@ -72,7 +72,10 @@ def resampling_matrix(size: int, source_size: int) -> Tensor:
 
 
 class TemporalEmbedding(nn.Module):
-    """A learned vector per frame position, ``num_frames`` x D, added to all tokens of that frame."""
+    """A learned vector per frame position, ``num_frames`` x D, added to all tokens of that frame.
+
+    It gets no weight decay: TimeSformer's model declares its ``time_embed`` in ``no_weight_decay()``,
+    as timm's ViTs declare their position embedding."""
 
     def __init__(self, dim: int, num_frames: int, init_std: float = 0.0):
         super().__init__()
@@ -82,6 +85,9 @@ class TemporalEmbedding(nn.Module):
         self.table = nn.Parameter(torch.zeros(num_frames, dim))
         if init_std > 0:
             nn.init.trunc_normal_(self.table, std=init_std)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"table"}
 
     def for_frames(self, num_frames: int) -> Tensor:
         """(num_frames, D), linearly resampled when the clip is longer or shorter than the table."""
@@ -153,4 +159,4 @@ def add_divided_attention(backbone: VideoBackbone, layers: list[int], num_frames
         embedding = TemporalEmbedding(backbone.width, num_frames) if rank == 0 else None
         temporal = TemporalAttention(backbone.width, backbone.num_heads, embedding)
         temporal.init_from_spatial(backbone.blocks[i].attention_weights())
-        backbone.blocks[i] = HookedBlock(backbone.blocks[i], before_attention=temporal)
+        add_hook(backbone, i, "before_attention", temporal)

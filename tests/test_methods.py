@@ -1,5 +1,6 @@
-"""Every method of the table: parameter counts against the paper, temporal modelling, frozen weights,
-identity at the start, and a forward pass through each backbone family. Random weights throughout."""
+"""Every registered method: parameter counts against a hand count and the paper, temporal modelling,
+frozen weights, a gradient for every trainable parameter, identity at the start, merging where a
+method declares it, and a forward pass through each backbone family. Random weights throughout."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import torch
 
 from peft_bench import method_checks
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
-from peft_bench.registry import available_methods, get_method
+from peft_bench.model import count_parameters
+from peft_bench.registry import RunContext, available_methods, get_method
 
-MINE = ["full_ft", "full_ft_ta", "full_ft_ts", "partial_ft", "partial_ft_ta", "temporal_ft", "prompt_tuning",
-        "attentional_pooling", "adapter"]
-ALL = sorted(set(MINE) | {"linear_probe", "st_adapter"})
+PAPER_ROWS = ["full_ft", "full_ft_ta", "full_ft_ts", "partial_ft", "partial_ft_ta", "temporal_ft", "prompt_tuning",
+              "attentional_pooling", "linear_probe", "adapter", "st_adapter"]
+ALL = sorted(available_methods())  # registry-wide: a method added as one file in methods/ is checked too
+MERGEABLE = [name for name in ALL if get_method(name).mergeable]
 
 # --- ViT-B/16 counted by hand (D = 768, 12 blocks, 197 tokens, 400 classes) ---------------------------
 D, DEPTH, CLASSES = 768, 12, 400
@@ -40,9 +43,14 @@ EXPECTED = {
     "adapter": DEPTH * (D * 384 + 384 + 384 * D + D) + HEAD,  # 12 adapters of width 384
     "linear_probe": HEAD,
     "st_adapter": DEPTH * (D * 384 + 384 + 3 * 384 + 384 + 384 * D + D) + HEAD,
+    # Later methods.
+    "lora": DEPTH * ((8 * D + 3 * D * 8) + (8 * D + D * 8)) + HEAD,  # rank 8 on the fused qkv and on proj
+    "bitfit": DEPTH * (D + 3 * D + D + D + 4 * D + D) + 2 * D + HEAD,  # every bias: blocks, ln_pre, ln_post
+    "adaptformer": DEPTH * (D * 64 + 64 + 64 * D + D) + HEAD,  # one width-64 adapter beside each MLP
 }
 WITHIN_1_PERCENT = ["full_ft", "full_ft_ta", "partial_ft", "partial_ft_ta", "temporal_ft"]
-STARTS_AS_BACKBONE = ["st_adapter", "adapter", "full_ft_ta", "partial_ft_ta", "temporal_ft"]
+STARTS_AS_BACKBONE = ["st_adapter", "adapter", "full_ft_ta", "partial_ft_ta", "temporal_ft", "lora", "bitfit",
+                      "adaptformer"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,7 +62,6 @@ def test_every_method_gets_the_runs_head_dropout():
     from peft_bench.config import resolve_config
     from peft_bench.runner import build_model
 
-    assert set(ALL) <= set(available_methods())
     backbone = create_backbone("tiny", NO_WEIGHTS)
     for name in ALL:
         cfg = resolve_config({"method": name, "dataset": "synthetic-motion", "train": {"head_dropout": 0.3}})
@@ -94,6 +101,54 @@ def test_declared_temporal_modelling_is_measured(name):
 @pytest.mark.parametrize("name", ALL)
 def test_frozen_stays_frozen_after_an_optimizer_step(name):
     assert method_checks.frozen_after_step(name) == []
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_trainable_parameter_gets_a_finite_gradient(name):
+    assert method_checks.params_without_gradient(name) == []
+
+
+def test_the_gradient_check_finds_a_parameter_the_forward_never_uses(tmp_path):
+    from peft_bench.registry import load_plugin
+
+    path = tmp_path / "unused_parameter.py"
+    path.write_text(UNUSED_PARAMETER_PLUGIN)
+    load_plugin(path)
+    assert method_checks.params_without_gradient("unused_parameter_method") == ["pool.unused"]
+
+
+UNUSED_PARAMETER_PLUGIN = """
+from dataclasses import dataclass
+import torch
+from torch import nn
+from peft_bench.model import ClsTemporalMean, VideoClassifier
+from peft_bench.registry import register_method
+
+class Pool(ClsTemporalMean):
+    def __init__(self, dim):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(dim))  # counted as trainable, never in the forward
+
+@dataclass
+class Config:
+    pass
+
+@register_method("unused_parameter_method", config=Config, group="Linear probe", architecture="SA", models_time=False)
+def build(backbone, context, cfg):
+    return VideoClassifier(backbone, context, pool=Pool(backbone.width))
+"""
+
+
+def test_mergeable_methods_are_checked():
+    assert "lora" in MERGEABLE
+
+
+@pytest.mark.parametrize("name", MERGEABLE)
+def test_merged_model_gives_the_unmerged_logits_with_nothing_added(name):
+    difference, unmerged, merged = method_checks.merge_difference(name)
+    assert difference < 1e-10  # double precision
+    plain = method_checks.build_method("linear_probe", create_backbone("tiny", NO_WEIGHTS), method_checks.NUM_CLASSES)
+    assert count_parameters(merged).total == count_parameters(plain).total < count_parameters(unmerged).total
 
 
 @pytest.mark.parametrize("name", STARTS_AS_BACKBONE)
@@ -201,7 +256,7 @@ def test_temporal_attention_starts_from_the_blocks_spatial_attention(backbone_na
 
     backbone = create_backbone(backbone_name, NO_WEIGHTS).requires_grad_(False)
     spatial = backbone.blocks[-1].attention_weights()
-    model = get_method("temporal_ft").build(backbone, 5, get_method("temporal_ft").make_config())
+    model = get_method("temporal_ft").create(backbone, RunContext(5))
     block = model.backbone.blocks[-1]
     assert isinstance(block, HookedBlock)
     temporal = block.before_attention

@@ -98,3 +98,24 @@ def test_the_table_command_draws_the_figure_from_the_store(store: str, tmp_path:
     svg = out.with_suffix(".svg").read_text(encoding="utf-8")
     assert 'id="measured:st_adapter"' in svg and 'id="measured:linear_probe"' in svg
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_later_methods_are_drawn_with_their_authors_figures_and_labelled() -> None:
+    from peft_bench.registry import LATER_METHODS
+    from peft_bench.table import followups_table
+
+    frame = runs(
+        {**run("aim", "clip_vitb16", "k400", top1=80.0, params=1.1e7), "group": LATER_METHODS},
+        {**run("st_adapter", "clip_vitb16", "k400", top1=82.0, params=7.42e6), "group": "ST-Adapter"},
+    )
+    figure = figure1(frame)
+    (k400,) = [axis for axis in figure.axes if axis.get_title()]
+    assert set(markers(k400, "measured")) == {"aim", "st_adapter"}
+    authors = followups_table().set_index("method")
+    point = markers(k400, "authors")["aim"]
+    assert point.get_ydata()[0] == authors.loc["aim", "k400_top1"]
+    assert point.get_xdata()[0] == authors.loc["aim", "params_m"] * 1e6
+    assert "st_adapter" not in markers(k400, "authors")  # its reference is the paper's, drawn as such
+    labels = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "aim (later method)" in labels and "later method's authors (reported)" in labels
+    plt.close(figure)

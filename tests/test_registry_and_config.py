@@ -22,8 +22,8 @@ PLUGIN = textwrap.dedent('''
         head_std: float = 0.01
 
     @register_method("{name}", config=FrozenMeanConfig, group="Linear probe", architecture="SA", models_time=False)
-    def build(backbone, num_classes, cfg):
-        model = VideoClassifier(backbone, num_classes)
+    def build(backbone, context, cfg):
+        model = VideoClassifier(backbone, context)
         torch.nn.init.normal_(model.head.weight, std=cfg.head_std)
         return model
 ''')

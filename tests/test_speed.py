@@ -140,7 +140,7 @@ def small_clip_set(split: str, count: int):
 
 
 def build(cache_dir, model, dataset, epoch=0, dtype="float32"):
-    return feature_cache.get_or_build(cache_dir, model.backbone, dataset, epoch, dtype, torch.device("cpu"),
+    return feature_cache.get_or_build(cache_dir, model, dataset, epoch, dtype, torch.device("cpu"),
                                       batch_size=4, num_workers=0)
 
 

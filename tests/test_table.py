@@ -457,3 +457,46 @@ def test_table_command_filters_writes_formats_and_refuses_bad_input(store: str, 
     assert not (tmp_path / "missing.db").exists()  # reading never creates a store
     assert main([*base, "--experiment", "nope"]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
+
+
+# -- later methods -----------------------------------------------------------------------------------
+
+
+def test_later_methods_come_after_the_papers_groups_with_their_authors_figures_labelled() -> None:
+    from peft_bench.registry import LATER_METHODS
+    from peft_bench.table import followups_table
+
+    later = {"group": LATER_METHODS}
+    frame = runs(
+        run("lora", "k400", top1=80.0, **later),
+        run("aim", "k400", top1=83.0, **later),
+        run("st_adapter", "k400", top1=82.0, group="ST-Adapter"),
+        run("my_plugin", "k400", top1=70.0, group="Adapter"),
+        run("full_ft", "k400", top1=81.0, group="Full fine-tuning"),
+    )
+    table = cross_modality_table(frame)
+    assert table.index.tolist() == ["full_ft", "st_adapter", "my_plugin", "aim", "lora"]
+    assert table.loc["aim", "group"] == LATER_METHODS
+
+    cells = cross_modality_report(frame, with_paper=True).cells
+    k400 = "clip_vitb16 / k400"
+    assert cells.columns.tolist()[cells.columns.get_loc(k400):][:4] == [k400, f"{k400} paper", f"{k400} authors",
+                                                                        f"{k400} Δ"]
+    authors = followups_table().set_index("method")
+    assert cells.loc["aim", f"{k400} paper"] == ""  # the ST-Adapter paper has no AIM row
+    assert cells.loc["aim", f"{k400} authors"] == f"{authors.loc['aim', 'k400_top1']:.1f}"
+    assert cells.loc["aim", f"{k400} Δ"] == f"{83.0 - authors.loc['aim', 'k400_top1']:+.1f}"
+    assert cells.loc["aim", "params (M) authors"] == f"{authors.loc['aim', 'params_m']:.2f}"
+    # The authors' figures go to later rows only: ST-Adapter's row keeps the paper's, not its README's re-run.
+    assert cells.loc["st_adapter", f"{k400} authors"] == "" and cells.loc["lora", f"{k400} authors"] == ""
+    notes = cross_modality_report(frame, with_paper=True).notes
+    assert any(note.startswith("columns marked authors") for note in notes)
+
+
+def test_the_authors_reference_cites_the_repositories_readmes() -> None:
+    from peft_bench.table import followups_table
+
+    followups = followups_table()
+    assert {"aim", "evl", "dist", "zeroi2v"} <= set(followups["method"])
+    assert followups["source"].str.match(r"README of github\.com/[\w.-]+/[\w.-]+ at [0-9a-f]{7}$").all()
+    assert not followups.to_csv().count("../shared")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .base import BackboneInfo, FrameBlock, VideoBackbone
+from .base import BackboneInfo, Features, FrameBlock, VideoBackbone, take_indices
 from .clip import ClipBackbone
 from .timm_vit import TimmViTBackbone
 from .weights import AUTO, NO_WEIGHTS, MissingWeightsError, find_in_hf_cache, load_into, load_state_dict, missing_weights, strip_prefix
@@ -135,6 +135,6 @@ for _name in _TIMM_ARCHS:
 from . import tiny  # noqa: E402  (registers "tiny")
 
 __all__ = [
-    "AUTO", "NO_WEIGHTS", "BackboneInfo", "FrameBlock", "MissingWeightsError", "VideoBackbone",
-    "available_backbones", "create_backbone", "register_backbone",
+    "AUTO", "NO_WEIGHTS", "BackboneInfo", "Features", "FrameBlock", "MissingWeightsError", "VideoBackbone",
+    "available_backbones", "create_backbone", "register_backbone", "take_indices",
 ]

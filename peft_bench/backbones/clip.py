@@ -7,45 +7,73 @@ dropped and ``final_norm`` is ``ln_post``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BackboneInfo, FrameBlock, VideoBackbone, merge_heads, split_heads
+from .base import BackboneInfo, FrameBlock, QKTap, VideoBackbone, linear_over, merge_heads, split_heads
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ClipBlock(FrameBlock):
-    """open_clip's ``ResidualAttentionBlock``, with its attention run through SDPA.
+class ClipAttention(nn.Module):
+    """CLIP's attention projections as two ``nn.Linear`` modules, ``qkv`` and ``proj`` (timm's names).
 
-    The block's own ``nn.MultiheadAttention`` keeps its parameters (so checkpoints load unchanged);
-    only the arithmetic is done here, on the same weights.
+    open_clip keeps the fused q/k/v projection as bare ``in_proj_weight``/``in_proj_bias`` applied
+    with ``F.linear`` (in ``nn.MultiheadAttention`` and in its own ``Attention``), so a tool that wraps
+    ``nn.Linear`` modules (peft's LoRA) cannot reach it. Here ``qkv`` holds those very parameters and
+    ``proj`` is the tower's ``out_proj`` module: the same weights, loaded from the same checkpoint keys
+    before the swap, and the same ``aten::linear`` ops (same outputs, same FLOPs).
     """
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.num_heads = attn.num_heads
+        self.qkv = linear_over(attn.in_proj_weight, attn.in_proj_bias)
+        self.proj = attn.out_proj
+
+
+class ClipBlock(FrameBlock):
+    """open_clip's ``ResidualAttentionBlock``, its attention swapped for :class:`ClipAttention` and run
+    through SDPA. The block is taken over: open_clip's own forward of it no longer applies."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
+        block.attn = ClipAttention(block.attn)
         self.block = block
         self.num_heads = block.attn.num_heads
+        self.qk_tap = QKTap()
 
     def norm1(self, x: Tensor) -> Tensor:
         return self.block.ln_1(x)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        attn = self.block.attn
-        q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-        return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+        q, k, v = (split_heads(t, self.num_heads) for t in self.block.attn.qkv(x).chunk(3, dim=-1))
+        q, k = self.qk_tap(q, k)
+        return q, k, v
 
     def project_out(self, attended: Tensor) -> Tensor:
-        return self.block.ls_1(self.block.attn.out_proj(merge_heads(attended)))
+        return self.block.attn.proj(merge_heads(attended))
 
-    def mlp(self, x: Tensor) -> Tensor:
-        return self.block.ls_2(self.block.mlp(self.block.ln_2(x)))
+    def scale_attention(self, x: Tensor) -> Tensor:
+        return self.block.ls_1(x)
+
+    def norm2(self, x: Tensor) -> Tensor:
+        return self.block.ln_2(x)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        return self.block.mlp(x)
+
+    def scale_mlp(self, x: Tensor) -> Tensor:
+        return self.block.ls_2(x)
+
+    def linear_layers(self) -> dict[str, nn.Linear]:
+        b = self.block
+        return {"qkv": b.attn.qkv, "proj": b.attn.proj, "fc1": b.mlp.c_fc, "fc2": b.mlp.c_proj}
 
     def attention_weights(self) -> dict[str, Tensor | None]:
         b = self.block
-        return {"norm_weight": b.ln_1.weight, "norm_bias": b.ln_1.bias, "qkv_weight": b.attn.in_proj_weight,
-                "qkv_bias": b.attn.in_proj_bias, "proj_weight": b.attn.out_proj.weight, "proj_bias": b.attn.out_proj.bias}
+        return {"norm_weight": b.ln_1.weight, "norm_bias": b.ln_1.bias, "qkv_weight": b.attn.qkv.weight,
+                "qkv_bias": b.attn.qkv.bias, "proj_weight": b.attn.proj.weight, "proj_bias": b.attn.proj.bias}
 
 
 class ClipBackbone(VideoBackbone):
@@ -66,8 +94,13 @@ class ClipBackbone(VideoBackbone):
         self.mean, self.std = tuple(mean), tuple(std)
         self.info = info
 
-    def embed(self, frames: Tensor) -> Tensor:
+    def embed_patches(self, frames: Tensor) -> Tensor:
         x = self.conv1(frames).flatten(2).transpose(1, 2)  # (N, patches, D)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+
+    def pre_norm(self, x: Tensor) -> Tensor:
         return self.ln_pre(x)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"positional_embedding", "class_embedding"}  # open_clip's VisionTransformer.no_weight_decay

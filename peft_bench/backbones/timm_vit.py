@@ -5,19 +5,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BackboneInfo, FrameBlock, VideoBackbone, merge_heads
+from .base import BackboneInfo, FrameBlock, QKTap, VideoBackbone, merge_heads
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
 class TimmBlock(FrameBlock):
-    """timm's ``Block``: ``norm1 -> attn -> ls1 -> drop_path1``, ``norm2 -> mlp -> ls2 -> drop_path2``."""
+    """timm's ``Block``: ``norm1 -> attn -> ls1 -> drop_path1``, ``norm2 -> mlp -> ls2 -> drop_path2``.
+
+    timm's ``Attention`` already holds ``qkv`` and ``proj`` as ``nn.Linear`` modules; they are called as
+    modules here, so wrapping them (peft's LoRA) takes effect.
+    """
 
     def __init__(self, block: nn.Module):
         super().__init__()
+        if getattr(block.attn, "gate", None) is not None:
+            raise ValueError("peft-bench does not support timm attention with an output gate")
         self.block = block
         self.num_heads = block.attn.num_heads
+        self.qk_tap = QKTap()
 
     def norm1(self, x: Tensor) -> Tensor:
         return self.block.norm1(x)
@@ -27,15 +34,28 @@ class TimmBlock(FrameBlock):
         n, length, dim = x.shape
         qkv = attn.qkv(x).view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        return attn.q_norm(q), attn.k_norm(k), v
+        q, k = self.qk_tap(attn.q_norm(q), attn.k_norm(k))
+        return q, k, v
 
     def project_out(self, attended: Tensor) -> Tensor:
         attn = self.block.attn
-        out = attn.proj(getattr(attn, "norm", nn.Identity())(merge_heads(attended)))
-        return self.block.drop_path1(self.block.ls1(out))
+        return attn.proj(getattr(attn, "norm", nn.Identity())(merge_heads(attended)))
 
-    def mlp(self, x: Tensor) -> Tensor:
-        return self.block.drop_path2(self.block.ls2(self.block.mlp(self.block.norm2(x))))
+    def scale_attention(self, x: Tensor) -> Tensor:
+        return self.block.drop_path1(self.block.ls1(x))
+
+    def norm2(self, x: Tensor) -> Tensor:
+        return self.block.norm2(x)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        return self.block.mlp(x)
+
+    def scale_mlp(self, x: Tensor) -> Tensor:
+        return self.block.drop_path2(self.block.ls2(x))
+
+    def linear_layers(self) -> dict[str, nn.Linear]:
+        b = self.block
+        return {"qkv": b.attn.qkv, "proj": b.attn.proj, "fc1": b.mlp.fc1, "fc2": b.mlp.fc2}
 
     def attention_weights(self) -> dict[str, Tensor | None]:
         b = self.block
@@ -63,7 +83,12 @@ class TimmViTBackbone(VideoBackbone):
         self.mean, self.std = tuple(mean), tuple(std)
         self.info = info
 
-    def embed(self, frames: Tensor) -> Tensor:
+    def embed_patches(self, frames: Tensor) -> Tensor:
         x = self.patch_embed(frames)  # (N, patches, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+
+    def pre_norm(self, x: Tensor) -> Tensor:
         return self.norm_pre(x)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}  # timm's VisionTransformer.no_weight_decay (no dist/reg tokens here)

@@ -93,6 +93,8 @@ def pretrain(cfg: TinyConfig) -> dict[str, torch.Tensor]:
     """
     torch.manual_seed(cfg.seed)
     visual = build_visual(cfg)
+    # open_clip's names for the very tensors that train: ClipBackbone renames the attention projections.
+    saved = visual.state_dict(keep_vars=True)
     backbone = ClipBackbone(visual, BackboneInfo("tiny", NO_WEIGHTS, cfg.width, cfg.depth, cfg.heads,
                                                  cfg.patch_size, cfg.image_size))
     images, targets = still_images(cfg)
@@ -117,7 +119,7 @@ def pretrain(cfg: TinyConfig) -> dict[str, torch.Tensor]:
         if step % 100 == 0 or step == cfg.pretrain_steps - 1:
             log.info("tiny pre-training step %d/%d loss %.3f (%.0f s)", step + 1, cfg.pretrain_steps, loss.item(),
                      time.time() - start)
-    return visual.state_dict()
+    return {name: tensor.detach() for name, tensor in saved.items()}
 
 
 def weights_path(cfg: TinyConfig = TinyConfig()) -> Path:
