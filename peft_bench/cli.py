@@ -184,9 +184,14 @@ def cmd_run(args) -> int:
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
     from .table import cross_modality_report, load_runs, render, write_table
-    from .tracking import default_tracking_uri
+    from .tracking import default_tracking_uri, sqlite_path
 
     uri = tracking_uri or default_tracking_uri(results_dir)
+    store = sqlite_path(uri)
+    if store is not None and not store.is_file():  # it could not be made (a read-only folder): nothing to read
+        print(f"no tracking store at {store}: the runs' records wait in their folders for `peft-bench sync`",
+              file=sys.stderr)
+        return
     runs = load_runs(uri, experiment)
     if runs.empty:
         print(f"no finished runs in {uri}" + (f" (experiment '{experiment}')" if experiment else ""), file=sys.stderr)
