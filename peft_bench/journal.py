@@ -320,11 +320,7 @@ class JournaledTracker:
             self.journal.append({"op": "tags", "tags": {ERROR_TAG: "ended without a record (killed?); a new run "
                                                                    "started in its folder"}})
             self.journal.append({"op": "status", "status": "KILLED", "time": _now_ms()})
-        try:
-            sync_run_dir(self.run_dir)
-        except Exception as err:
-            log.warning("an earlier run in %s is not synced yet (%s); its journal is kept", self.run_dir, err)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = time.strftime("%Y%m%d-%H%M%S")  # kept beside the new one; the sender sends what it still holds
         for old in (self.journal.path, self.journal.sync_path):
             if old.is_file():
                 os.replace(old, old.with_name(f"{old.stem}-{stamp}{old.suffix}"))
@@ -342,7 +338,17 @@ class JournaledTracker:
             self._unjournaled.append(entry)
         self._wake.set()
 
+    def _send_earlier_journals(self) -> None:
+        for journal in journals_in(self.run_dir):
+            if journal.path != self.journal.path and journal.unsynced():
+                try:
+                    flush(journal)
+                except Exception as err:
+                    log.warning("an earlier run in %s is not synced yet (%s); its journal is kept for "
+                                "`peft-bench sync`", self.run_dir, err)
+
     def _send_loop(self) -> None:
+        self._send_earlier_journals()
         retry_at = 0.0  # after a failure, the next try waits until then (unless the run ends)
         while True:
             self._wake.wait(None if not retry_at else max(0.0, retry_at - time.monotonic()))
