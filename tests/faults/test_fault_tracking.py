@@ -118,3 +118,20 @@ def test_sync_of_a_folder_without_runs_says_so(tmp_path, capsys):
     assert main(["sync", str(tmp_path / "empty")]) == 2
     assert "no run records" in capsys.readouterr().err
     assert not Path("results").exists()
+
+
+def test_a_run_started_over_one_that_died_silently_marks_that_one_killed(tmp_path, store):
+    from peft_bench.journal import JOURNAL, Journal, JournaledTracker
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dead = Journal(run_dir / JOURNAL)  # what a process SIGKILLed mid-run leaves: a journal without an end
+    dead.append({"op": "start", "tracking_uri": store, "experiment": "peft-bench", "run_name": "dead", "time": 1})
+    dead.append({"op": "metrics", "metrics": [["train_loss", 1.0, 2, 1]]})
+    with JournaledTracker(run_dir, store, "peft-bench", "again") as again:  # no --resume: a new run
+        again.log_metrics({"top1": 50.0})
+    client = MlflowClient(store)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("peft-bench").experiment_id])}
+    assert runs["again"].info.status == "FINISHED"
+    assert runs["dead"].info.status == "KILLED" and "killed" in runs["dead"].data.tags["peft_bench.error"]
+    assert runs["dead"].data.metrics["train_loss"] == 1.0  # what it had recorded is kept
