@@ -73,7 +73,7 @@ def training_started(root: Path) -> bool:
     return bool(dirs) and "gflops" in journal_metric_keys(dirs[0])
 
 
-def wait_for(predicate, what: str, timeout: float = 120.0, every: float = 0.05, process=None):
+def wait_for(predicate, what: str, timeout: float = 600.0, every: float = 0.05, process=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():

@@ -31,7 +31,7 @@ def test_a_signal_mid_training_saves_marks_killed_and_exits_with_one_line(tmp_pa
             os.killpg(process.pid, sig)  # Ctrl-C reaches every process of the terminal's group
         else:
             os.kill(process.pid, sig)
-        _, err = process.communicate(timeout=180)
+        _, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

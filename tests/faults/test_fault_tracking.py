@@ -34,6 +34,27 @@ def main_thread_connections(monkeypatch):
     return opened
 
 
+@pytest.fixture
+def main_thread_store_opens(monkeypatch):
+    """Every SQL store the main thread opens while the test runs (mlflow makes one engine per store)."""
+    import mlflow.store.db.utils as db_utils
+
+    opened: list[str] = []
+    real = db_utils.create_sqlalchemy_engine_with_retry
+
+    def recording(db_uri):
+        if threading.current_thread() is threading.main_thread():
+            opened.append(db_uri)
+        return real(db_uri)
+
+    monkeypatch.setattr(db_utils, "create_sqlalchemy_engine_with_retry", recording)
+    return opened
+
+
+# A bound far above any run here, far below mlflow's minutes of retries; the exact checks are the threads'.
+NO_HANG_S = 300
+
+
 @pytest.fixture(params=["refused", "never-answers"])
 def unreachable_uri(request):
     listener = socket.socket()
@@ -54,7 +75,7 @@ def test_unreachable_tracking_never_blocks_training(tmp_path, unreachable_uri, m
     assert main(["run", *FAST, "--tracking-uri", uri]) == 0
     took = time.time() - started
     assert not [a for a in main_thread_connections if a[1] == port], "the training thread called the tracking server"
-    assert took < 90, f"the run took {took:.0f} s with tracking away"  # mlflow's retries alone take minutes
+    assert took < NO_HANG_S, f"the run took {took:.0f} s with tracking away"
     run_dir = the_run_dir(tmp_path)
     assert {"top1", "train_loss", "gflops"} <= journal_metric_keys(run_dir)
     assert [e["status"] for e in journal_entries(run_dir) if e.get("op") == "status"][-1] == "FINISHED"
@@ -92,11 +113,12 @@ def read_only_results(tmp_path):
 
 
 def test_a_read_only_results_folder_does_not_hang_and_sync_sends_the_run_later(tmp_path, read_only_results, caplog,
-                                                                               capsys):
+                                                                               capsys, main_thread_store_opens):
     started = time.time()
     assert main(["run", *FAST]) == 0
     took = time.time() - started
-    assert took < 90, f"the run took {took:.0f} s with a read-only results folder"
+    assert not main_thread_store_opens, "the training thread opened the store"  # mlflow retries that ~100 s
+    assert took < NO_HANG_S, f"the run took {took:.0f} s with a read-only results folder"
     run_dir = the_run_dir(tmp_path)
     assert "top1" in journal_metric_keys(run_dir)
     assert "peft-bench sync" in caplog.text
