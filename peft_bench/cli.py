@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="measure temporal modelling (frame-shuffle test) instead of trusting the declaration")
     _add_plugin_arg(methods)
 
+    sync = sub.add_parser("sync", help="send the tracking records runs kept in their folders to mlflow",
+                          description="Send what runs recorded in their folders (tracking.jsonl) while tracking was "
+                                      "unreachable or the store could not be written; nothing is sent twice.")
+    sync.add_argument("paths", nargs="+", metavar="RUN_DIR",
+                      help="run folders, or folders holding them (e.g. runs)")
+
     from .accounting import add_account_parser
     from .data.cli import add_data_parser
     from .sweep import add_sweep_parser
@@ -89,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_configs(args) -> list:
     """Every run of the command, resolved and checked before any of them starts."""
-    from .config import load_config, resolve_config
+    from .config import dataset_options, load_config, resolve_config
     from .dataclass_io import merge, to_dict
     from .registry import available_methods
     from .table import paper_method_order
@@ -104,14 +110,14 @@ def _run_configs(args) -> list:
     else:
         methods = _split(selection)
     datasets = _split(args.datasets or base.get("dataset", EMBEDDED_DATASETS))
-    seeds = [int(s) for s in _split(args.seeds)] if args.seeds else [args.seed if args.seed is not None else base.get("seed", 0)]
+    seeds = _seeds(args.seeds) if args.seeds else [args.seed if args.seed is not None else base.get("seed", 0)]
     flags = {k: v for k, v in {
         "backbone": args.backbone, "pretrained": args.pretrained, "data_root": args.data_root,
         "annotations": args.annotations, "num_frames": args.frames, "preset": args.preset, "device": args.device,
         "experiment": args.experiment, "tracking_uri": args.tracking_uri, "results_dir": args.results_dir,
         "output_dir": args.output_dir,
     }.items() if v is not None}
-    overrides = parse_overrides(args.set)
+    overrides = dataset_options(parse_overrides(args.set))  # `--set dataset.classes=...`: the dataset's options
     if isinstance(overrides.get("method"), dict):  # `--set method.width=16` is about method_args; merged into
         overrides["method_args"] = overrides.pop("method")  # "method" it would replace the method's name
     configs = []
@@ -126,6 +132,21 @@ def _run_configs(args) -> list:
     return configs
 
 
+def _seeds(text: str) -> list[int]:
+    seeds = []
+    for part in _split(text):
+        try:
+            seed = int(part)
+        except ValueError:
+            raise ConfigError(f"--seeds: {part!r} is not an integer (e.g. --seeds 0,1,2)") from None
+        if seed < 0:
+            raise ConfigError(f"--seeds: {seed} is negative")
+        seeds.append(seed)
+    if not seeds:
+        raise ConfigError("--seeds: no seed given (e.g. --seeds 0,1,2)")
+    return seeds
+
+
 def _paper_order(methods: list[str]) -> list[str]:
     from .table import registered_method_order
 
@@ -133,22 +154,32 @@ def _paper_order(methods: list[str]) -> list[str]:
 
 
 def cmd_run(args) -> int:
+    from . import preemption
     from .runner import run
+    from .tracking import check_store, default_tracking_uri
 
     configs = _run_configs(args)
+    for uri in dict.fromkeys(cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir)) for cfg in configs):
+        check_store(uri)  # a damaged store stops the command here, before any work, saying how to recover
     failed = []
-    for i, cfg in enumerate(configs, 1):
-        print(f"[{i}/{len(configs)}] {cfg.method} on {cfg.dataset} ({cfg.backbone}, seed {cfg.seed})", flush=True)
-        try:
-            result = run(cfg, progress=not args.no_progress, resume=args.resume)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # one failing method must not cost the others their runs
-            log.error("%s failed: %s", cfg.run_name(), err, exc_info=args.verbose)
-            failed.append((cfg.run_name(), err))
-            continue
-        print(f"    top-1 {result.top1:.1f}  top-5 {result.top5:.1f}  trainable {result.trainable_params:,}  "
-              f"({result.wall_time_s:.0f} s)", flush=True)
+    # A stop signal between two runs ends the command before the next one starts.
+    with preemption.guarded():
+        for i, cfg in enumerate(configs, 1):
+            if preemption.requested():
+                print(f"peft-bench: stopped by {preemption.received().name} before {cfg.run_name()}", file=sys.stderr)
+                return 128 + preemption.received()
+            print(f"[{i}/{len(configs)}] {cfg.method} on {cfg.dataset} ({cfg.backbone}, seed {cfg.seed})", flush=True)
+            try:
+                result = run(cfg, progress=not args.no_progress, resume=args.resume)
+            except preemption.Preempted as stop:  # a checkpoint is saved: one line, and --resume continues
+                print(f"peft-bench: {stop}", file=sys.stderr)
+                return 128 + stop.signum if stop.signum else 1
+            except Exception as err:  # one failing method must not cost the others their runs
+                log.error("%s failed: %s", cfg.run_name(), err, exc_info=args.verbose)
+                failed.append((cfg.run_name(), err))
+                continue
+            print(f"    top-1 {result.top1:.1f}  top-5 {result.top5:.1f}  trainable {result.trainable_params:,}  "
+                  f"({result.wall_time_s:.0f} s)", flush=True)
     if not args.no_table and configs:
         cfg = configs[0]
         _print_table(cfg.tracking_uri, Path(cfg.results_dir), cfg.experiment, "markdown")
@@ -159,9 +190,14 @@ def cmd_run(args) -> int:
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
     from .table import cross_modality_report, load_runs, render, write_table
-    from .tracking import default_tracking_uri
+    from .tracking import default_tracking_uri, sqlite_path
 
     uri = tracking_uri or default_tracking_uri(results_dir)
+    store = sqlite_path(uri)
+    if store is not None and not store.is_file():  # it could not be made (a read-only folder): nothing to read
+        print(f"no tracking store at {store}: the runs' records wait in their folders for `peft-bench sync`",
+              file=sys.stderr)
+        return
     runs = load_runs(uri, experiment)
     if runs.empty:
         print(f"no finished runs in {uri}" + (f" (experiment '{experiment}')" if experiment else ""), file=sys.stderr)
@@ -173,9 +209,35 @@ def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | 
 
 
 def cmd_table(args) -> int:
-    from .table import table_command
+    from .table import store_uri, table_command
+    from .tracking import check_store
 
+    check_store(store_uri(args.tracking_uri, Path(args.results_dir)))
     return table_command(args)
+
+
+def cmd_sync(args) -> int:
+    """Send what runs kept in their folders; a damaged store stops it, an unreachable one is reported per run."""
+    from .journal import run_dirs_under, sync_run_dir
+    from .tracking import StoreError
+
+    run_dirs = list(dict.fromkeys(d for p in args.paths for d in run_dirs_under(Path(p))))
+    if not run_dirs:
+        raise FileNotFoundError(f"no run records (tracking.jsonl) in {', '.join(args.paths)}")
+    sent, unsent = 0, 0
+    for run_dir in run_dirs:
+        try:
+            sent += sync_run_dir(run_dir)
+        except StoreError:
+            raise
+        except Exception as err:
+            print(f"{run_dir}: not sent ({type(err).__name__}: {err})", file=sys.stderr)
+            unsent += 1
+    if not sent and not unsent:
+        print(f"nothing to send: mlflow has every record of the {len(run_dirs)} run(s) found")
+    else:
+        print(f"sent {sent} run(s)" + (f"; {unsent} not sent, tracking still unreachable" if unsent else ""))
+    return 1 if unsent else 0
 
 
 def cmd_methods(args) -> int:
@@ -207,11 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow", "urllib3", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from .registry import load_plugin
-
     try:
         for plugin in getattr(args, "plugin", []):
-            load_plugin(plugin)
+            _load_plugin(plugin)
         from .accounting import cmd_account
         from .benchmarks.method_speed import cmd_bench
         from .data.cli import cmd_data
@@ -219,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         from .sweep import cmd_sweep
 
         commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account,
-                    "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench}
+                    "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench, "sync": cmd_sync}
         if args.command == "run":  # under torchrun: one process group for all of the command's runs
             with distributed_from_environment():
                 args.no_table = args.no_table or rank() != 0
@@ -228,6 +288,30 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"peft-bench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run: nothing to save
+        print("peft-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load_plugin(plugin: str) -> None:
+    """Import a --plugin file; one that fails to import is one line naming the file, the line and the error."""
+    import traceback
+
+    from .registry import load_plugin
+
+    path = Path(plugin).resolve()
+    try:
+        load_plugin(plugin)
+    except Exception as err:
+        if isinstance(err, FileNotFoundError) and not path.is_file():
+            raise  # the plugin file itself is missing: load_plugin says so
+        if isinstance(err, SyntaxError):
+            line, text = err.lineno, err.msg
+        else:
+            frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == path]
+            line, text = (frames[-1].lineno if frames else None), str(err)
+        where = f"{plugin}, line {line}" if line else plugin
+        raise ConfigError(f"method plugin {where}: {type(err).__name__}: {text}") from None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,16 +41,33 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0 = at epoch ends only)
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be at least 1 and lr positive")
-        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
+        require(self.epochs >= 1, "epochs", "at least 1", self.epochs)
+        require(math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs, "warmup_epochs",
+                "a finite number in [0, epochs]", self.warmup_epochs)
+        require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        require(self.micro_batch_size >= 0, "micro_batch_size", "0 (the whole batch) or more", self.micro_batch_size)
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be 0 (epoch ends only) or a number of steps, got {self.checkpoint_every}")
-        if not 0 <= self.head_dropout < 1:
-            raise ValueError(f"head_dropout must lie in [0, 1), got {self.head_dropout}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
+        require(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite number", self.lr)
+        for name in ("min_lr", "weight_decay", "backbone_lr_scale"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value >= 0, name, "a non-negative finite number", value)
+        require(0 <= self.label_smoothing < 1, "label_smoothing", "lie in [0, 1)", self.label_smoothing, verb="")
+        require(0 <= self.head_dropout < 1, "head_dropout", "lie in [0, 1)", self.head_dropout, verb="")
+        require(self.eval_every >= 0, "eval_every", "0 or more", self.eval_every)
+        require(self.num_workers >= 0, "num_workers", "0 or more", self.num_workers)
+        require(0 <= self.max_failure_fraction <= 1, "max_failure_fraction", "lie in [0, 1]",
+                self.max_failure_fraction, verb="")
+        require(self.val_subset >= 0, "val_subset", "0 (all) or a positive number of videos", self.val_subset)
+        require(self.checkpoint_every >= 0, "checkpoint_every", "0 (epoch ends only) or a number of steps",
+                self.checkpoint_every)
+
+
+def require(ok: bool, name: str, expected: str, value: Any, verb: str = "be") -> None:
+    """``lr must be a positive finite number, got inf``: the field, what it must be, and what it was.
+    (``dataclass_io`` puts the section in front: ``train.lr ...``.)"""
+    if not ok:
+        raise ValueError(f"{name} must {verb + ' ' if verb else ''}{expected}, got {value!r}")
 
 
 @dataclass
@@ -70,10 +88,8 @@ class SpeedConfig:
     compile: bool = False  # torch.compile the model's forward
 
     def __post_init__(self):
-        if self.augmented_copies < 1:
-            raise ValueError(f"augmented_copies must be at least 1, got {self.augmented_copies}")
-        if self.cache_dtype not in ("float32", "float16"):
-            raise ValueError(f"cache_dtype must be float32 or float16, got {self.cache_dtype}")
+        require(self.augmented_copies >= 1, "augmented_copies", "at least 1", self.augmented_copies)
+        require(self.cache_dtype in ("float32", "float16"), "cache_dtype", "float32 or float16", self.cache_dtype)
 
 
 @dataclass
@@ -113,6 +129,9 @@ class RunConfig:
     annotations: str | None = None  # where the annotation files are (default: data_root)
     num_frames: int = 8
     preset: str | None = None  # the method preset; default from the dataset
+    # A subset of the dataset's classes to train and evaluate on (Mini-Kinetics style), as `dataset.classes`:
+    # a list of names, or a file with one per line (read into the names when the config is resolved).
+    classes: list[str] | None = None
     method_args: dict[str, Any] = field(default_factory=dict)  # resolved: the method's full config
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -124,11 +143,21 @@ class RunConfig:
     results_dir: str = "results"
     output_dir: str = "runs"  # checkpoints and per-run files
 
+    def __post_init__(self):
+        require(self.num_frames >= 1, "num_frames", "at least 1", self.num_frames)
+        require(self.seed >= 0, "seed", "0 or more", self.seed)
+        if self.classes is not None:
+            require(len(self.classes) >= 2, "classes", "at least two class names", self.classes)
+            repeated = sorted({name for name in self.classes if self.classes.count(name) > 1})
+            require(not repeated, "classes", "names without repeats", repeated)
+
     def digest(self) -> str:
         """Hash of everything that changes a result (not where outputs go)."""
         data = to_dict(self)
         for key in ("experiment", "tracking_uri", "results_dir", "output_dir", "device", "data"):
             data.pop(key)
+        if data["classes"] is None:  # all classes: digests from before the setting existed stay valid
+            data.pop("classes")
         data["train"].pop("num_workers")
         data["train"].pop("checkpoint_every")  # where a run saves, not what it computes
         # Only speed settings that were changed are hashed: configs from before they existed keep their digest.
@@ -137,6 +166,11 @@ class RunConfig:
         if changed:
             data["speed"] = changed
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    def dataset_label(self) -> str:
+        """The dataset as tables show it: with a class subset, its size too, so that a Mini-Kinetics-style run
+        never shares a column (or the paper's figure) with the whole dataset's."""
+        return self.dataset if self.classes is None else f"{self.dataset}[{len(self.classes)} classes]"
 
     def run_name(self) -> str:
         return f"{self.method}-{self.backbone}-{self.dataset}-s{self.seed}"
@@ -158,21 +192,23 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     from .data import DATASETS
     from .registry import RunContext, available_methods, get_method
 
-    data = merge(_moved_decoder_key(base or {}), _moved_decoder_key(overrides or {}))
+    data = merge(_moved_decoder_key(base or {}), dataset_options(_moved_decoder_key(overrides or {})))
     if isinstance(data.get("method"), dict):  # `--set method.width=256` lands here
         data["method_args"] = merge(data.get("method_args", {}), data.pop("method"))
     dataset = data.get("dataset", RunConfig.dataset)
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset '{dataset}'; available: {', '.join(sorted(DATASETS))}")
+    if not isinstance(data.get("train", {}), dict):
+        raise ConfigError(f"train: expected a mapping, got {data['train']!r}")
     data["train"] = merge(TRAINING_DEFAULTS.get(dataset, {}), data.get("train", {}))
+    if isinstance(data.get("classes"), (str, Path)):
+        data["classes"] = read_class_names(data["classes"])
     cfg = from_dict(RunConfig, data)
     if cfg.method not in available_methods():
         raise ConfigError(f"unknown method '{cfg.method}'; available: {', '.join(available_methods())}")
     if cfg.backbone not in available_backbones():
         raise ConfigError(f"unknown backbone '{cfg.backbone}'; available: {', '.join(available_backbones())}")
     _check_data_config(cfg)
-    if cfg.num_frames < 1:
-        raise ConfigError(f"num_frames must be at least 1, got {cfg.num_frames}")
     spec = get_method(cfg.method)
     preset = cfg.preset or METHOD_PRESET_FOR_DATASET.get(cfg.dataset)
     if cfg.preset is not None and cfg.preset not in spec.presets:
@@ -213,6 +249,35 @@ def _check_data_config(cfg: RunConfig) -> None:
         if cfg.train.num_workers:
             # CUDA cannot start in DataLoader workers forked from a process that already uses it.
             raise ConfigError("data.decode_device=cuda decodes in the training process: set train.num_workers=0")
+
+
+def dataset_options(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{"dataset": {"classes": X}}`` (from ``--set dataset.classes=X``) -> ``{"classes": X}``: the dataset's
+    options, beside its name, which stays ``dataset``."""
+    options = overrides.get("dataset")
+    if not isinstance(options, dict):
+        return overrides
+    unknown = sorted(set(options) - {"classes"})
+    if unknown:
+        raise ConfigError(f"unknown key dataset.{unknown[0]}; valid keys: dataset.classes (the dataset's name is "
+                          "--dataset, or dataset=NAME)")
+    out = {k: v for k, v in overrides.items() if k != "dataset"}
+    out["classes"] = options["classes"]
+    return out
+
+
+def read_class_names(value: str | Path) -> list[str]:
+    """``dataset.classes`` given as text: a file with one class name per line (blank lines and ``#`` comments
+    skipped), or names separated by commas."""
+    text = str(value)
+    path = Path(text).expanduser()
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines()]
+        return [name for name in names if name and not name.startswith("#")]
+    if "/" in text or text.endswith(".txt"):
+        raise ConfigError(f"dataset.classes: no file {text} (give a file with one class per line, or a list: "
+                          "'dataset.classes=[a, b]')")
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -8,6 +8,8 @@ dataclasses and back, and rejects unknown keys and ill-typed values before any w
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -100,8 +102,20 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{prefix or cls.__name__}: {err}") from None
+        raise ConfigError(_in_context(str(err), prefix, cls, fields)) from None
+    for name in fields:  # what the class's own checks left: no float may be nan or infinite
+        value = getattr(obj, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{name} must be a finite number, got {value!r}")
     return obj
+
+
+def _in_context(message: str, prefix: str, cls: type, fields) -> str:
+    """A dataclass's own check says "lr must be ..."; the user wrote train.lr: name the field the same way."""
+    first_word = re.match(r"\w+", message)
+    if first_word and first_word.group() in fields:
+        return f"{prefix}{message}"
+    return f"{prefix.rstrip('.') or cls.__name__}: {message}"
 
 
 def to_dict(obj: Any) -> Any:

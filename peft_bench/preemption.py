@@ -1,24 +1,34 @@
-"""A preemption signal becomes a checkpoint at the next optimizer step, then the job hands over.
+"""A stop signal becomes a checkpoint at the next optimizer step, then the run hands over.
 
-SLURM warns a job before it preempts or times it out (``--signal=USR2@90``, what submitit asks for).
-Saving inside the signal handler could catch the model between a backward and an optimizer step, so
-the handler only notes the request; the runner checks :func:`requested` after each step, saves a
-consistent checkpoint and calls :func:`hand_over`. That calls the handler that was there before
-(submitit's: it requeues the job through its checkpointing and exits); where there was none (a plain
-``peft-bench run`` or ``torchrun``) it raises :class:`Preempted`.
+SLURM warns a job before it preempts or times it out (``--signal=USR2@90``, what submitit asks for); a
+user stops a run with Ctrl-C (SIGINT) or ``kill`` (SIGTERM). Saving inside the signal handler could catch
+the model between a backward and an optimizer step, so the handler only notes the request; the runner
+checks :func:`requested` after each step, saves a consistent checkpoint and calls :func:`hand_over`. For
+the preemption signal that calls the handler that was there before (submitit's: it requeues the job
+through its checkpointing and exits); otherwise (a plain ``peft-bench run``, ``torchrun``, SIGTERM or
+Ctrl-C) it raises :class:`Preempted`, which marks the mlflow run KILLED and ends the command with one line.
+
+SIGTERM and SIGINT are taken over only where nobody else handles them: submitit keeps its own SIGTERM
+handler. A second Ctrl-C stops at once, without saving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import threading
 
 log = logging.getLogger(__name__)
 
 
 class Preempted(SystemExit):
-    """The run saved its checkpoint after a preemption signal and stops; ``--resume`` continues it."""
+    """The run saved its checkpoint after a stop signal and stops; ``--resume`` continues it."""
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def preemption_signal() -> signal.Signals:
@@ -28,18 +38,25 @@ def preemption_signal() -> signal.Signals:
 
 
 class PreemptionGuard:
-    """While active, the preemption signal is noted instead of acted on at once."""
+    """While active, a stop signal is noted instead of acted on at once."""
 
     _active: PreemptionGuard | None = None
 
     def __init__(self) -> None:
         self.signum = preemption_signal()
-        self.requested = False
-        self._previous = None
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
 
     def __enter__(self) -> PreemptionGuard:
-        self._previous = signal.getsignal(self.signum)
-        signal.signal(self.signum, self._note)
+        for sig in dict.fromkeys((self.signum, signal.SIGTERM, signal.SIGINT)):
+            previous = signal.getsignal(sig)
+            if sig == self.signum or previous in (signal.SIG_DFL, signal.default_int_handler):
+                self._previous[sig] = previous
+                signal.signal(sig, self._note)
         PreemptionGuard._active = self
         return self
 
@@ -48,20 +65,37 @@ class PreemptionGuard:
         return False
 
     def _note(self, signum, frame) -> None:
-        log.warning("received %s: checkpointing at the next optimizer step", signal.Signals(signum).name)
-        self.requested = True
+        sig = signal.Signals(signum)
+        if self.received is not None and sig == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C again: the user will not wait for the next step
+        self.received = self.received or sig
+        more = " (Ctrl-C again stops at once, without saving)" if sig == signal.SIGINT else ""
+        log.warning("received %s: saving a checkpoint at the next optimizer step%s", sig.name, more)
 
     def _restore(self) -> None:
         if PreemptionGuard._active is self:
-            signal.signal(self.signum, self._previous)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
             PreemptionGuard._active = None
 
-    def hand_over(self) -> None:
-        previous = self._previous
+    def hand_over(self, detail: str = "") -> None:
+        received = self.received or self.signum
+        previous = self._previous.get(received)
         self._restore()
-        if callable(previous):
+        if received == self.signum and callable(previous):
             previous(self.signum, None)  # submitit's handler: requeue, then exit (rank 0)
-        raise Preempted(f"preempted ({self.signum.name}); the checkpoint is saved, resume to continue")
+        raise Preempted(f"stopped by {received.name}{detail}", received)
+
+
+@contextlib.contextmanager
+def guarded():
+    """A :class:`PreemptionGuard` unless one is active already (a sweep job's) or signals cannot be set here
+    (not the main thread)."""
+    if PreemptionGuard._active is not None or threading.current_thread() is not threading.main_thread():
+        yield PreemptionGuard._active
+        return
+    with PreemptionGuard() as guard:
+        yield guard
 
 
 def requested() -> bool:
@@ -69,8 +103,13 @@ def requested() -> bool:
     return guard is not None and guard.requested
 
 
-def hand_over() -> None:
+def received() -> signal.Signals | None:
+    guard = PreemptionGuard._active
+    return guard.received if guard is not None else None
+
+
+def hand_over(detail: str = "") -> None:
     guard = PreemptionGuard._active
     if guard is None:
-        raise Preempted("preempted")
-    guard.hand_over()
+        raise Preempted(f"preempted{detail}")
+    guard.hand_over(detail)

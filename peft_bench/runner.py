@@ -18,7 +18,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +45,12 @@ from .registry import RunContext, get_method
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"  # the one before, kept for when the latest is damaged
+CHECKPOINT_KEYS = ("trainable", "optimizer", "scheduler", "epoch", "rng_torch", "rng_python", "mlflow_run_id")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file and says what to do."""
 
 
 @dataclass
@@ -156,7 +164,15 @@ def _loader(dataset, batch_size: int, cfg: RunConfig, sampler: "EpochSampler | N
     workers = getattr(dataset, "loader_workers", cfg.train.num_workers)  # cached features need none
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       persistent_workers=workers > 0, drop_last=sampler is not None,
-                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed))
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed),
+                      worker_init_fn=_leave_stop_signals_to_the_trainer)
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    # Ctrl-C reaches the terminal's whole process group and SLURM signals every process of a job: a loader
+    # worker must neither die of them nor note them; the training process saves and stops the run.
+    for sig in (signal.SIGINT, preemption.preemption_signal()):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -214,13 +230,111 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosi
         "rng_torch": torch.get_rng_state(),
         "rng_python": random.getstate(),
     }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a run killed mid-save keeps its previous checkpoint
+    write_checkpoint(path, state)
+
+
+class _WriteErrors:
+    """A file wrapper that remembers the OSError a write raised: torch reports a full disk only as
+    "unexpected pos 5824 vs 5718", dropping the errno that says what happened."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """Atomically, keeping the one before: a kill at any moment leaves a whole latest or previous checkpoint,
+    and a failed write (a full disk) leaves no temporary file and the previous checkpoint as it was."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    out = None
+    try:
+        with open(tmp, "wb") as f:
+            out = _WriteErrors(f)
+            torch.save(state, out)
+            f.flush()
+            os.fsync(f.fileno())
+    except Exception as err:
+        cause = out.error if out is not None and out.error is not None else err
+        tmp.unlink(missing_ok=True)
+        reason = f"{cause.strerror} (errno {cause.errno})" if isinstance(cause, OSError) and cause.strerror else cause
+        kept = "the previous checkpoint is kept as it was" if path.is_file() else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not write the checkpoint {path}: {reason}; {kept}") from None
+    if path.is_file():
+        previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
+        try:  # a second name for the current file: at every moment one of the two is whole
+            link = previous.with_name(f"{previous.name}.tmp{os.getpid()}")
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, previous)
+        except OSError:  # no hard links on this file system: moved instead (a kill now keeps the previous one)
+            os.replace(path, previous)
+    os.replace(tmp, path)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Checkpoint files half-written by a process killed while saving (one run writes a folder at a time)."""
+    for stale in run_dir.glob("checkpoint*.tmp*"):
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's state (tensors and plain data only: ``weights_only=True``); CheckpointError names the
+    file and what is wrong with it."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"the checkpoint {path} is empty (0 bytes)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"the checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as err:
+        # torch's message opens with how to turn the safety off; what it refused is further down.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        first = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line),
+                     lines[0] if lines else type(err).__name__)
+        raise CheckpointError(f"the checkpoint {path} holds more than tensors and plain data and was refused "
+                              f"(checkpoints load with weights_only=True): {first}") from None
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"the checkpoint {path} is damaged (cut short or corrupt): {first}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a peft-bench checkpoint (it has no {missing[0]!r})")
+    return state
+
+
+def resume_state(run_dir: Path) -> tuple[dict, Path] | None:
+    """(state, file) of the latest readable checkpoint of a run folder, or None when it has none.
+
+    A damaged latest checkpoint is named in a warning and the previous one is used; when that is damaged
+    or absent too, CheckpointError says what to do.
+    """
+    latest, previous = Path(run_dir) / CHECKPOINT_NAME, Path(run_dir) / PREVIOUS_CHECKPOINT_NAME
+    if not latest.is_file() and not previous.is_file():
+        return None
+    problems = []
+    for path in (latest, previous):
+        if not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            log.warning("%s; resuming from the previous checkpoint, %s", problems[0], path)
+        return state, path
+    raise CheckpointError(f"{'; '.join(problems)}; no readable earlier checkpoint is kept. Run without --resume to "
+                          f"start this run over (its checkpoints are replaced), or put a good {CHECKPOINT_NAME} back")
 
 
 def checkpoint_position(state: dict) -> EpochPosition:
@@ -257,8 +371,9 @@ class NullTracker:
         return lambda *args, **kwargs: None
 
 
-def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None]) -> Callable[[EpochPosition], None]:
-    """Called after every optimizer step: a checkpoint every ``checkpoint_every`` steps, and on preemption
+def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None],
+              checkpoint_path: Path | None = None) -> Callable[[EpochPosition], None]:
+    """Called after every optimizer step: a checkpoint every ``checkpoint_every`` steps, and on a stop signal
     a checkpoint and then the hand-over (requeue under submitit, :class:`preemption.Preempted` otherwise)."""
     every = cfg.train.checkpoint_every
 
@@ -267,18 +382,58 @@ def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None]) -> Callable
         if stop or (every and position.step % every == 0):
             save(position)
         if stop:
-            preemption.hand_over()
+            preemption.hand_over(resume_hint(position, checkpoint_path))
 
     return after_step
+
+
+def resume_hint(position: EpochPosition, checkpoint_path: Path | None) -> str:
+    """What the one line at a stop says after the signal's name."""
+    where = f"epoch {position.epoch + 1}, step {position.step}" if position.step else f"epoch {position.epoch}'s end"
+    saved = f"the checkpoint {checkpoint_path} is saved" if checkpoint_path else "the checkpoint is saved"
+    return f" at {where}: {saved}; run the same command with --resume to continue"
+
+
+class _StopOnSignal:
+    """The final evaluation's loader, handing over between batches once a stop signal came (one process)."""
+
+    def __init__(self, loader, position: EpochPosition, checkpoint_path: Path) -> None:
+        self.loader, self.position, self.checkpoint_path = loader, position, checkpoint_path
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if preemption.requested():
+                preemption.hand_over(resume_hint(self.position, self.checkpoint_path))
+            yield batch
+
+
+def video_problem_metrics(datasets: dict) -> dict[str, int]:
+    """``train_missing_videos``, ``val_unreadable_videos``, ...: distinct videos of each kind met so far."""
+    metrics = {}
+    for split, dataset in datasets.items():
+        for kind, count in getattr(dataset, "problem_counts", dict)().items():
+            metrics[f"{split}_{kind}_videos"] = count
+    return metrics
 
 
 # --- the run -----------------------------------------------------------------------------------------
 
 def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
-    from .journal import JournaledTracker
-    from .tracking import default_tracking_uri
+    """Train and evaluate one config. SIGTERM, SIGINT and the preemption signal save a checkpoint at the next
+    optimizer step and raise :class:`preemption.Preempted` (the mlflow run is then KILLED)."""
+    with preemption.guarded():
+        return _run(cfg, progress, resume)
+
+
+def _run(cfg: RunConfig, progress: bool, resume: bool) -> RunResult:
+    from .journal import JournaledTracker, unfinished_journal
+    from .tracking import check_store, default_tracking_uri
 
     start = time.time()
+    check_store(cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir)))  # a damaged one: say so now
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     spec = get_method(cfg.method)
@@ -287,9 +442,10 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                        annotations=Path(cfg.annotations) if cfg.annotations else None,
                        input_size=backbone.input_size, mean=backbone.mean, std=backbone.std,
                        num_frames=cfg.num_frames, seed=cfg.seed, decoder=cfg.data.decoder,
-                       decode_device=cfg.data.decode_device)
+                       decode_device=cfg.data.decode_device, classes=cfg.classes)
     train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
+    clip_sets = {"train": train_set, "val": val_set}  # their counts of missing, unreadable and short videos
     val_items = val_set
     if cfg.train.val_subset:
         val_items = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
@@ -321,11 +477,13 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        remove_stale_temporaries(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     position, run_id = EpochPosition(), None
-    resuming = resume and checkpoint_path.is_file()
+    found = resume_state(run_dir) if resume else None  # a damaged latest checkpoint: the previous one
+    resuming = found is not None
     if resuming:
-        state = load_checkpoint(checkpoint_path)
+        state, _ = found
         load_trainable_state_dict(model, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -336,18 +494,23 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                  position.step, run_id)
 
     uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
-    tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=resuming)
+    # --resume continues the run folder's mlflow run: from its checkpoint, or, killed before it saved one,
+    # from the start of training (a finished run without a checkpoint is not reopened).
+    continued = resuming or (resume and unfinished_journal(run_dir))
+    tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=continued)
                if rank == 0 else NullTracker())
     with tracker:
-        if not resuming and rank == 0:
+        if not resuming and rank == 0:  # (again, if a run killed before its first checkpoint is continued)
             tracker.log_config(_config_for_tracking(cfg))
             tracker.log_environment()
             with torch.random.fork_rng():  # the check must not shift this run's random stream
                 models_time = _measured_models_time(cfg.method, spec.build, json.dumps(cfg.method_args, sort_keys=True),
                                                     cfg.backbone)
+            if cfg.classes:  # a subset of the dataset's classes (Mini-Kinetics style), as asked for
+                tracker.set_tags({"peft_bench.classes": f"{len(cfg.classes)} of {train_set.source_num_classes}"})
             tracker.set_tags({
                 "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
-                "peft_bench.dataset": cfg.dataset, "peft_bench.seed": str(cfg.seed),
+                "peft_bench.dataset": cfg.dataset_label(), "peft_bench.seed": str(cfg.seed),
                 # Measured (frame-shuffle test on a random tiny backbone), not taken from the declaration.
                 "peft_bench.models_time": "yes" if models_time else "no",
                 "peft_bench.pretrained": pretrained,
@@ -371,7 +534,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             if rank == 0:
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
 
-        after_step = step_hook(cfg, save)
+        after_step = step_hook(cfg, save, checkpoint_path)
         for epoch in range(position.epoch, cfg.train.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
@@ -389,13 +552,18 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             tracker.log_metrics(metrics, step=epoch + 1)
             position = EpochPosition(epoch + 1)
             save(position)
+            if distributed.any_rank(preemption.requested()):  # signalled during this epoch's evaluation
+                preemption.hand_over(resume_hint(position, checkpoint_path))
 
-        final = evaluate(step_model, val_loader, device, progress)
+        # A signal now stops the evaluation: the checkpoint of the last epoch's end is what a resume needs.
+        final_loader = val_loader if world > 1 else _StopOnSignal(val_loader, position, checkpoint_path)
+        final = evaluate(step_model, final_loader, device, progress)
         wall = time.time() - start
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
         tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
         tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
-                             "decode_failures": failures, "eval_clips": final["clips"]})
+                             "decode_failures": failures, "eval_clips": final["clips"],
+                             **video_problem_metrics(clip_sets)})
     run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
     return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
 
@@ -478,6 +646,8 @@ def _config_for_tracking(cfg: RunConfig) -> dict:
     from .dataclass_io import to_dict
 
     data = to_dict(cfg)
+    if data.get("classes") is None:  # absent, as in runs from before the setting existed: their recipe is the same
+        data.pop("classes", None)
     data["config_digest"] = cfg.digest()
     return data
 

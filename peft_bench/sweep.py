@@ -8,7 +8,10 @@ The sweep keeps a manifest (``sweep.json`` in ``--sweep-dir``) of every combinat
 and job id; submitit's logs and result files lie beside it. A combination whose config digest already has
 a FINISHED mlflow run is skipped (``--rerun`` forces it), and so is one whose job is still pending or
 running, so submitting the same sweep twice never duplicates work. ``sweep status`` reads the manifest,
-mlflow and the scheduler; ``sweep sync`` sends results recorded locally while tracking was unreachable.
+mlflow, the scheduler (sacct for SLURM, the process for local jobs) and the JSON outcome each job writes
+into its run folder; it never unpickles anything (submitit's own result files are pickles, and a sweep
+folder may come from someone else). ``sweep sync`` sends results recorded locally while tracking was
+unreachable.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import submitit
 log = logging.getLogger(__name__)
 
 MANIFEST = "sweep.json"
+JOB_OUTCOME = "job-outcome.json"  # in the run folder: {"job_id", "state": running|done|failed, "error"}
 LOG_TAIL_LINES = 20
 # Scheduler states (sacct's, and submitit's local ones) -> what `sweep status` says.
 SCHEDULER_STATES = {
@@ -52,8 +56,9 @@ class SweepTask(submitit.helpers.Checkpointable):
     returns the same task with ``resume=True``, which submitit requeues.
     """
 
-    def __init__(self, config: dict, plugins: list[str] | None = None, resume: bool = True):
-        self.config, self.plugins, self.resume = config, list(plugins or []), resume
+    def __init__(self, config: dict, plugins: list[str] | None = None, resume: bool = True,
+                 run_dir: str | None = None):
+        self.config, self.plugins, self.resume, self.run_dir = config, list(plugins or []), resume, run_dir
 
     def __call__(self) -> dict:
         from .config import resolve_config
@@ -63,15 +68,42 @@ class SweepTask(submitit.helpers.Checkpointable):
         from .runner import run
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        for plugin in self.plugins:
-            load_plugin(plugin)
-        cfg = resolve_config(base=self.config)
-        with distributed_from_environment(), PreemptionGuard():
-            result = run(cfg, progress=False, resume=self.resume)
+        self._write_outcome("running")
+        try:
+            for plugin in self.plugins:
+                load_plugin(plugin)
+            cfg = resolve_config(base=self.config)
+            with distributed_from_environment(), PreemptionGuard():
+                result = run(cfg, progress=False, resume=self.resume)
+        except SystemExit:
+            raise  # preempted: requeued by submitit (or stopped); the scheduler says which, the outcome stays
+        except BaseException as err:
+            self._write_outcome("failed", f"{type(err).__name__}: {err}")
+            raise
+        self._write_outcome("done")
         return {"run_id": result.run_id, "top1": result.top1, "top5": result.top5, "run_dir": str(result.run_dir)}
 
+    def _write_outcome(self, state: str, error: str | None = None) -> None:
+        run_dir = getattr(self, "run_dir", None)  # tasks pickled before this existed have none
+        if run_dir is None:
+            return
+        try:
+            job = submitit.JobEnvironment()
+        except RuntimeError:  # not inside a submitit job
+            return
+        if job.global_rank == 0:
+            write_json(Path(run_dir) / JOB_OUTCOME, {"job_id": job.job_id, "state": state, "error": error})
+
     def checkpoint(self, *args, **kwargs):
-        return submitit.helpers.DelayedSubmission(SweepTask(self.config, self.plugins, resume=True))
+        return submitit.helpers.DelayedSubmission(SweepTask(self.config, self.plugins, True,
+                                                            getattr(self, "run_dir", None)))
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 # --- the grid --------------------------------------------------------------------------------------
@@ -181,8 +213,9 @@ def tracked_runs(tracking_uri: str, experiment: str) -> dict[str, tuple[str, str
     """digest -> (run id, status) of the experiment's runs; a FINISHED run wins over any other."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import quiet_mlflow_logging
+    from .tracking import prepare_store, quiet_mlflow_logging
 
+    prepare_store(tracking_uri)  # created safely if new; a damaged one stops the command, saying how to recover
     quiet_mlflow_logging()
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -290,17 +323,17 @@ def job_object(manifest: Manifest, job_id: str):
     return submitit.LocalJob(folder=manifest.folder, job_id=job_id)
 
 
-def job_outcome(job) -> str | None:
-    """'success' / 'error' from submitit's result file, or None while the job has not ended."""
-    from submitit.core.utils import pickle_load
-
-    path = job.paths.result_pickle
-    if not path.exists():
-        return None
+def job_outcome(combo: Combination) -> tuple[str, str | None] | None:
+    """(state, error) that this combination's job wrote into its run folder (JSON: nothing here is
+    unpickled), or None when it wrote nothing (not started, or killed before it could)."""
+    path = Path(combo.run_dir) / JOB_OUTCOME
     try:
-        return pickle_load(path)[0]
-    except Exception:  # a file being written: not ended yet
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(data, dict) or str(data.get("job_id")) != str(combo.job_id):
+        return None  # an earlier job's outcome
+    return str(data.get("state")), data.get("error")
 
 
 def scheduler_state(manifest: Manifest, job) -> str:
@@ -334,10 +367,10 @@ def combination_status(manifest: Manifest, combo: Combination, tracked: dict) ->
     if combo.job_id is None:
         return CombinationStatus(combo.name, "pending", run_id, None)
     job = job_object(manifest, combo.job_id)
-    outcome = job_outcome(job)
-    if outcome == "error":
+    outcome, _ = job_outcome(combo) or (None, None)
+    if outcome == "failed":
         return CombinationStatus(combo.name, "failed", run_id, combo.job_id, log_tail(job))
-    state = "done" if outcome == "success" else scheduler_state(manifest, job)
+    state = "done" if outcome == "done" else scheduler_state(manifest, job)
     if state == "done" and status != "FINISHED":
         state = "failed"  # the job ended but no finished run exists: say so, with its log
     return CombinationStatus(combo.name, state, run_id, combo.job_id, log_tail(job) if state == "failed" else "")
@@ -479,7 +512,7 @@ def submit(args, sweep_dir: Path) -> int:
                  if combo.submitted else ""))
     if args.dry_run:
         return 0
-    tasks = [SweepTask(c.config, [str(Path(p).resolve()) for p in args.plugin], resume=not args.rerun)
+    tasks = [SweepTask(c.config, [str(Path(p).resolve()) for p in args.plugin], not args.rerun, c.run_dir)
              for c in todo]
     for combo in todo:
         combo.submitted = "submitted"

@@ -9,7 +9,7 @@ Schema of a peft-bench run (``peft_bench.table`` reads exactly these names)
 Tags (strings):
     peft_bench.method         method name, e.g. "st_adapter" (the paper table's ``method`` column)
     peft_bench.backbone       backbone name, e.g. "clip_vitb16"
-    peft_bench.dataset        dataset name, e.g. "k400", "ssv2"
+    peft_bench.dataset        dataset name, e.g. "k400", "ssv2"; "k400[200 classes]" with a class subset
     peft_bench.seed           the random seed, as a decimal string
     peft_bench.models_time    "yes" / "no": whether the method models time (the paper's "TM?" column)
     peft_bench.pretrained     path of the pre-trained weights, or "none" for a random initialisation
@@ -24,27 +24,36 @@ Tags (strings):
     peft_bench.decode_device  "cpu" or "cuda"
     peft_bench.decoder_version  the decoder's package and version, e.g. "av 18.1.0"
     peft_bench.ffmpeg         the FFmpeg it decodes with, e.g. "FFmpeg 8.1.2 (libavcodec 62.28.102), bundled with PyAV"
-    peft_bench.error          set when the run ends FAILED or KILLED: the exception, truncated
+    peft_bench.error          set when the run ends FAILED or KILLED: the exception (its middle cut beyond 2000
+                              characters); removed when the run is resumed
+    peft_bench.classes        with ``dataset.classes``: "200 of 400" (the subset's size, the dataset's classes)
 
 Params: the run's config flattened to dotted keys (``optim.lr``), plus ``version.<package>`` for python
 and the libraries whose versions change results. The whole config is also the artifact ``config.json``.
 
 Metrics, per epoch (``step`` = epoch): train_loss, train_top1, val_top1, val_top5.
 Final metrics (no step): top1, top5 (percent, 0-100, as the paper prints them), trainable_params,
-total_params, wall_time_s, decode_failures (videos that could not be decoded and were skipped);
-optional gflops (all test views together, as the paper counts them).
+total_params, wall_time_s, decode_failures (video reads that failed and were replaced by another video);
+{train,val}_{missing,unreadable,short}_videos (distinct videos met in the run of each kind; short ones are
+used with repeated frames); optional gflops (all test views together, as the paper counts them).
 
-Run status: FINISHED on normal exit of ``RunTracker``, FAILED on an exception, KILLED on Ctrl-C.
+Run status: FINISHED on normal exit of ``RunTracker``, FAILED on an exception, KILLED on Ctrl-C or a stop
+signal (SIGTERM, the preemption signal).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 import platform
 import re
+import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
@@ -80,6 +89,149 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE_CHARS = 6000
 MAX_ERROR_TAG_CHARS = 2000
+PROBE_TIMEOUT_S = 3.0  # how long a tracking server may take to answer before it counts as unreachable
+
+
+class StoreError(ValueError):
+    """The tracking store cannot be used as it is; the message says how to recover."""
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for any other store (or an in-memory one)."""
+    if not tracking_uri.startswith("sqlite:///"):  # SQLAlchemy's form: three slashes, then the path
+        return None
+    path = unquote(tracking_uri[len("sqlite:///"):].split("?")[0])
+    return None if path in ("", ":memory:") else Path(path)
+
+
+_prepared: set[Path] = set()
+_creating = threading.Lock()  # the file lock excludes other processes; this, other threads of this one
+
+
+def prepare_store(tracking_uri: str) -> None:
+    """Make a SQLite store safe to use (other stores need nothing), creating it if it is not there.
+
+    A missing store is created and migrated in a temporary file beside it, under a file lock, and renamed
+    into place: a run killed while creating it leaves no half-made store, and concurrent first runs create
+    it once. Then :func:`check_store`. OSError when it cannot be created (a read-only folder).
+    """
+    path = sqlite_path(tracking_uri)
+    if path is None or (path in _prepared and path.is_file()):
+        return
+    if not _has_tables(path):
+        _create_store(path)
+    check_store(tracking_uri)
+
+
+def check_store(tracking_uri: str) -> None:
+    """Raise :class:`StoreError`, saying how to recover, for an existing SQLite store that is half-made (a
+    kill inside mlflow's own creation of it) or of another schema; mlflow would fail on it with a
+    SQLAlchemy traceback, or silently leave every run to its journal."""
+    path = sqlite_path(tracking_uri)
+    if path is None or path in _prepared or not _has_tables(path):
+        return
+    problem = _store_problem(path)
+    if problem is not None:
+        raise StoreError(
+            f"the tracking store {path} cannot be used: {problem}. A store left half-made by a run killed while "
+            f"creating it is moved aside and the next run makes a new one: `mv {path} {path}.damaged`, then "
+            f"`peft-bench sync runs` (your --output-dir) sends the runs recorded in their run folders. A store made "
+            f"by an older mlflow is upgraded instead: back it up, then `mlflow db upgrade sqlite:///{path}`.")
+    _prepared.add(path)
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+
+
+def _has_tables(path: Path) -> bool:
+    """False for a missing file and for one with no tables (the start of a creation that never finished)."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(_connect_read_only(path)) as db:
+            return db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] > 0
+    except sqlite3.DatabaseError:
+        return True  # something is there: _store_problem says what
+
+
+def _store_problem(path: Path) -> str | None:
+    try:
+        with contextlib.closing(_connect_read_only(path)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = (db.execute("SELECT version_num FROM alembic_version").fetchone()
+                       if "alembic_version" in tables else None)
+    except sqlite3.DatabaseError as err:
+        return f"it is not a readable SQLite database ({err})"
+    leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if leftovers:
+        return f"mlflow's schema migration stopped half-way (its temporary table {leftovers[0]} is left)"
+    if version is None:
+        return "it has tables but no schema version (its creation stopped half-way)"
+    head = _schema_head()
+    if head is not None and version[0] != head:
+        return f"its schema is at revision {version[0]}, mlflow {mlflow.__version__} needs {head}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_head() -> str | None:
+    try:
+        from alembic.script import ScriptDirectory
+        from mlflow.store.db.utils import _get_alembic_config
+
+        return ScriptDirectory.from_config(_get_alembic_config("")).get_current_head()
+    except Exception:  # mlflow moved its internals: the leftover-table check above still stands
+        return None
+
+
+def _create_store(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _creating, open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)  # a POSIX lock: loader workers forked meanwhile do not inherit it
+        if _has_tables(path):  # another process made it while we waited
+            return
+        for stale in path.parent.glob(f".{path.name}.creating-*"):  # from creators killed before us
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+        try:
+            _migrate_new_store(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _migrate_new_store(path: Path) -> None:
+    quiet_mlflow_logging()
+    uri = f"sqlite:///{path}"
+    try:
+        from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
+    except ImportError:  # mlflow moved them: let its client create the tables (it caches an engine for this file)
+        MlflowClient(uri).search_experiments()
+        return
+    engine = create_sqlalchemy_engine(uri)
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def tracking_answers(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a tracking server answers at all within ``timeout`` (any HTTP status counts). mlflow's own
+    client would instead retry a refused or silent server for minutes. Non-HTTP stores: True."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return True
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered, if not with a health page
+    except (OSError, ValueError):
+        return False
 
 
 def default_tracking_uri(results_dir: Path) -> str:
@@ -305,9 +457,8 @@ class RunTracker:
         return False  # never swallow the exception
 
     def _record_error(self, exc_type: type[BaseException], exc: BaseException | None) -> None:
-        text = f"{exc_type.__name__}: {exc}" if exc is not None else exc_type.__name__
         try:
-            self.set_tags({"error": text[:MAX_ERROR_TAG_CHARS]})
+            self.set_tags({"error": error_tag_text(exc_type, exc)})
         except Exception:  # the original exception matters more than a lost tag
             logging.getLogger(__name__).warning("could not record the error tag", exc_info=True)
 
@@ -363,6 +514,15 @@ class RunTracker:
     def _log_params(self, params: list[Param]) -> None:
         for batch in chunks(params, MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=batch)
+
+
+def error_tag_text(exc_type: type[BaseException], exc: BaseException | None) -> str:
+    """"DataError: ..." within mlflow's tag limit, cut in the middle: the start and the end (often the reason) stay."""
+    text = f"{exc_type.__name__}: {exc}" if exc is not None else exc_type.__name__
+    if len(text) <= MAX_ERROR_TAG_CHARS:
+        return text
+    half = (MAX_ERROR_TAG_CHARS - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 def tag_key(key: str) -> str:

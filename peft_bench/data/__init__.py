@@ -19,6 +19,7 @@ from peft_bench.data.annotations import (
     read_kinetics_class_names,
     read_list_file,
     read_ssv2,
+    select_classes,
 )
 from peft_bench.data.dataset import DataError, VideoClipDataset
 from peft_bench.data.decode import VideoDecodeError, check_decoder, count_frames, read_frames
@@ -79,6 +80,7 @@ def build_dataset(
     decoder: str = "auto",
     decode_device: str = "cpu",
     max_failure_fraction: float = 0.05,
+    classes: Sequence[str] | None = None,
 ) -> VideoClipDataset:
     """The `split` ("train" or "val") of dataset `name`, ready for a DataLoader.
 
@@ -87,6 +89,7 @@ def build_dataset(
     ~/.cache/peft_bench/data) and read back like real ones; `root` is ignored for them. `num_frames` overrides
     the recipe's frame count; `max_failure_fraction` bounds the undecodable and missing videos tolerated.
     A decoder that cannot run here (`decoder`, `decode_device`) stops it before any video is read.
+    `classes` keeps only those classes (names as the annotations give them), e.g. Mini-Kinetics' 200 of K400.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
@@ -103,10 +106,13 @@ def build_dataset(
     else:
         root = _required_root(name, spec.layout, root)
         annotations_found = read(split, root, annotation_folder(spec.layout, root, annotations))
-    if spec.num_classes is not None and annotations_found.num_classes != spec.num_classes:
+    if classes is not None:
+        annotations_found = select_classes(annotations_found, list(classes), f"the {split} annotations of {name}")
+    elif spec.num_classes is not None and annotations_found.num_classes != spec.num_classes:
         raise DataError(
             f"{name} should have {spec.num_classes} classes, but its {split} annotations give "
-            f"{annotations_found.num_classes}"
+            f"{annotations_found.num_classes}; to train on a subset of its classes (Mini-Kinetics style), "
+            "name them: --set dataset.classes=FILE (one class per line) or --set 'dataset.classes=[a, b]'"
         )
     return VideoClipDataset(
         annotations_found,
@@ -228,7 +234,15 @@ def _ssv2_annotations(split: str, root: Path, annotation_folder: Path) -> Annota
 def _list_annotations(split: str, root: Path, annotation_folder: Path) -> Annotations:
     if annotation_folder.is_file():  # a single list file given directly
         return read_list_file(annotation_folder, root)
-    return read_list_file(split_files("list", split, annotation_folder).split_file, root)
+    split_file = split_files("list", split, annotation_folder).split_file
+    if split == "train":
+        return read_list_file(split_file, root)
+    train_file = next((annotation_folder / n for n in SPLIT_FILES["list"]["train"] if (annotation_folder / n).is_file()),
+                      None)
+    if train_file is None:  # no training list beside it: its own labels define the classes
+        return read_list_file(split_file, root)
+    # Class indices must agree with training: a label the training list never reaches is an error.
+    return read_list_file(split_file, root, read_list_file(train_file, root).num_classes, str(train_file))
 
 
 # The synthetic datasets are fixed: training seeds vary the run, not the data (and the cache is shared).

@@ -36,10 +36,25 @@ class VideoSample:
 class Annotations:
     samples: list[VideoSample]
     class_names: list[str]
+    source_num_classes: int | None = None  # set by select_classes: how many classes the files define
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+def select_classes(annotations: Annotations, classes: list[str], where: str) -> Annotations:
+    """Only the samples of ``classes`` (a subset of the annotations' classes, Mini-Kinetics style), labelled
+    by their place in ``classes``. ``where`` names the annotations in the error for a class they lack."""
+    index_of = {name: index for index, name in enumerate(annotations.class_names)}
+    unknown = [name for name in classes if name not in index_of]
+    if unknown:
+        shown = ", ".join(repr(name) for name in annotations.class_names[:5])
+        raise AnnotationError(where, None, f"dataset.classes names {unknown[0]!r}, not one of its "
+                                           f"{annotations.num_classes} classes ({shown}, ...)")
+    new_label = {index_of[name]: label for label, name in enumerate(classes)}
+    samples = [VideoSample(s.path, new_label[s.label]) for s in annotations.samples if s.label in new_label]
+    return Annotations(samples, list(classes), annotations.num_classes)
 
 
 class DirectoryListing:
@@ -266,8 +281,13 @@ def _skip_whitespace(text: str, position: int) -> int:
 # ------------------------------------------------------------------------------------------- list files
 
 
-def read_list_file(path: str | Path, video_root: str | Path) -> Annotations:
-    """Lines `relative/path label_index` (blank lines and `#` comments skipped); class names are the indices."""
+def read_list_file(path: str | Path, video_root: str | Path, num_classes: int | None = None,
+                   classes_from: str = "") -> Annotations:
+    """Lines `relative/path label_index` (blank lines and `#` comments skipped); class names are the indices.
+
+    ``num_classes`` (from the training list, named by ``classes_from``) makes a label outside it an error:
+    a validation list must not bring classes the model was never given.
+    """
     path, video_root = Path(path), Path(video_root)
     samples = []
     for line, text in enumerate(_read_text(path).splitlines(), start=1):
@@ -284,8 +304,12 @@ def read_list_file(path: str | Path, video_root: str | Path) -> Annotations:
             raise AnnotationError(path, line, f"label is not an integer: {label_text!r}") from None
         if label < 0:
             raise AnnotationError(path, line, f"label must be non-negative, got {label}")
+        if num_classes is not None and label >= num_classes:
+            raise AnnotationError(path, line, f"label {label} is outside the {num_classes} classes of the "
+                                              f"training list {classes_from}".rstrip())
         samples.append(VideoSample(video_root / relative, label))
-    num_classes = max((sample.label for sample in samples), default=-1) + 1
+    if num_classes is None:
+        num_classes = max((sample.label for sample in samples), default=-1) + 1
     return Annotations(samples, [str(index) for index in range(num_classes)])
 
 

@@ -3,7 +3,8 @@
 A video that fails to decode is logged, counted and replaced by another (deterministically chosen) sample,
 so one truncated file does not stop a training run; too many failures raise `DataError`, so a broken copy
 of a dataset is not silently trained on. Counters live in shared memory, so they add up across DataLoader
-workers and the trainer reads the total in the main process.
+workers and the trainer reads the total in the main process: decode attempts and failures, and one flag per
+video (missing, unreadable, too short), so that each kind is counted once per video whichever worker met it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ _COUNTER_SLOTS = 1 + 256
 
 class DataError(RuntimeError):
     """The data is unusable as given: too many unreadable or missing videos, or no videos at all."""
+
+    def __init__(self, message: str = "") -> None:
+        # Raised in a DataLoader worker, the loader raises it again as "Caught DataError in DataLoader worker
+        # process 0. Original Traceback ...": the reason is the last line; the worker's traceback is noise.
+        if "Original Traceback" in message:
+            message = message.strip().splitlines()[-1].split("DataError: ", 1)[-1]
+        super().__init__(message)
+
+
+# Per-video problem flags (one byte per sample in shared memory).
+_MISSING, _UNREADABLE, _SHORT = 1, 2, 3
+PROBLEM_KINDS = {_MISSING: "missing", _UNREADABLE: "unreadable", _SHORT: "short"}
 
 
 class VideoClipDataset(Dataset):
@@ -76,8 +89,10 @@ class VideoClipDataset(Dataset):
         self._decoded: dict[Path, np.ndarray] = {}
         self.class_names = list(annotations.class_names)
         self.num_classes = len(self.class_names)
+        self.source_num_classes = annotations.source_num_classes or self.num_classes  # before a class subset
         self.samples, missing = _split_present_and_missing(annotations.samples)
         self.missing_count = len(missing)
+        self.missing_paths = [sample.path for sample in missing]
         self._check_missing(missing, total=len(annotations.samples))
         self._check_labels()
         if train:
@@ -88,6 +103,10 @@ class VideoClipDataset(Dataset):
         self._attempt_slots = multiprocessing.RawArray("q", _COUNTER_SLOTS)
         self._failure_slots = multiprocessing.RawArray("q", _COUNTER_SLOTS)
         self._shared_epoch = multiprocessing.RawValue("q", 0)
+        self._problems = multiprocessing.RawArray("b", max(1, len(self.samples)))
+        from peft_bench.data.check import clip_span  # here: check.py imports this package
+
+        self.min_frames = clip_span(recipe).frames  # fewer, and the sampler repeats frames: counted as short
         self._warned_paths: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ counters
@@ -118,6 +137,21 @@ class VideoClipDataset(Dataset):
         """Decode attempts so far, over all DataLoader workers."""
         return int(sum(self._attempt_slots))
 
+    def problem_counts(self) -> dict[str, int]:
+        """Distinct videos met so far that were missing, unreadable or too short (short ones are still used)."""
+        flags = np.frombuffer(self._problems, dtype=np.int8)
+        counts = {kind: int((flags == flag).sum()) for flag, kind in PROBLEM_KINDS.items()}
+        counts["missing"] += self.missing_count
+        return counts
+
+    def first_problems(self, n: int = 3) -> list[str]:
+        """The first few problem videos, as "path (kind)"."""
+        found = [f"{path} (missing)" for path in self.missing_paths[:n]]
+        flags = np.frombuffer(self._problems, dtype=np.int8)
+        for index in np.flatnonzero(flags)[: n - len(found)]:
+            found.append(f"{self.samples[index].path} ({PROBLEM_KINDS[int(flags[index])]})")
+        return found
+
     @property
     def num_views(self) -> int:
         return 1 if self.train else self.recipe.num_views
@@ -131,9 +165,9 @@ class VideoClipDataset(Dataset):
         for attempt in range(MAX_REPLACEMENTS + 1):
             item_seed = self._item_seed(index, attempt)
             try:
-                video = self._load(self.samples[sample_index], item_seed)
+                video = self._load(sample_index, item_seed)
             except VideoDecodeError as error:
-                self._record_failure(error)
+                self._record_failure(sample_index, error)
                 sample_index = self._replacement_index(index, item_seed)
                 continue
             self._record_success()
@@ -153,18 +187,24 @@ class VideoClipDataset(Dataset):
         other = random.Random(item_seed).randrange(len(self.samples) - 1)
         return other if other < index else other + 1  # any sample but the asked-for one
 
-    def _load(self, sample: VideoSample, item_seed: int) -> torch.Tensor:
+    def _load(self, sample_index: int, item_seed: int) -> torch.Tensor:
         rng = random.Random(item_seed)
+        sample = self.samples[sample_index]
+
+        def indices(num_frames: int) -> list[int]:
+            if num_frames < self.min_frames:
+                self._problems[sample_index] = _SHORT
+            return self._clip_indices(num_frames, rng)
+
         if self.keep_decoded:
             whole = self._decoded.get(sample.path)
             if whole is None:
                 whole, _ = read_clip(sample.path, lambda num_frames: list(range(num_frames)), self.decoder,
                                      self.decode_device)
                 self._decoded[sample.path] = whole
-            frames = whole[self._clip_indices(len(whole), rng)]
+            frames = whole[indices(len(whole))]
         else:
-            frames, _ = read_clip(sample.path, lambda num_frames: self._clip_indices(num_frames, rng), self.decoder,
-                                  self.decode_device)
+            frames, _ = read_clip(sample.path, indices, self.decoder, self.decode_device)
         clip = torch.from_numpy(frames)
         if self.train:
             # An isolated generator state: reproducible per item, and the caller's torch RNG is untouched.
@@ -208,10 +248,12 @@ class VideoClipDataset(Dataset):
     def _record_success(self) -> None:
         self._attempt_slots[self._counter_slot()] += 1
 
-    def _record_failure(self, error: VideoDecodeError) -> None:
+    def _record_failure(self, sample_index: int, error: VideoDecodeError) -> None:
         slot = self._counter_slot()
         self._attempt_slots[slot] += 1
         self._failure_slots[slot] += 1
+        gone = not Path(error.path).exists()  # vanished since the dataset was built
+        self._problems[sample_index] = _MISSING if gone else _UNREADABLE
         attempts, failures = self.attempts, self.failures
         if error.path not in self._warned_paths:  # once per video and process, not once per epoch
             self._warned_paths.add(error.path)
@@ -219,10 +261,14 @@ class VideoClipDataset(Dataset):
         if attempts >= min(MIN_ATTEMPTS_BEFORE_JUDGING, len(self.samples)) and (
             failures > self.max_failure_fraction * attempts
         ):
+            counts = self.problem_counts()
             raise DataError(
-                f"{failures} of {attempts} videos failed to decode ({failures / attempts:.1%}), more than the "
-                f"allowed {self.max_failure_fraction:.1%}; last failure: {error}. Check the dataset copy, "
-                "or raise max_failure_fraction if these losses are expected."
+                f"{failures} of {attempts} {'training' if self.train else 'validation'} video reads failed "
+                f"({failures / attempts:.1%}), more than train.max_failure_fraction={self.max_failure_fraction:g} allows: "
+                f"{counts['unreadable']} unreadable, {counts['missing']} missing and {counts['short']} too short "
+                f"(used with repeated frames) so far; first: {', '.join(self.first_problems())}; last error: "
+                f"{error.cause}. `peft-bench data check` lists every one; raise train.max_failure_fraction if "
+                "these losses are expected."
             )
 
     def _check_missing(self, missing: list[VideoSample], total: int) -> None:
