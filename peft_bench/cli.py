@@ -75,12 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_arg(methods)
 
     from .accounting import add_account_parser
+    from .backbones.tiny import add_tiny_parser
     from .data.cli import add_data_parser
     from .sweep import add_sweep_parser
 
     add_account_parser(sub)
     add_data_parser(sub)
     add_sweep_parser(sub)
+    add_tiny_parser(sub)
     from benchmarks.method_speed import add_bench_parser  # benchmarks/ is installed with the package
     add_bench_parser(sub)
     return parser
@@ -210,11 +212,12 @@ def main(argv: list[str] | None = None) -> int:
 
         from benchmarks.method_speed import cmd_bench
 
+        from .backbones.tiny import cmd_tiny
         from .distributed import distributed_from_environment, rank
         from .sweep import cmd_sweep
 
         commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account,
-                    "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench}
+                    "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench, "tiny": cmd_tiny}
         if args.command == "run":  # under torchrun: one process group for all of the command's runs
             with distributed_from_environment():
                 args.no_table = args.no_table or rank() != 0
