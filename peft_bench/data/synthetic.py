@@ -561,7 +561,7 @@ def _default_workers() -> int:
 
     if multiprocessing.current_process().daemon:  # e.g. inside a DataLoader worker: no child processes allowed
         return 1
-    return min(4, usable_cpu_count())
+    return usable_cpu_count()  # videos are independent and the output does not depend on the count
 
 
 class _JobRunner:
