@@ -136,3 +136,15 @@ def test_decoder_is_checked_and_left_out_of_the_digest():
     assert resolve_config({"decoder": "decord"}).digest() == resolve_config({"decoder": "pyav"}).digest()
     with pytest.raises(ConfigError, match="unknown decoder 'ffmpeg'"):
         resolve_config({"decoder": "ffmpeg"})
+
+
+def test_adapters_on_tiny_are_sized_to_its_width():
+    for method in ("adapter", "st_adapter"):
+        on_tiny = resolve_config({"method": method, "backbone": "tiny", "dataset": "synthetic-motion"})
+        on_vitb = resolve_config({"method": method, "backbone": "clip_vitb16", "dataset": "ssv2"})
+        assert (on_tiny.method_args["width"], on_vitb.method_args["width"]) == (48, 384)  # D/2 on both
+    tiny_ssv2 = resolve_config({"method": "st_adapter", "backbone": "tiny", "dataset": "synthetic-motion"})
+    assert tiny_ssv2.method_args["positions"] == ["attention", "mlp"]  # the dataset's preset still applies
+    wide = resolve_config({"method": "st_adapter", "backbone": "tiny", "method_args": {"width": 384}})
+    assert wide.method_args["width"] == 384  # the user's value wins
+
