@@ -148,3 +148,13 @@ def test_adapters_on_tiny_are_sized_to_its_width():
     wide = resolve_config({"method": "st_adapter", "backbone": "tiny", "method_args": {"width": 384}})
     assert wide.method_args["width"] == 384  # the user's value wins
 
+
+def test_the_feature_cache_is_on_where_it_was_measured_to_keep_top1():
+    def cached(method, dataset, **speed):
+        return resolve_config({"method": method, "dataset": dataset, "speed": speed}).speed.feature_cache
+
+    assert cached("linear_probe", "synthetic-motion") and cached("linear_probe", "synthetic-appearance")
+    assert cached("attentional_pooling", "synthetic-appearance")
+    assert not cached("attentional_pooling", "synthetic-motion")  # lost 5.6 points of top-1 there
+    assert not cached("linear_probe", "k400") and not cached("st_adapter", "synthetic-motion")
+    assert not cached("linear_probe", "synthetic-motion", feature_cache=False)  # the user's choice wins
