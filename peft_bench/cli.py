@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override any config value, e.g. train.lr=1e-3 or method.width=256 (repeatable)")
     run.add_argument("--output-dir", help="where checkpoints and per-run configs go (default: runs)")
     run.add_argument("--resume", action="store_true", help="continue unfinished runs from their checkpoints")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--jobs", type=int,
+                     help="runs at once (default: on CPU with tiny, one per core on one thread each; else 1)")
+    run.add_argument("--no-progress", action="store_true", help="no progress line")
     run.add_argument("--no-table", action="store_true", help="do not print the table at the end")
     _add_tracking_args(run, defaults=False)
     _add_plugin_arg(run)
@@ -129,28 +131,54 @@ def _paper_order(methods: list[str]) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from .runner import run
+    from . import distributed
+    from .progress import StatusLine
+    from .run_all import plan_runs, prepare_shared_inputs, run_all
 
     configs = _run_configs(args)
+    if not configs:
+        return 0
+    plan = plan_runs(configs, args.jobs)
+    show = not args.no_progress and distributed.rank() == 0
+    status = StatusLine(enabled=show)
+    if show:
+        print(f"peft-bench run: {plan.describe(len(configs))}", flush=True)
+    prepare_shared_inputs(configs, plan)
     failed = []
-    for i, cfg in enumerate(configs, 1):
-        print(f"[{i}/{len(configs)}] {cfg.method} on {cfg.dataset} ({cfg.backbone}, seed {cfg.seed})", flush=True)
-        try:
-            result = run(cfg, progress=not args.no_progress, resume=args.resume)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # one failing method must not cost the others their runs
-            log.error("%s failed: %s", cfg.run_name(), err, exc_info=args.verbose)
-            failed.append((cfg.run_name(), err))
-            continue
-        print(f"    top-1 {result.top1:.1f}  top-5 {result.top5:.1f}  trainable {result.trainable_params:,}  "
-              f"({result.wall_time_s:.0f} s)", flush=True)
-    if not args.no_table and configs:
+    finished = 0
+
+    def on_outcome(outcome) -> None:
+        nonlocal finished
+        finished += 1
+        cfg = configs[outcome.index]
+        head = f"[{finished}/{len(configs)}] {cfg.method} on {cfg.dataset} ({cfg.backbone}, seed {cfg.seed})"
+        if outcome.error is not None:
+            failed.append((cfg.run_name(), outcome.error))
+            status.print_above(f"{head}: FAILED ({outcome.error})")
+        else:
+            result = outcome.result
+            status.print_above(f"{head}: top-1 {result.top1:.1f}  top-5 {result.top5:.1f}  trainable "
+                               f"{result.trainable_params:,}  ({result.wall_time_s:.0f} s)")
+
+    run_all(configs, plan, resume=args.resume, status=status, on_outcome=on_outcome)
+    if not args.no_table:
+        _sync_unsent(configs)
         cfg = configs[0]
         _print_table(cfg.tracking_uri, Path(cfg.results_dir), cfg.experiment, "markdown")
     for name, err in failed:
         print(f"FAILED {name}: {err}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _sync_unsent(configs) -> None:
+    """Results a run could not send to the tracking store (it was busy or away) go now, before the table."""
+    from .journal import sync_run_dir
+
+    for cfg in configs:
+        try:
+            sync_run_dir(cfg.run_dir())
+        except Exception as err:  # the table then lacks the run; `peft-bench sweep sync` sends it later
+            log.warning("%s: results not sent to tracking yet (%s)", cfg.run_name(), err)
 
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:

@@ -274,7 +274,10 @@ def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None]) -> Callable
 
 # --- the run -----------------------------------------------------------------------------------------
 
-def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
+def run(cfg: RunConfig, progress: bool = True, resume: bool = False,
+        report: Callable[[int, int], None] | None = None) -> RunResult:
+    """Train and evaluate one run. ``report(steps_done, steps_total)`` hears of every optimizer step (and
+    the start, and the end of training before the final evaluation): the command's progress line."""
     from .journal import JournaledTracker
     from .tracking import default_tracking_uri
 
@@ -367,6 +370,10 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
 
         after_step = step_hook(cfg, save)
+        total_steps = cfg.train.epochs * steps_per_epoch
+        if report is not None:
+            after_step = reporting(after_step, report, steps_per_epoch, total_steps)
+            report(position.epoch * steps_per_epoch + position.step, total_steps)
         for epoch in range(position.epoch, cfg.train.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
@@ -385,6 +392,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             position = EpochPosition(epoch + 1)
             save(position)
 
+        if report is not None:
+            report(total_steps, total_steps)
         final = evaluate(step_model, val_loader, device, progress)
         wall = time.time() - start
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
@@ -393,6 +402,15 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                              "decode_failures": failures, "eval_clips": final["clips"]})
     run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
     return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
+
+
+def reporting(after_step: Callable[[EpochPosition], None], report: Callable[[int, int], None],
+              steps_per_epoch: int, total_steps: int) -> Callable[[EpochPosition], None]:
+    def after_step_reported(position: EpochPosition) -> None:
+        after_step(position)
+        report(position.epoch * steps_per_epoch + position.step, total_steps)
+
+    return after_step_reported
 
 
 @functools.lru_cache(maxsize=None)
