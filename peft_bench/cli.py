@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .dataclass_io import ConfigError, parse_overrides
@@ -135,6 +136,7 @@ def cmd_run(args) -> int:
     from .progress import StatusLine
     from .run_all import plan_runs, prepare_shared_inputs, run_all
 
+    started = time.monotonic()
     configs = _run_configs(args)
     if not configs:
         return 0
@@ -160,7 +162,7 @@ def cmd_run(args) -> int:
             status.print_above(f"{head}: top-1 {result.top1:.1f}  top-5 {result.top5:.1f}  trainable "
                                f"{result.trainable_params:,}  ({result.wall_time_s:.0f} s)")
 
-    run_all(configs, plan, resume=args.resume, status=status, on_outcome=on_outcome)
+    run_all(configs, plan, resume=args.resume, status=status, on_outcome=on_outcome, started=started)
     if not args.no_table:
         _sync_unsent(configs)
         cfg = configs[0]

@@ -130,10 +130,11 @@ def _create_store(uri: str, experiment: str) -> None:
 # --- running -----------------------------------------------------------------------------------------
 
 def run_all(configs: list[RunConfig], plan: Plan, *, resume: bool, status: StatusLine,
-            on_outcome: Callable[[Outcome], None]) -> None:
-    """Every run, ``plan.jobs`` at a time; ``on_outcome`` hears of each as it ends (in this process)."""
+            on_outcome: Callable[[Outcome], None], started: float | None = None) -> None:
+    """Every run, ``plan.jobs`` at a time; ``on_outcome`` hears of each as it ends (in this process).
+    ``started`` (time.monotonic) is when the command began, for the elapsed time it shows."""
     runs = [RunState(f"{cfg.method} on {cfg.dataset}", cfg.method, cfg.train.epochs) for cfg in configs]
-    progress = CommandProgress(runs, parallel=plan.jobs)
+    progress = CommandProgress(runs, parallel=plan.jobs, started=started)
     root = logging.getLogger()
     clear = status.clear_before_logging()
     for handler in root.handlers:
