@@ -77,14 +77,15 @@ def test_time_left_comes_from_each_methods_measured_speed():
     progress.step(0, 10, 100)  # 1 s a step
     progress.step(1, 40, 100)  # 0.25 s a step
     # left: slow 90 steps x 1 s, fast 60 x 0.25 s; waiting runs of 5 epochs of 10 steps (as the running
-    # ones): slow at 1 s, new at the mean of all measured steps (20 s / 50 steps), each plus 10% for setup
-    # and evaluation until a run has finished; two runs at a time.
-    expected = (90 * 1.0 + 60 * 0.25 + 50 * 1.0 * 1.1 + 50 * 0.4 * 1.1) / 2
+    # ones): slow at its 1 s, new at the median method's (of 1 and 0.25 s), each plus 10% for setup and
+    # evaluation until a run has finished; two runs at a time.
+    expected = (90 * 1.0 + 60 * 0.25 + 50 * 1.0 * 1.1 + 50 * 0.625 * 1.1) / 2
     assert expected > 90  # more than the slow run alone needs
     assert progress.seconds_left() == pytest.approx(expected)
     line = progress.line()
-    assert "0 of 4 runs done" in line and "slow on motion (epoch 2/10)" in line and "fast on motion (epoch 5/10)" in line
-    assert f"0:10 elapsed, about {int(expected // 60)}:{round(expected % 60):02d} left" in line
+    assert line.startswith(f"peft-bench run: 0 of 4 runs done, about {int(expected // 60)}:"
+                           f"{round(expected % 60):02d} left (0:10 elapsed) · running ")
+    assert "slow on motion (epoch 2/10)" in line and "fast on motion (epoch 5/10)" in line
 
 
 def test_time_left_adds_the_measured_setup_and_evaluation_of_a_run():
