@@ -92,9 +92,10 @@ def prepare_shared_inputs(configs: list[RunConfig], plan: Plan) -> None:
     from .data import prepare_dataset
 
     stores = []
-    if plan.jobs > 1:  # created in children while the datasets are written here
+    if plan.jobs > 1:  # SQLite files only (a server creates its own tables), in children while the videos are written
         stores = [_start_tracking_store(uri, experiment)
-                  for uri, experiment in dict.fromkeys((_tracking_uri(cfg), cfg.experiment) for cfg in configs)]
+                  for uri, experiment in dict.fromkeys((_tracking_uri(cfg), cfg.experiment) for cfg in configs)
+                  if uri.startswith("sqlite:")]
     for dataset in dict.fromkeys(cfg.dataset for cfg in configs):
         prepare_dataset(dataset)
     for uri, child in stores:
