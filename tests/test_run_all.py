@@ -139,8 +139,8 @@ def runs_in(uri: str) -> list:
 
 # --- side by side, end to end -----------------------------------------------------------------------
 
-FAST = ["--pretrained", "none", "--set", "train.epochs=1", "--set", "train.warmup_epochs=0", "--set", "train.val_subset=16",
-        "--set", "train.batch_size=16", "--set", "method.width=8"]
+FAST = ["--pretrained", "none", "--set", "train.epochs=1", "--set", "train.warmup_epochs=0",
+        "--set", "train.val_subset=16", "--set", "train.batch_size=16", "--set", "method.width=8"]
 
 
 def test_runs_side_by_side_land_in_tracking_and_a_failure_costs_only_its_run(tmp_path, capsys, caplog):
