@@ -30,7 +30,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN = ["run", "--methods", "linear_probe", "--dataset", "synthetic-appearance", "--pretrained", "none",
        "--frames", "2", "--no-progress", "--no-table", "--set", "train.num_workers=0", "--set", "train.batch_size=16"]
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the timed run (default 4)")
-    parser.add_argument("--out", default=str(ROOT / "results" / "tracking_outage.md"))
+    parser.add_argument("--out", default="results/tracking_outage.md")  # relative: the clone's root, like the others
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as folder:

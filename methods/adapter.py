@@ -57,7 +57,9 @@ class Adapter(nn.Module):
         return x + self.up(self.act(self.down(x)))  # token-wise: num_frames is not used
 
 
-@register_method("adapter", config=AdapterConfig, group="Adapter", architecture="SA", models_time=False)
+# On `tiny` (D=96) the bottleneck is D/2 as 384 is on ViT-B/16; 384 there would widen, not bottleneck.
+@register_method("adapter", config=AdapterConfig, group="Adapter", architecture="SA", models_time=False,
+                 presets={"tiny": {"width": 48}})
 def build(backbone: VideoBackbone, context: RunContext, cfg: AdapterConfig) -> VideoClassifier:
     def adapter() -> Adapter:
         return Adapter(backbone.width, cfg.width, cfg.activation)

@@ -98,7 +98,8 @@ def mix_over_time(patches: Tensor, conv: nn.Conv3d, num_frames: int) -> Tensor:
 
 @register_method(
     "st_adapter", config=STAdapterConfig, group="ST-Adapter", architecture="SA", models_time=True,
-    presets={"k400": {"positions": ("mlp",)}, "ssv2": {"positions": ("attention", "mlp")}},
+    presets={"k400": {"positions": ("mlp",)}, "ssv2": {"positions": ("attention", "mlp")},
+             "tiny": {"width": 48}},  # D/2 on tiny's D=96, as 384 is on ViT-B/16's 768
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: STAdapterConfig) -> VideoClassifier:
     def adapter() -> STAdapter:

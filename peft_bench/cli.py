@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .dataclass_io import ConfigError, parse_overrides
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override any config value, e.g. train.lr=1e-3 or method.width=256 (repeatable)")
     run.add_argument("--output-dir", help="where checkpoints and per-run configs go (default: runs)")
     run.add_argument("--resume", action="store_true", help="continue unfinished runs from their checkpoints")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--jobs", type=int,
+                     help="runs at once (default: on CPU with tiny, one per core on one thread each; else 1)")
+    run.add_argument("--no-progress", action="store_true", help="no progress line")
     run.add_argument("--no-table", action="store_true", help="do not print the table at the end")
     _add_tracking_args(run, defaults=False)
     _add_plugin_arg(run)
@@ -82,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run folders, or folders holding them (e.g. runs)")
 
     from .accounting import add_account_parser
+    from .backbones.tiny import add_tiny_parser
     from .data.cli import add_data_parser
     from .sweep import add_sweep_parser
 
     add_account_parser(sub)
     add_data_parser(sub)
     add_sweep_parser(sub)
+    add_tiny_parser(sub)
     from .benchmarks.method_speed import add_bench_parser  # benchmarks/ installs as peft_bench.benchmarks
     add_bench_parser(sub)
     return parser
@@ -154,38 +160,65 @@ def _paper_order(methods: list[str]) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from . import preemption
-    from .runner import run
+    from . import distributed, preemption
+    from .progress import StatusLine
+    from .run_all import plan_runs, prepare_shared_inputs, run_all
     from .tracking import check_store, default_tracking_uri
 
+    started = time.monotonic()
     configs = _run_configs(args)
+    if not configs:
+        return 0
     for uri in dict.fromkeys(cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir)) for cfg in configs):
         check_store(uri)  # a damaged store stops the command here, before any work, saying how to recover
+    plan = plan_runs(configs, args.jobs)
+    show = not args.no_progress and distributed.rank() == 0
+    status = StatusLine(enabled=show)
+    if show:
+        print(f"peft-bench run: {plan.describe(len(configs))}", flush=True)
+    prepare_shared_inputs(configs, plan)
     failed = []
-    # A stop signal between two runs ends the command before the next one starts.
-    with preemption.guarded():
-        for i, cfg in enumerate(configs, 1):
-            if preemption.requested():
-                print(f"peft-bench: stopped by {preemption.received().name} before {cfg.run_name()}", file=sys.stderr)
-                return 128 + preemption.received()
-            print(f"[{i}/{len(configs)}] {cfg.method} on {cfg.dataset} ({cfg.backbone}, seed {cfg.seed})", flush=True)
-            try:
-                result = run(cfg, progress=not args.no_progress, resume=args.resume)
-            except preemption.Preempted as stop:  # a checkpoint is saved: one line, and --resume continues
-                print(f"peft-bench: {stop}", file=sys.stderr)
-                return 128 + stop.signum if stop.signum else 1
-            except Exception as err:  # one failing method must not cost the others their runs
-                log.error("%s failed: %s", cfg.run_name(), err, exc_info=args.verbose)
-                failed.append((cfg.run_name(), err))
-                continue
-            print(f"    top-1 {result.top1:.1f}  top-5 {result.top5:.1f}  trainable {result.trainable_params:,}  "
-                  f"({result.wall_time_s:.0f} s)", flush=True)
-    if not args.no_table and configs:
+    finished = 0
+
+    def on_outcome(outcome) -> None:
+        nonlocal finished
+        finished += 1
+        cfg = configs[outcome.index]
+        head = f"[{finished}/{len(configs)}] {cfg.method} on {cfg.dataset} ({cfg.backbone}, seed {cfg.seed})"
+        if outcome.error is not None:
+            failed.append((cfg.run_name(), outcome.error))
+            status.print_above(f"{head}: FAILED ({outcome.error})")
+        else:
+            result = outcome.result
+            status.print_above(f"{head}: top-1 {result.top1:.1f}  top-5 {result.top5:.1f}  trainable "
+                               f"{result.trainable_params:,}  ({result.wall_time_s:.0f} s)")
+
+    # One after the other, a stop signal saves the running run's checkpoint and ends the command before the
+    # next run; side by side, the workers' own guards do that and run_all stops the rest.
+    try:
+        with preemption.guarded() if plan.jobs == 1 else contextlib.nullcontext():
+            run_all(configs, plan, resume=args.resume, status=status, on_outcome=on_outcome, started=started)
+    except preemption.Preempted as stop:  # a checkpoint is saved: one line, and --resume continues
+        print(f"peft-bench: {stop}", file=sys.stderr)
+        return 128 + stop.signum if stop.signum else 1
+    if not args.no_table:
+        _sync_unsent(configs)
         cfg = configs[0]
         _print_table(cfg.tracking_uri, Path(cfg.results_dir), cfg.experiment, "markdown")
     for name, err in failed:
         print(f"FAILED {name}: {err}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _sync_unsent(configs) -> None:
+    """Results a run could not send to the tracking store (it was busy or away) go now, before the table."""
+    from .journal import sync_run_dir
+
+    for cfg in configs:
+        try:
+            sync_run_dir(cfg.run_dir())
+        except Exception as err:  # the table then lacks the run; `peft-bench sync` sends it later
+            log.warning("%s: results not sent to tracking yet (%s)", cfg.run_name(), err)
 
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
@@ -274,12 +307,13 @@ def main(argv: list[str] | None = None) -> int:
             _load_plugin(plugin)
         from .accounting import cmd_account
         from .benchmarks.method_speed import cmd_bench
+        from .backbones.tiny import cmd_tiny
         from .data.cli import cmd_data
         from .distributed import distributed_from_environment, rank
         from .sweep import cmd_sweep
 
         commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account,
-                    "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench, "sync": cmd_sync}
+                    "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench, "sync": cmd_sync, "tiny": cmd_tiny}
         if args.command == "run":  # under torchrun: one process group for all of the command's runs
             with distributed_from_environment():
                 args.no_table = args.no_table or rank() != 0

@@ -104,15 +104,27 @@ class DataConfig:
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "k400": dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4),
     "ssv2": dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3),
-    # One loader worker: decoding then overlaps the step on a 2-core laptop.
+    # No loader worker: the runs of a command go side by side on the cores (run_all.py), and in the run's
+    # own process each video is decoded once for all the runs it takes part in (data/dataset.py, DECODED);
+    # eight runs of two epochs took 41-46 s of CPU against 57-60 s with one worker (two repeats each).
     # Pre-trained weights that a method trains move 10x slower: at the new layers' rate they are wrecked.
     # Appearance saturates (97-99% top-1 for every method after 4 epochs), so two suffice.
     # No head dropout on tiny's 96-wide features: at the paper's 0.5, temporal_ft lost 7.5 points of
     # motion top-1 (34.4 against 41.9, seed 0) within the 12 epochs.
     "synthetic-appearance": dict(epochs=2, warmup_epochs=0.5, batch_size=16, lr=2e-3, backbone_lr_scale=0.1,
-                                 head_dropout=0.0, num_workers=1),
+                                 head_dropout=0.0, num_workers=0),
     "synthetic-motion": dict(epochs=12, warmup_epochs=1, batch_size=16, lr=2e-3, backbone_lr_scale=0.1,
-                             head_dropout=0.0, num_workers=1),
+                             head_dropout=0.0, num_workers=0),
+}
+
+# Methods trained from the frozen-feature cache by default, per dataset: where it was measured to keep
+# top-1 (results/feature_cache.md, three seeds). The linear probe on both synthetic datasets and attentional
+# pooling on appearance kept it within a point; attentional pooling on motion lost 5.6 points (12 epochs
+# over one fixed draw of segments and crops), so it trains on clips there. `--set speed.feature_cache=false`
+# turns it off.
+FEATURE_CACHE_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "synthetic-appearance": ("linear_probe", "attentional_pooling"),
+    "synthetic-motion": ("linear_probe",),
 }
 
 # Which of a method's presets (the released K400 / SSv2 configurations) a dataset uses.
@@ -203,6 +215,8 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     data["train"] = merge(TRAINING_DEFAULTS.get(dataset, {}), data.get("train", {}))
     if isinstance(data.get("classes"), (str, Path)):
         data["classes"] = read_class_names(data["classes"])
+    if data.get("method", RunConfig.method) in FEATURE_CACHE_DEFAULTS.get(dataset, ()):
+        data["speed"] = merge({"feature_cache": True}, data.get("speed", {}))
     cfg = from_dict(RunConfig, data)
     if cfg.method not in available_methods():
         raise ConfigError(f"unknown method '{cfg.method}'; available: {', '.join(available_methods())}")

@@ -421,14 +421,17 @@ def video_problem_metrics(datasets: dict) -> dict[str, int]:
 
 # --- the run -----------------------------------------------------------------------------------------
 
-def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
-    """Train and evaluate one config. SIGTERM, SIGINT and the preemption signal save a checkpoint at the next
-    optimizer step and raise :class:`preemption.Preempted` (the mlflow run is then KILLED)."""
+def run(cfg: RunConfig, progress: bool = True, resume: bool = False,
+        report: Callable[[int, int], None] | None = None) -> RunResult:
+    """Train and evaluate one run. ``report(steps_done, steps_total)`` hears of every optimizer step (and
+    the start, and the end of training before the final evaluation): the command's progress line.
+    SIGTERM, SIGINT and the preemption signal save a checkpoint at the next optimizer step and raise
+    :class:`preemption.Preempted` (the mlflow run is then KILLED)."""
     with preemption.guarded():
-        return _run(cfg, progress, resume)
+        return _run(cfg, progress, resume, report)
 
 
-def _run(cfg: RunConfig, progress: bool, resume: bool) -> RunResult:
+def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, int], None] | None) -> RunResult:
     from .journal import JournaledTracker, unfinished_journal
     from .tracking import check_store, default_tracking_uri
 
@@ -535,6 +538,10 @@ def _run(cfg: RunConfig, progress: bool, resume: bool) -> RunResult:
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
 
         after_step = step_hook(cfg, save, checkpoint_path)
+        total_steps = cfg.train.epochs * steps_per_epoch
+        if report is not None:
+            after_step = reporting(after_step, report, steps_per_epoch, total_steps)
+            report(position.epoch * steps_per_epoch + position.step, total_steps)
         for epoch in range(position.epoch, cfg.train.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
@@ -555,6 +562,8 @@ def _run(cfg: RunConfig, progress: bool, resume: bool) -> RunResult:
             if distributed.any_rank(preemption.requested()):  # signalled during this epoch's evaluation
                 preemption.hand_over(resume_hint(position, checkpoint_path))
 
+        if report is not None:
+            report(total_steps, total_steps)
         # A signal now stops the evaluation: the checkpoint of the last epoch's end is what a resume needs.
         final_loader = val_loader if world > 1 else _StopOnSignal(val_loader, position, checkpoint_path)
         final = evaluate(step_model, final_loader, device, progress)
@@ -566,6 +575,15 @@ def _run(cfg: RunConfig, progress: bool, resume: bool) -> RunResult:
                              **video_problem_metrics(clip_sets)})
     run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
     return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
+
+
+def reporting(after_step: Callable[[EpochPosition], None], report: Callable[[int, int], None],
+              steps_per_epoch: int, total_steps: int) -> Callable[[EpochPosition], None]:
+    def after_step_reported(position: EpochPosition) -> None:
+        after_step(position)
+        report(position.epoch * steps_per_epoch + position.step, total_steps)
+
+    return after_step_reported
 
 
 @functools.lru_cache(maxsize=None)

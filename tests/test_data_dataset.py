@@ -273,3 +273,26 @@ def test_generic_list_dataset(tmp_path, video_files):
     (tmp_path / "train.txt").write_text("clip.mp4 4\n")
     dataset = build_dataset("list", "train", root=tmp_path, input_size=32, mean=MEAN, std=STD)
     assert (len(dataset), dataset.num_classes, dataset[0]["label"]) == (1, 5, 4)
+
+
+def test_kept_decoded_videos_are_decoded_once_per_process_until_rewritten(tmp_path, video_files, monkeypatch):
+    from peft_bench.data import dataset as dataset_module
+
+    monkeypatch.setattr(dataset_module, "DECODED", {})
+    calls = []
+    real_read = dataset_module.read_clip
+    monkeypatch.setattr(dataset_module, "read_clip", lambda path, *a: calls.append(path) or real_read(path, *a))
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(video_files["long"].read_bytes())
+    annotations = Annotations([VideoSample(copy, 0)], ["a"])
+    first = make_dataset(annotations, train=True, keep_decoded=True)[0]["video"]
+    # Another dataset over the same file (the next run of a command) and the test split: no decoding.
+    assert torch.equal(make_dataset(annotations, train=True, keep_decoded=True)[0]["video"], first)
+    make_dataset(annotations, train=False, keep_decoded=True)[0]
+    assert len(calls) == 1
+    write_video(copy, index_frames(LONG)[::-1].copy(), "libx264")  # the same path, other frames
+    assert not torch.equal(make_dataset(annotations, train=True, keep_decoded=True)[0]["video"], first)
+    assert len(calls) == 2
+    make_dataset(annotations, train=True)[0]  # real datasets decode what each clip needs, every time
+    make_dataset(annotations, train=True)[0]
+    assert len(calls) == 4

@@ -230,3 +230,8 @@ def test_build_dataset_generates_once_and_reads_back_like_real_data(tmp_path, na
     assert train[0]["video"].shape == (1, 8, 3, 32, 32)
     assert val[0]["video"].shape == (val.recipe.num_views, 8, 3, 32, 32)
     assert all(sample.path.is_file() for sample in train.samples)
+
+
+def test_writing_uses_every_core_the_process_may_use(monkeypatch):
+    monkeypatch.setattr(synthetic, "usable_cpu_count", lambda: 16)  # a big node: no cap below its cores
+    assert synthetic._default_workers() == 16

@@ -142,7 +142,7 @@ def test_decoder_is_checked_and_left_out_of_the_digest():
     with pytest.raises(ConfigError, match="data.decode_device=cuda needs data.decoder=torchcodec"):
         resolve_config({"data": {"decoder": "pyav", "decode_device": "cuda"}, "train": {"num_workers": 0}})
     with pytest.raises(ConfigError, match="set train.num_workers=0"):
-        resolve_config({"data": {"decoder": "torchcodec", "decode_device": "cuda"}})
+        resolve_config({"data": {"decoder": "torchcodec", "decode_device": "cuda"}, "train": {"num_workers": 2}})
 
 
 def test_an_old_config_with_a_top_level_decoder_still_loads(tmp_path, caplog):
@@ -158,3 +158,25 @@ def test_an_old_config_with_a_top_level_decoder_still_loads(tmp_path, caplog):
     # `--set decoder=X` on a new config, and data.decoder over an old one, each take the value given.
     assert resolve_config({"decoder": "torchcodec"}, base=yaml.safe_load(saved.to_yaml())).data.decoder == "torchcodec"
     assert resolve_config({"data": {"decoder": "decord"}}, base=old).data.decoder == "decord"
+
+
+def test_adapters_on_tiny_are_sized_to_its_width():
+    for method in ("adapter", "st_adapter"):
+        on_tiny = resolve_config({"method": method, "backbone": "tiny", "dataset": "synthetic-motion"})
+        on_vitb = resolve_config({"method": method, "backbone": "clip_vitb16", "dataset": "ssv2"})
+        assert (on_tiny.method_args["width"], on_vitb.method_args["width"]) == (48, 384)  # D/2 on both
+    tiny_ssv2 = resolve_config({"method": "st_adapter", "backbone": "tiny", "dataset": "synthetic-motion"})
+    assert tiny_ssv2.method_args["positions"] == ["attention", "mlp"]  # the dataset's preset still applies
+    wide = resolve_config({"method": "st_adapter", "backbone": "tiny", "method_args": {"width": 384}})
+    assert wide.method_args["width"] == 384  # the user's value wins
+
+
+def test_the_feature_cache_is_on_where_it_was_measured_to_keep_top1():
+    def cached(method, dataset, **speed):
+        return resolve_config({"method": method, "dataset": dataset, "speed": speed}).speed.feature_cache
+
+    assert cached("linear_probe", "synthetic-motion") and cached("linear_probe", "synthetic-appearance")
+    assert cached("attentional_pooling", "synthetic-appearance")
+    assert not cached("attentional_pooling", "synthetic-motion")  # lost 5.6 points of top-1 there
+    assert not cached("linear_probe", "k400") and not cached("st_adapter", "synthetic-motion")
+    assert not cached("linear_probe", "synthetic-motion", feature_cache=False)  # the user's choice wins

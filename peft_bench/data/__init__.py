@@ -40,6 +40,7 @@ __all__ = [
     "build_dataset",
     "count_frames",
     "load_recipe",
+    "prepare_dataset",
     "read_frames",
     "test_views",
     "train_transform",
@@ -255,6 +256,14 @@ def _synthetic_reader(name: str, layout_reader):
         return layout_reader(split, folder, folder)
 
     return read
+
+
+def prepare_dataset(name: str, cache_dir: Path | None = None) -> None:
+    """Generate a synthetic dataset now, with every core, so that runs started together find it made (two
+    runs generating it at once would each do all the work); real datasets need nothing."""
+    spec = DATASETS.get(name)
+    if spec is not None and spec.layout.startswith("synthetic-"):
+        ensure_synthetic(name, Path(cache_dir) if cache_dir else default_cache_dir(), seed=SYNTHETIC_DATA_SEED)
 
 
 _ANNOTATION_LOADERS = {

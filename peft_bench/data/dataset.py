@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import random
 from pathlib import Path
 from collections.abc import Sequence
@@ -33,6 +34,19 @@ MAX_REPLACEMENTS = 10
 # Counter slots: slot 0 for the main process, one per DataLoader worker after it. Each process writes only
 # its own slot, so no lock is needed (a lock would tie the dataset to one multiprocessing start method).
 _COUNTER_SLOTS = 1 + 256
+
+
+# Every frame of the kept-decoded videos of this process, by (path, mtime, size): a rewritten file is
+# decoded again. Only the synthetic suite keeps videos decoded (about 200 KB each, 250 MB for both).
+DECODED: dict[tuple[str, int, int], np.ndarray] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:  # missing: read_clip says so, as a decode failure
+        return str(path), -1, -1
+    return str(path), stat.st_mtime_ns, stat.st_size
 
 
 class DataError(RuntimeError):
@@ -83,10 +97,10 @@ class VideoClipDataset(Dataset):
         self.max_failure_fraction = max_failure_fraction
         self.decoder = decoder
         self.decode_device = decode_device
-        # Small datasets (the synthetic suite) decode each video once per process and keep its frames:
+        # Small datasets (the synthetic suite) decode each video once per process and keep its frames
+        # (in DECODED, shared by every dataset of the process: a command's runs read the same files);
         # real datasets never do, they decode only the frames a clip needs.
         self.keep_decoded = keep_decoded
-        self._decoded: dict[Path, np.ndarray] = {}
         self.class_names = list(annotations.class_names)
         self.num_classes = len(self.class_names)
         self.source_num_classes = annotations.source_num_classes or self.num_classes  # before a class subset
@@ -197,11 +211,12 @@ class VideoClipDataset(Dataset):
             return self._clip_indices(num_frames, rng)
 
         if self.keep_decoded:
-            whole = self._decoded.get(sample.path)
+            key = _file_key(sample.path)
+            whole = DECODED.get(key)
             if whole is None:
                 whole, _ = read_clip(sample.path, lambda num_frames: list(range(num_frames)), self.decoder,
                                      self.decode_device)
-                self._decoded[sample.path] = whole
+                DECODED[key] = whole
             frames = whole[indices(len(whole))]
         else:
             frames, _ = read_clip(sample.path, indices, self.decoder, self.decode_device)

@@ -509,7 +509,10 @@ def ensure_synthetic(
     temporary.mkdir()
     try:
         started = time.perf_counter()
-        with _JobRunner(workers) as run:
+        runner = _JobRunner(workers)
+        log.info("writing %s (%d videos, once) with %d process%s", final, num_train + num_val, runner.workers,
+                 "es" if runner.workers > 1 else "")
+        with runner as run:
             SYNTHETIC_WRITERS[name](temporary, seed, num_train, num_val, run)
         marker = dict(expected, seconds=round(time.perf_counter() - started, 2))
         (temporary / MARKER_FILE).write_text(json.dumps(marker, indent=1) + "\n")
@@ -561,7 +564,7 @@ def _default_workers() -> int:
 
     if multiprocessing.current_process().daemon:  # e.g. inside a DataLoader worker: no child processes allowed
         return 1
-    return min(4, usable_cpu_count())
+    return usable_cpu_count()  # videos are independent and the output does not depend on the count
 
 
 class _JobRunner:
