@@ -34,6 +34,7 @@ from .data import build_dataset
 from .efficiency import apply_speed_options
 from .model import count_parameters, load_trainable_state_dict, trainable_state_dict
 from .method_checks import measures_time
+from .records import RunMeter, record_finished_run, split_summary
 from .registry import get_method
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,9 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     start = time.time()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    run_dir = cfg.run_dir()
+    # Time, clips and peak memory for the result record, carried over the segments of a resumed run.
+    meter = RunMeter.open(run_dir, device, resuming=resume and (run_dir / CHECKPOINT_NAME).is_file(), since=start)
     spec = get_method(cfg.method)
     backbone = create_backbone(cfg.backbone, cfg.pretrained)  # the datasets need its input size and normalisation
     data_kwargs = dict(root=Path(cfg.data_root) if cfg.data_root else None,
@@ -292,6 +296,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     val_items = val_set
     if cfg.train.val_subset:
         val_items = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
+    splits = {"train": split_summary(train_set), "val": split_summary(val_set, len(val_items))}
+    clip_sets = {"train": train_set, "val": val_set}  # the feature cache may stand in for them below
 
     pretrained = backbone.info.pretrained
     pretrained_ids = {id(p) for p in backbone.parameters()}
@@ -316,7 +322,6 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
                               cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr)
 
-    run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -338,12 +343,11 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=resuming)
                if rank == 0 else NullTracker())
     with tracker:
-        if not resuming and rank == 0:
-            tracker.log_config(_config_for_tracking(cfg))
-            tracker.log_environment()
+        tags, flops = {}, 0.0
+        if rank == 0:  # the mlflow run's tags and metrics at its start, and its result record at the end
             with torch.random.fork_rng():  # the check must not shift this run's random stream
                 models_time = _measured_models_time(cfg.method, spec.build)
-            tracker.set_tags({
+            tags = {
                 "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
                 "peft_bench.dataset": cfg.dataset, "peft_bench.seed": str(cfg.seed),
                 # Measured (frame-shuffle test on a random tiny backbone), not taken from the declaration.
@@ -353,8 +357,12 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
                 # The batch and lr of one optimizer step are the config's whatever the process count.
                 "peft_bench.world_size": str(world), "peft_bench.rank_batch": str(micro * accumulate),
                 "peft_bench.feature_cache": cache_tag,
-            })
+            }
             flops = count_gflops(model, cfg.num_frames, backbone.input_size)
+        if not resuming and rank == 0:
+            tracker.log_config(_config_for_tracking(cfg))
+            tracker.log_environment()
+            tracker.set_tags(tags)
             views = getattr(val_set, "num_views", 1)
             tracker.log_metrics({"trainable_params": counts.trainable, "total_params": counts.total,
                                  "gflops_per_view": flops, "gflops": flops * views})
@@ -365,6 +373,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
             if rank == 0:
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
+                meter.save()
 
         after_step = step_hook(cfg, save)
         for epoch in range(position.epoch, cfg.train.epochs):
@@ -373,9 +382,11 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             # The epoch's shuffle depends on (seed, epoch) alone, so a resumed run sees the same order.
             sampler.set_position(epoch, position.step * accumulate * micro)
             train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # loader workers' seeds
-            stats = train_one_epoch(step_model, train_loader, optimizer, scheduler, device, cfg, accumulate,
-                                    progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
-                                    position=position, after_step=after_step)
+            with meter.timing("train"):
+                stats = train_one_epoch(step_model, train_loader, optimizer, scheduler, device, cfg, accumulate,
+                                        progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
+                                        position=position, after_step=after_step)
+            meter.count("train", stats["clips"])  # the whole epoch's, a resumed epoch's earlier part included
             metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
                        "lr": scheduler.get_last_lr()[0]}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
@@ -385,12 +396,18 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             position = EpochPosition(epoch + 1)
             save(position)
 
-        final = evaluate(step_model, val_loader, device, progress)
-        wall = time.time() - start
+        with meter.timing("eval"):
+            final = evaluate(step_model, val_loader, device, progress)
+        meter.count("eval", final["clips"])
+        wall = meter.snapshot().wall_s  # every segment's, for a resumed run
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
         tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
         tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
                              "decode_failures": failures, "eval_clips": final["clips"]})
+        if rank == 0:
+            record_finished_run(tracker, meter, cfg, model=model, tags=tags, counts=counts, gflops_per_view=flops,
+                                val_set=val_set, final=final, splits=splits, clip_sets=clip_sets,
+                                input_size=backbone.input_size, world_size=world)
     run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
     return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
 
