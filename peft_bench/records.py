@@ -75,11 +75,12 @@ class RunMeter:
     was lost and is done again by the next segment, where it is counted.
     """
 
-    def __init__(self, path: Path, device_type: str, state: MeterState, since: float):
-        self.path, self.device_type, self.state = Path(path), device_type, state
+    def __init__(self, path: Path, device: Any, state: MeterState, since: float):
+        self.path, self.device, self.state = Path(path), device, state
+        self.device_type = str(getattr(device, "type", device)).split(":")[0]  # "cuda", "cpu", ...
         self._segment_start = since
         self._open: dict[str, float] = {}
-        self.resident_scope = "run" if reset_peak_memory(device_type) else "process"
+        self.resident_scope = "run" if reset_peak_memory(self.device) else "process"
 
     @classmethod
     def open(cls, run_dir: Path, device: Any, resuming: bool, since: float | None = None) -> RunMeter:
@@ -93,7 +94,7 @@ class RunMeter:
             except (ValueError, TypeError) as err:  # a damaged meter costs the cost figures, not the run
                 log.warning("%s is unreadable (%s): the record counts this segment only", path, err)
         state.segments += 1
-        return cls(path, str(getattr(device, "type", device)), state, since)
+        return cls(path, device, state, since)
 
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:
@@ -126,8 +127,8 @@ class RunMeter:
         if self.device_type == "cuda":
             import torch
 
-            peaks["allocated"] = int(torch.cuda.max_memory_allocated())
-            peaks["reserved"] = int(torch.cuda.max_memory_reserved())
+            peaks["allocated"] = int(torch.cuda.max_memory_allocated(self.device))
+            peaks["reserved"] = int(torch.cuda.max_memory_reserved(self.device))
         return peaks
 
     @staticmethod
@@ -135,17 +136,17 @@ class RunMeter:
         setattr(state, f"{phase}_s", getattr(state, f"{phase}_s") + seconds)
 
 
-def reset_peak_memory(device_type: str) -> bool:
+def reset_peak_memory(device: Any) -> bool:
     """Start the high-water marks afresh for this run; True if the resident set's could be reset.
 
     A process may run several configs in a row (``peft-bench run`` runs every method), so the process
     lifetime's peak would be the largest run's. Linux resets the peak resident set through
     ``/proc/self/clear_refs``; elsewhere the record says the figure covers the whole process.
     """
-    if device_type == "cuda":
+    if str(getattr(device, "type", device)).startswith("cuda"):
         import torch
 
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # 5: reset the peak resident set size (Linux >= 4.0)

@@ -222,7 +222,7 @@ def plot_images(runs: pd.DataFrame, out: Path, every_run: bool) -> str:
         parts.append(f'<figure><img src="{svg.name}" alt="top-1 against {html.escape(PARETO_AXES[x].label)}, '
                      f'one panel per backbone and dataset"><figcaption>top-1 against '
                      f"{html.escape(PARETO_AXES[x].label)}; the dashed line is the front of the measured methods, "
-                     "hollow markers are the paper's figures</figcaption></figure>")
+                     "hollow markers (where the paper reports this cost) are its figures</figcaption></figure>")
     return "\n".join(parts)
 
 

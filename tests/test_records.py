@@ -41,7 +41,8 @@ def record_files(runs: Path) -> list[Path]:
 # -- records of real runs --------------------------------------------------------------------------
 
 
-def test_every_run_of_the_embedded_default_leaves_a_valid_record_beside_it_and_in_mlflow(embedded_default_runs):
+def test_every_run_of_the_embedded_default_leaves_a_valid_record_beside_it_and_in_mlflow(embedded_default_runs,
+                                                                                           tmp_path):
     files = record_files(embedded_default_runs["runs"])
     assert len(files) == 4  # two methods on two datasets
     client = MlflowClient(embedded_default_runs["uri"])
@@ -53,7 +54,7 @@ def test_every_run_of_the_embedded_default_leaves_a_valid_record_beside_it_and_i
         run = client.get_run(record["run"]["mlflow_run_id"])
         assert run.info.status == "FINISHED"
         # The same figures in mlflow: the artifact is the record, the metrics are its numbers.
-        artifact = Path(client.download_artifacts(run.info.run_id, RECORD_NAME, str(path.parent.parent)))
+        artifact = Path(client.download_artifacts(run.info.run_id, RECORD_NAME, str(tmp_path / run.info.run_id)))
         assert json.loads(artifact.read_text()) == record
         assert run.data.metrics["top1"] == record["results"][0]["top1"]
         assert run.data.tags["peft_bench.config_hash"] == record["run"]["config_hash"]
