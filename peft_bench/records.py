@@ -310,8 +310,24 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
 
 def record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str, str], counts, gflops_per_view: float,
                         val_set, final: dict, splits: dict[str, dict], clip_sets: dict, input_size: int,
-                        world_size: int) -> dict:
-    """The end of a run: its record written beside it, logged to mlflow as an artifact with its cost metrics."""
+                        world_size: int) -> dict | None:
+    """The end of a run: its record written beside it, logged to mlflow as an artifact with its cost metrics.
+
+    A failure here is logged, never raised: the run's results are already tracked, and an error now would
+    mark a finished run as failed.
+    """
+    try:
+        return _record_finished_run(tracker, meter, cfg, model=model, tags=tags, counts=counts,
+                                    gflops_per_view=gflops_per_view, val_set=val_set, final=final, splits=splits,
+                                    clip_sets=clip_sets, input_size=input_size, world_size=world_size)
+    except Exception:  # the docstring says why
+        log.exception("%s: the result record could not be written; the run's tracked results stand", cfg.run_name())
+        return None
+
+
+def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str, str], counts, gflops_per_view: float,
+                         val_set, final: dict, splits: dict[str, dict], clip_sets: dict, input_size: int,
+                         world_size: int) -> dict:
     from .dataclass_io import to_dict
     from .model import trainable_state_dict
     from .tracking import TAG_PREFIX

@@ -208,3 +208,14 @@ def test_cost_columns_are_chosen_by_name_and_formatted_for_people():
     from peft_bench.plot import PARETO_AXES
 
     assert tuple(PARETO_AXES) == PARETO_COSTS  # --x's choices are the plot's axes
+
+
+def test_a_record_that_cannot_be_made_is_logged_and_the_run_goes_on(tmp_path, caplog):
+    from peft_bench.records import record_finished_run
+
+    cfg = SimpleNamespace(run_name=lambda: "broken-run", run_dir=lambda: tmp_path)
+    meter = RunMeter.open(tmp_path, "cpu", resuming=False)
+    returned = record_finished_run(None, meter, cfg, model=None, tags={}, counts=None, gflops_per_view=0.0,
+                                   val_set=None, final={}, splits={}, clip_sets={}, input_size=32, world_size=1)
+    assert returned is None and not (tmp_path / RECORD_NAME).exists()
+    assert "broken-run: the result record could not be written" in caplog.text
