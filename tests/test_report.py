@@ -109,6 +109,17 @@ def test_each_cell_links_to_its_runs_records_copied_beside_the_page(site: Path) 
     assert "hardware: cpu" in page and "commits: " in page  # the provenance footer
 
 
+def test_the_page_from_records_has_the_rows_of_the_page_from_mlflow(embedded_default_runs, site, tmp_path) -> None:
+    out = tmp_path / "from-records"
+    assert main(["report", "--out", str(out), "--records", str(embedded_default_runs["runs"])]) == 0
+
+    def leaderboard(folder: Path) -> str:
+        return re.search(r'<table id="leaderboard">.*?</table>', (folder / "index.html").read_text(), re.S).group(0)
+
+    assert leaderboard(out) == leaderboard(site)
+    assert sorted(p.name for p in (out / "records").iterdir()) == sorted(p.name for p in (site / "records").iterdir())
+
+
 def test_a_broken_page_fails_the_check(site: Path, browser, tmp_path: Path) -> None:
     broken = tmp_path / "index.html"
     for figure in site.glob("pareto_*.svg"):
