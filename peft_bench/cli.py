@@ -69,8 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .table import add_table_arguments
 
     add_table_arguments(table)
-    table.add_argument("--all-experiments", action="store_true", help="read runs of every experiment")
     _add_tracking_args(table)
+
+    report = sub.add_parser("report", help="a static leaderboard page: the table (sortable, filterable), Pareto "
+                                           "plots and the runs' result records, in one folder")
+    from .report import add_report_arguments
+
+    add_report_arguments(report)
+    _add_tracking_args(report)
 
     methods = sub.add_parser("methods", help="list the registered methods, their parameter counts beside the paper's")
     methods.add_argument("--backbone", default="clip_vitb16", help="backbone to count on (default clip_vitb16)")
@@ -273,6 +279,12 @@ def cmd_sync(args) -> int:
     return 1 if unsent else 0
 
 
+def cmd_report(args) -> int:
+    from .report import report_command
+
+    return report_command(args)
+
+
 def cmd_methods(args) -> int:
     """Every method: what it is, what it trains on the chosen backbone, and the reported figure beside it
     (the paper's for its rows, the authors' for later methods)."""
@@ -312,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import distributed_from_environment, rank
         from .sweep import cmd_sweep
 
-        commands = {"run": cmd_run, "table": cmd_table, "methods": cmd_methods, "account": cmd_account,
-                    "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench, "sync": cmd_sync, "tiny": cmd_tiny}
+        commands = {"run": cmd_run, "table": cmd_table, "report": cmd_report, "methods": cmd_methods,
+                    "account": cmd_account, "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench, "sync": cmd_sync,
+                    "tiny": cmd_tiny}
         if args.command == "run":  # under torchrun: one process group for all of the command's runs
             with distributed_from_environment():
                 args.no_table = args.no_table or rank() != 0

@@ -399,11 +399,16 @@ class JournaledTracker:
         self._record({"op": "metrics", "metrics": [[k, float(v), ts, step or 0] for k, v in metrics.items()]})
 
     def log_environment(self, device: Any = None) -> None:
-        from .tracking import describe_device, git_state, package_versions
+        from .tracking import describe_device, describe_host, git_state, package_versions
 
         commit, dirty = git_state()
-        self.set_tags({"git_commit": commit, "git_dirty": dirty, "device": describe_device(device)})
+        self.set_tags({"git_commit": commit, "git_dirty": dirty, "device": describe_device(device),
+                       "host": describe_host()})
         self._record({"op": "params", "params": package_versions()})
+
+    def log_dict(self, name: str, data: Mapping[str, Any]) -> None:
+        """A JSON artifact of the run (the result record), through the journal like everything else."""
+        self._record({"op": "dict", "name": name, "data": data})
 
 
 def _now_ms() -> int:

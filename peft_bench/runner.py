@@ -40,6 +40,7 @@ from .efficiency import apply_speed_options
 from .model import (count_parameters, load_trainable_state_dict, log_param_groups, no_weight_decay_patterns,
                     optimizer_param_groups, trainable_state_dict)
 from .method_checks import measures_time
+from .records import RunMeter, record_finished_run, split_summary
 from .registry import RunContext, get_method
 
 log = logging.getLogger(__name__)
@@ -439,6 +440,9 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     check_store(cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir)))  # a damaged one: say so now
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    run_dir = cfg.run_dir()
+    # Time, clips and peak memory for the result record, carried over the segments of a resumed run.
+    meter = RunMeter.open(run_dir, device, resuming=resume and (run_dir / CHECKPOINT_NAME).is_file(), since=start)
     spec = get_method(cfg.method)
     backbone = create_backbone(cfg.backbone, cfg.pretrained)  # the datasets need its input size and normalisation
     data_kwargs = dict(root=Path(cfg.data_root) if cfg.data_root else None,
@@ -448,10 +452,12 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
                        decode_device=cfg.data.decode_device, classes=cfg.classes)
     train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
-    clip_sets = {"train": train_set, "val": val_set}  # their counts of missing, unreadable and short videos
     val_items = val_set
     if cfg.train.val_subset:
         val_items = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
+    splits = {"train": split_summary(train_set), "val": split_summary(val_set, len(val_items))}
+    # Their counts of missing, unreadable and short videos (the feature cache may stand in for them below).
+    clip_sets = {"train": train_set, "val": val_set}
 
     pretrained = backbone.info.pretrained
     pretrained_ids = {id(p) for p in backbone.parameters()}
@@ -476,7 +482,6 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
                               cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr)
 
-    run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -503,15 +508,12 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=continued)
                if rank == 0 else NullTracker())
     with tracker:
-        if not resuming and rank == 0:  # (again, if a run killed before its first checkpoint is continued)
-            tracker.log_config(_config_for_tracking(cfg))
-            tracker.log_environment()
+        tags, flops = {}, 0.0
+        if rank == 0:  # the mlflow run's tags and metrics at its start, and its result record at the end
             with torch.random.fork_rng():  # the check must not shift this run's random stream
                 models_time = _measured_models_time(cfg.method, spec.build, json.dumps(cfg.method_args, sort_keys=True),
                                                     cfg.backbone)
-            if cfg.classes:  # a subset of the dataset's classes (Mini-Kinetics style), as asked for
-                tracker.set_tags({"peft_bench.classes": f"{len(cfg.classes)} of {train_set.source_num_classes}"})
-            tracker.set_tags({
+            tags = {
                 "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
                 "peft_bench.dataset": cfg.dataset_label(), "peft_bench.seed": str(cfg.seed),
                 # Measured (frame-shuffle test on a random tiny backbone), not taken from the declaration.
@@ -524,8 +526,14 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
                 # What decoded the clips (decoder, version, FFmpeg): every decoder gives the same frames.
                 **{f"peft_bench.{key}": value for key, value in
                    decoder_provenance(cfg.data.decoder, cfg.data.decode_device).items()},
-            })
+            }
+            if cfg.classes:  # a subset of the dataset's classes (Mini-Kinetics style), as asked for
+                tags["peft_bench.classes"] = f"{len(cfg.classes)} of {train_set.source_num_classes}"
             flops = count_gflops(model, cfg.num_frames, backbone.input_size)
+        if not resuming and rank == 0:
+            tracker.log_config(_config_for_tracking(cfg))
+            tracker.log_environment()
+            tracker.set_tags(tags)
             views = getattr(val_set, "num_views", 1)
             tracker.log_metrics({"trainable_params": counts.trainable, "total_params": counts.total,
                                  "gflops_per_view": flops, "gflops": flops * views})
@@ -536,6 +544,7 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
             at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
             if rank == 0:
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
+                meter.save()
 
         after_step = step_hook(cfg, save, checkpoint_path)
         total_steps = cfg.train.epochs * steps_per_epoch
@@ -548,9 +557,11 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
             # The epoch's shuffle depends on (seed, epoch) alone, so a resumed run sees the same order.
             sampler.set_position(epoch, position.step * accumulate * micro)
             train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # loader workers' seeds
-            stats = train_one_epoch(step_model, train_loader, optimizer, scheduler, device, cfg, accumulate,
-                                    progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
-                                    position=position, after_step=after_step)
+            with meter.timing("train"):
+                stats = train_one_epoch(step_model, train_loader, optimizer, scheduler, device, cfg, accumulate,
+                                        progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
+                                        position=position, after_step=after_step)
+            meter.count("train", stats["clips"])  # the whole epoch's, a resumed epoch's earlier part included
             metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
                        "lr": scheduler.get_last_lr()[0]}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
@@ -566,13 +577,19 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
             report(total_steps, total_steps)
         # A signal now stops the evaluation: the checkpoint of the last epoch's end is what a resume needs.
         final_loader = val_loader if world > 1 else _StopOnSignal(val_loader, position, checkpoint_path)
-        final = evaluate(step_model, final_loader, device, progress)
-        wall = time.time() - start
+        with meter.timing("eval"):
+            final = evaluate(step_model, final_loader, device, progress)
+        meter.count("eval", final["clips"])
+        wall = meter.snapshot().wall_s  # every segment's, for a resumed run
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
         tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
         tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
                              "decode_failures": failures, "eval_clips": final["clips"],
                              **video_problem_metrics(clip_sets)})
+        if rank == 0:
+            record_finished_run(tracker, meter, cfg, model=model, tags=tags, counts=counts, gflops_per_view=flops,
+                                val_set=val_set, final=final, splits=splits, clip_sets=clip_sets,
+                                input_size=backbone.input_size, world_size=world)
     run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
     return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
 

@@ -15,7 +15,7 @@ import io
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,13 @@ from peft_bench.benchmarks import recipe_folder
 from peft_bench.provenance import provenance
 from peft_bench.reference import reference_text
 from peft_bench.registry import LATER_METHODS
+from peft_bench.records import (
+    COST_METRICS,
+    FoundRecords,
+    cost_metrics,
+    read_records,
+    tracking_params,
+)
 from peft_bench.table_output import FORMATS, TableReport, render_report
 from peft_bench.tracking import TAG_PREFIX, quiet_mlflow_logging
 
@@ -43,7 +50,7 @@ RUN_KEY = ["method", "backbone", "dataset", "seed"]
 IDENTITY_TAGS = ["method", "backbone", "dataset", "seed", "models_time", "group", "architecture", "pretrained"]
 PROVENANCE_TAGS = ["config_hash", "git_commit", "git_dirty", "device", "host", "decoder_version", "ffmpeg"]
 TAG_COLUMNS = IDENTITY_TAGS + PROVENANCE_TAGS
-METRIC_COLUMNS = ["top1", "top5", "trainable_params", "gflops", "gflops_per_view"]
+METRIC_COLUMNS = ["top1", "top5", "trainable_params", "gflops", "gflops_per_view", "total_params", *COST_METRICS]
 # Read from a run's params: its recipe (config without seed and output places), library versions, frames.
 PARAM_COLUMNS = ["recipe_hash", "versions", "num_frames"]
 # One row per run: where it is, what it is (tags), what it measured, when and how it ended.
@@ -140,6 +147,42 @@ def runs_frame(raw: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
     frame["start_time"] = raw["start_time"]
     frame["status"] = raw["status"]
     return frame[RUN_COLUMNS].reset_index(drop=True)
+
+
+def runs_from_records(found: FoundRecords, experiment: str | None = None) -> pd.DataFrame:
+    """The result records as ``load_runs`` gives their mlflow runs (same columns, same values), plus
+    ``record_path``; only those of ``experiment`` if given. Records are of finished runs only."""
+    rows = [record_row(path, record) for path, record in found.records
+            if experiment is None or record["run"]["experiment"] == experiment]
+    if not rows:
+        return empty_runs_frame().assign(record_path=pd.Series(dtype=object))
+    raw = pd.DataFrame(rows)
+    frame = runs_frame(raw, {name: name for name in raw["experiment_id"].unique()})
+    frame["record_path"] = raw["record_path"].to_numpy()
+    return frame
+
+
+def record_row(path: Path, record: dict) -> dict:
+    """One record as a row of ``mlflow.search_runs`` (tags., metrics., params. columns) would hold its run."""
+    result, description, environment = record["results"][0], record["description"], record["environment"]
+    tags = {
+        "method": record["method"], "backbone": record["backbone"], "dataset": record["dataset"],
+        "seed": str(record["seed"]), **description, "config_hash": record["run"]["config_hash"],
+        **{key: environment[key] for key in ("git_commit", "git_dirty", "device", "host")},
+    }
+    metrics = {"top1": result["top1"], "top5": result["top5"], "trainable_params": record["params"]["trainable"],
+               "total_params": record["params"]["total"], "gflops": record["flops"]["gflops"],
+               "gflops_per_view": record["flops"]["gflops_per_view"], **cost_metrics(record)}
+    return {
+        "run_id": record["run"]["mlflow_run_id"] or f"record:{path}",
+        "experiment_id": record["run"]["experiment"],
+        **{f"tags.{TAG_PREFIX}{key}": value for key, value in tags.items() if key != "feature_cache"},
+        **{f"metrics.{key}": value for key, value in metrics.items()},
+        **{f"params.{key}": value for key, value in tracking_params(record).items()},
+        "start_time": pd.Timestamp(record["run"]["started_at"]).tz_convert("UTC"),
+        "status": record["run"]["status"],
+        "record_path": str(path),
+    }
 
 
 def recipe_hash(params: pd.Series) -> str | None:
@@ -327,6 +370,83 @@ def format_millions(count: float) -> str:
 def format_gflops(value: float) -> str:
     """One decimal for real models (455.3); three significant digits for toy ones (0.0612)."""
     return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
+
+# -- cost columns (--columns) ----------------------------------------------------------------------
+
+
+def format_bytes(value: float) -> str:
+    """Binary units, three significant digits: 1.09 GiB, 105 KiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.3g} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def format_rate(value: float) -> str:
+    """Three significant digits, never in exponent form: 0.0188, 9.70, 1234."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+@dataclass(frozen=True)
+class CostColumn:
+    metric: str  # the runs' column (an mlflow metric, or a record's figure)
+    label: str
+    format: Callable[[float], str]
+
+
+# What --columns can add after GFLOPs, by name (records.cost_metrics gives the figures).
+COST_COLUMNS = {
+    "memory": CostColumn("peak_memory_bytes", "peak memory", format_bytes),
+    "time": CostColumn("train_time_s", "train time", format_duration),
+    "train-speed": CostColumn("train_clips_per_s", "train clips/s", format_rate),
+    "eval-speed": CostColumn("eval_clips_per_s", "eval clips/s", format_rate),
+    "device-hours": CostColumn("device_hours", "device-hours", format_rate),
+    "state": CostColumn("trainable_state_bytes", "saved state", format_bytes),
+}
+COLUMN_GROUPS = {"cost": list(COST_COLUMNS), "clips/s": ["train-speed", "eval-speed"]}
+
+
+def cost_column_names(text: str | None) -> list[str]:
+    """``--columns memory,time,clips/s`` -> the COST_COLUMNS keys, in the order given; an error for others."""
+    names: list[str] = []
+    for name in comma_list(text):
+        for expanded in COLUMN_GROUPS.get(name, [name]):
+            if expanded not in COST_COLUMNS:
+                known = ", ".join([*COST_COLUMNS, *COLUMN_GROUPS])
+                raise ValueError(f"unknown column {expanded!r} for --columns; expected some of {known}")
+            if expanded not in names:
+                names.append(expanded)
+    return names
+
+
+def with_cost_columns(table: pd.DataFrame, runs: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``table`` with the named cost columns after GFLOPs: per method, the mean over the seeds of the cell its
+    params come from (the K400 column where there is one, as the paper counts)."""
+    if not names:
+        return table
+    result_columns = result_column_pairs(runs)
+    costs = pd.DataFrame("", index=table.index, columns=[COST_COLUMNS[name].label for name in names], dtype=object)
+    for method in table.index:
+        described = runs_in_description_order(runs[runs["method"] == method], result_columns)
+        if described.empty:
+            continue
+        first = described.iloc[0]
+        cell = described[(described["backbone"] == first["backbone"]) & (described["dataset"] == first["dataset"])]
+        for name in names:
+            column = COST_COLUMNS[name]
+            values = cell[column.metric].dropna() if column.metric in cell else pd.Series(dtype=float)
+            costs.loc[method, column.label] = column.format(values.mean()) if len(values) else ""
+    at = table.columns.get_loc("GFLOPs") + 1
+    return pd.concat([table.iloc[:, :at], costs, table.iloc[:, at:]], axis=1)
 
 
 def first_present(values: pd.Series) -> str:
@@ -630,8 +750,10 @@ def recipe_test_views(dataset: str) -> tuple[int, int] | None:
 TABLE_KINDS = ("cross-modality", "k400", "ssv2")
 
 
-def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_paper: bool = False) -> TableReport:
-    """The cross-modality table of ``runs`` with its provenance footer (and the paper beside it)."""
+def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_paper: bool = False,
+                          columns: list[str] | None = None) -> TableReport:
+    """The cross-modality table of ``runs`` with its provenance footer (and the paper beside it); ``columns``
+    names cost columns to add (``COST_COLUMNS``)."""
     used = benchmark_runs(runs, every_run)
     table = cross_modality_table(used, every_run=True)
     means = mean_top1_frame(used, table.index.tolist(), every_run=True)
@@ -649,6 +771,10 @@ def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_pape
             notes.append("--with-paper: no column has a paper figure (the paper reports clip_vitb16 and in21k_vitb16 "
                          "on k400 and ssv2 only)")
     notes.append(cell_legend(every_run))
+    if columns:
+        table = with_cost_columns(table, used, columns)
+        notes.append("cost columns: mean over the seeds of the cell the params come from; peak memory is the GPU's "
+                     "allocated peak, or the CPU's peak resident set")
     found = provenance(used)
     return TableReport(
         cells=table,
@@ -731,6 +857,23 @@ def selected_runs(uri: str, experiment: str | None, selection: RunSelection) -> 
     if runs.empty:
         state = "runs" if selection.every_run else "finished runs"
         raise ValueError(f"no {state} in {where}")
+    return filtered(runs, where, selection)
+
+
+def selected_records(folder: Path, experiment: str | None, selection: RunSelection) -> pd.DataFrame:
+    """The result records under ``folder`` as runs, after the filters; an error if none is left."""
+    found = read_records(folder)
+    runs = runs_from_records(found, experiment)
+    where = f"the records under {folder}" + (f" (experiment '{experiment}')" if experiment else "")
+    if runs.empty:
+        experiments = sorted({record["run"]["experiment"] for _, record in found.records})
+        hint = f"; they are of experiments {', '.join(experiments)} (--experiment NAME, or --all-experiments)" \
+            if experiments else f"; {len(found.skipped)} skipped as unusable" if found.skipped else ""
+        raise ValueError(f"no result record in {where}{hint}")
+    return filtered(runs, where, selection)
+
+
+def filtered(runs: pd.DataFrame, where: str, selection: RunSelection) -> pd.DataFrame:
     chosen = select_runs(runs, selection)
     if chosen.empty:
         raise ValueError(f"no run in {where} matches {selection.describe()} ({len(runs)} runs before filtering)")
@@ -793,6 +936,23 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
     parser.add_argument("--with-paper", action="store_true",
                         help="the paper's figure and the difference beside each cell it reports")
+    add_selection_arguments(parser)
+    parser.add_argument("--columns", metavar="NAMES",
+                        help="cost columns to add after GFLOPs, comma-separated: " + ", ".join(COST_COLUMNS)
+                             + " (cost: all of them; clips/s: both speeds)")
+    parser.add_argument("--plot", metavar="KIND_OR_OUT",
+                        help="also draw a figure as PNG and SVG: 'pareto' (top-1 against the cost --x, the front "
+                             "drawn), 'figure1', or a path OUT for Figure 1 as OUT.png and OUT.svg")
+    parser.add_argument("--x", choices=PARETO_COSTS, default="params",
+                        help="the cost of a Pareto plot (default params)")
+    parser.add_argument("--plot-out", metavar="OUT",
+                        help="where --plot writes (default: pareto_<x> or figure1 in the working directory)")
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where runs are read from and which of them count (``table`` and ``report``)."""
+    parser.add_argument("--records", metavar="DIR",
+                        help="read the result records under DIR (recursively) instead of the tracking store")
     parser.add_argument("--backbone", help="only runs on these backbones (comma-separated)")
     parser.add_argument("--dataset", help="only runs on these datasets (comma-separated)")
     parser.add_argument("--commit", help="only runs of commits starting with these prefixes (comma-separated)")
@@ -801,8 +961,7 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", dest="every_run", action="store_true",
                         help="every run, reruns and unfinished ones included (default: the latest finished "
                              "run per method, backbone, dataset and seed)")
-    parser.add_argument("--plot", metavar="OUT",
-                        help="also draw Figure 1 (top-1 against trainable parameters) as OUT.png and OUT.svg")
+    parser.add_argument("--all-experiments", action="store_true", help="read runs of every experiment")
 
 
 def comma_list(value: str | None) -> list[str]:
@@ -810,21 +969,40 @@ def comma_list(value: str | None) -> list[str]:
 
 
 def table_command(args: argparse.Namespace) -> int:
-    """``peft-bench table``: read, filter, build the report, print or write it, and draw Figure 1."""
+    """``peft-bench table``: read, filter, build the report, print or write it, and draw a figure."""
     selection = selection_from(args)
-    uri = store_uri(args.tracking_uri, Path(args.results_dir))
-    runs = selected_runs(uri, None if args.all_experiments else args.experiment, selection)
-    report = build_report(runs, args)
+    columns = cost_column_names(args.columns)  # a typo is an error before any reading
+    runs = runs_for(args, selection)
+    report = build_report(runs, args, columns)
     emit(report, args)
     if args.out is None and args.kind == "cross-modality":  # as before: the plain table also lands in results/
         plain = cross_modality_table(benchmark_runs(runs, args.every_run), every_run=True)
         print(f"(saved to {write_table(plain, Path(args.results_dir))})", file=sys.stderr)
     if args.plot:
-        from peft_bench.plot import save_figure1
-
-        paths = save_figure1(runs, args.plot, args.every_run)
+        paths = draw_plot(runs, args)
         print("(figure written to " + ", ".join(map(str, paths)) + ")", file=sys.stderr)
     return 0
+
+
+PARETO_COSTS = ("params", "gflops", "memory", "time")  # plot.PARETO_AXES, named here so --help needs no matplotlib
+
+
+def draw_plot(runs: pd.DataFrame, args: argparse.Namespace) -> list[Path]:
+    """--plot pareto (against --x), --plot figure1, or --plot OUT (Figure 1 at OUT, as before)."""
+    from peft_bench.plot import save_figure1, save_pareto
+
+    if args.plot == "pareto":
+        return save_pareto(runs, args.x, args.plot_out or f"pareto_{args.x}", args.every_run)
+    out = args.plot_out or args.plot
+    return save_figure1(runs, out, args.every_run)
+
+
+def runs_for(args: argparse.Namespace, selection: RunSelection) -> pd.DataFrame:
+    """The runs of the command: from --records DIR, or from the tracking store."""
+    experiment = None if args.all_experiments else args.experiment
+    if getattr(args, "records", None):
+        return selected_records(Path(args.records), experiment, selection)
+    return selected_runs(store_uri(args.tracking_uri, Path(args.results_dir)), experiment, selection)
 
 
 def selection_from(args: argparse.Namespace) -> RunSelection:
@@ -837,9 +1015,9 @@ def selection_from(args: argparse.Namespace) -> RunSelection:
     )
 
 
-def build_report(runs: pd.DataFrame, args: argparse.Namespace) -> TableReport:
+def build_report(runs: pd.DataFrame, args: argparse.Namespace, columns: list[str] | None = None) -> TableReport:
     if args.kind == "cross-modality":
-        return cross_modality_report(runs, args.every_run, args.with_paper)
+        return cross_modality_report(runs, args.every_run, args.with_paper, columns)
     # A --dataset filter names the runs to show beside the paper's rows, stand-ins included.
     return system_report(runs, args.kind, args.every_run, any_dataset=bool(comma_list(args.dataset)))
 

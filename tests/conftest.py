@@ -53,3 +53,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def embedded_default_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The embedded default on a tiny setting, run once per session: two methods (one training only after the
+    frozen backbone, one inside it) on both synthetic datasets, random weights, one short epoch.
+
+    Returns {"uri": the sqlite store, "runs": the run folders' root}. Session-scoped fixtures start before the
+    per-test isolation above, so the same isolation is set up here.
+    """
+    from peft_bench.cli import main
+
+    folder = tmp_path_factory.mktemp("embedded_default")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PEFT_BENCH_CACHE", str(TEST_CACHE))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.chdir(folder)
+        code = main(["run", "--methods", "linear_probe,st_adapter", "--pretrained", "none", "--frames", "2",
+                     "--no-progress", "--no-table", "--tracking-uri", uri, "--output-dir", str(folder / "runs"),
+                     "--set", "train.epochs=1", "--set", "train.val_subset=8", "--set", "train.num_workers=0",
+                     "--set", "train.batch_size=16"])
+    mlflow.set_tracking_uri(None)
+    assert code == 0
+    return {"uri": uri, "runs": folder / "runs"}

@@ -32,8 +32,11 @@ def mlflow_command() -> list[str] | None:
 
 
 class MlflowServer:
-    def __init__(self, folder: Path, port: int | None = None):
-        self.folder, self.port = folder, port or free_port()
+    """``mlflow server`` over a fresh store in ``folder``; or, given ``ui_store``, ``mlflow ui`` over that store
+    as README tells a user to browse it (``folder`` then only holds the log)."""
+
+    def __init__(self, folder: Path, port: int | None = None, ui_store: str | None = None):
+        self.folder, self.port, self.ui_store = folder, port or free_port(), ui_store
         self.process: subprocess.Popen | None = None
 
     @property
@@ -46,10 +49,13 @@ class MlflowServer:
             pytest.skip("no mlflow executable beside this python: cannot start a tracking server")
         self.folder.mkdir(parents=True, exist_ok=True)
         log = (self.folder / "server.log").open("ab")
+        if self.ui_store is not None:
+            arguments = ["ui", "--backend-store-uri", self.ui_store]
+        else:
+            arguments = ["server", "--backend-store-uri", f"sqlite:///{self.folder / 'store.db'}",
+                         "--artifacts-destination", str(self.folder / "artifacts")]
         self.process = subprocess.Popen(
-            [*command, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.folder / 'store.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts")],
+            [*command, *arguments, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": "",
                  # its background job runner (a dozen worker processes) is not needed to track runs
                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},

@@ -119,3 +119,54 @@ def test_later_methods_are_drawn_with_their_authors_figures_and_labelled() -> No
     labels = [text.get_text() for text in figure.legends[0].get_texts()]
     assert "aim (later method)" in labels and "later method's authors (reported)" in labels
     plt.close(figure)
+
+
+# -- Pareto plots ------------------------------------------------------------------------------------
+
+
+def test_the_pareto_front_keeps_only_methods_nothing_beats_on_both_accuracy_and_cost() -> None:
+    from peft_bench.plot import Point, pareto_front
+
+    points = [Point("a", 10, 50), Point("b", 5, 60), Point("c", 20, 70), Point("d", 20, 65), Point("e", 30, 70),
+              Point("f", 1, 40)]
+    assert [p.method for p in pareto_front(points)] == ["f", "b", "c"]  # a, d: beaten; e: as good, dearer
+    assert pareto_front([]) == []
+
+
+def test_a_pareto_plot_draws_the_front_and_the_papers_gflops_hollow(frame: pd.DataFrame) -> None:
+    from peft_bench.plot import pareto_figure
+
+    with_costs = frame.assign(gflops=[455.0, 455.0, 419.0, 0.2, 0.13, 0.13],
+                              peak_memory_bytes=[2**31, 2**31, 2**30, 2**28, 2**27, 2**29])
+    figure = pareto_figure(with_costs, "gflops")
+    k400, motion = [axis for axis in figure.axes if axis.get_title()]
+    assert k400.get_xlabel() == "GFLOPs (all test views)"
+    front = next(line for line in motion.get_lines() if line.get_gid() == "front")
+    assert list(front.get_xdata()) == [0.13, 0.2] and list(front.get_ydata()) == [17.0, 55.0]  # full_ft beaten
+    hollow = markers(k400, "paper")
+    assert set(hollow) == {"full_ft", "st_adapter"}  # the paper's system-table rows with a harness method
+    assert hollow["st_adapter"].get_xdata()[0] == 455 and hollow["st_adapter"].get_ydata()[0] == 82.0
+    assert hollow["full_ft"].get_xdata()[0] == 419 and hollow["full_ft"].get_ydata()[0] == 81.0
+    plt.close(figure)
+
+    figure = pareto_figure(with_costs, "memory")
+    k400 = next(axis for axis in figure.axes if axis.get_title() == "clip_vitb16 / k400")
+    assert markers(k400, "measured")["st_adapter"].get_xdata()[0] == 2.0  # GiB
+    assert markers(k400, "paper") == {}  # the paper reports no memory
+    plt.close(figure)
+    with pytest.raises(ValueError, match="unknown cost"):
+        pareto_figure(with_costs, "energy")
+    with pytest.raises(ValueError, match="nothing to plot"):
+        pareto_figure(frame, "time")  # no run recorded its training time
+
+
+def test_the_table_command_draws_a_pareto_plot(store: str, tmp_path: Path) -> None:
+    for method, top1, memory in [("st_adapter", 55.0, 3e8), ("linear_probe", 17.0, 1e8)]:
+        with RunTracker(store, "peft-bench", method) as tracker:
+            tracker.set_tags({"method": method, "backbone": "tiny", "dataset": "synthetic-motion", "seed": "0"})
+            tracker.log_metrics({"top1": top1, "trainable_params": 1e4, "peak_memory_bytes": memory})
+    out = tmp_path / "pareto"
+    assert main(["table", "--tracking-uri", store, "--results-dir", str(tmp_path), "--plot", "pareto", "--x", "memory",
+                 "--plot-out", str(out)]) == 0
+    svg = out.with_suffix(".svg").read_text(encoding="utf-8")
+    assert 'id="front"' in svg and 'id="measured:st_adapter"' in svg

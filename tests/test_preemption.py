@@ -3,6 +3,7 @@ unbroken one ends (CPU, same seed)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import mlflow
@@ -11,6 +12,7 @@ import pytest
 import peft_bench.runner as runner
 from peft_bench.journal import JOURNAL, Journal
 from peft_bench.preemption import PreemptionGuard, Preempted, preemption_signal
+from peft_bench.records import RECORD_NAME, validation_errors
 
 from peft_bench.config import resolve_config
 
@@ -81,6 +83,15 @@ def test_a_run_preempted_mid_epoch_resumes_from_that_step_and_matches_an_unbroke
     unbroken_loss = mlflow.MlflowClient(unbroken_cfg.tracking_uri).get_metric_history(unbroken.run_id, "train_loss")
     assert [m.value for m in loss] == [m.value for m in unbroken_loss]  # the epoch's sums carried across the break
     assert (resumed.top1, resumed.top5) == (unbroken.top1, unbroken.top5)
+
+    # The result record of the killed-and-resumed run names the same config and the same videos.
+    records = [json.loads((result.run_dir / RECORD_NAME).read_text()) for result in (unbroken, resumed)]
+    assert all(validation_errors(record) == [] for record in records)
+    same = [lambda r: r["config_digest"], lambda r: r["results"],
+            lambda r: r["data"]["train"], lambda r: r["data"]["val"], lambda r: r["params"], lambda r: r["flops"]]
+    assert [pick(records[1]) for pick in same] == [pick(records[0]) for pick in same]
+    assert (records[0]["run"]["segments"], records[1]["run"]["segments"]) == (1, 2)
+    assert records[1]["cost"]["train_clips"] == records[0]["cost"]["train_clips"]  # each clip counted once
 
 
 def test_a_negative_checkpoint_interval_is_refused(tmp_path):
