@@ -7,8 +7,9 @@ run trains the method's pooling and head from them.
 
 * **Key**: a hash of everything that changes the stored numbers: the backbone's weights and structure,
   the dataset's samples (path, label, file size and mtime), its recipe and transform, its seed, the
-  augmentation epoch of the copy, the cache dtype and the device type (bf16 autocast on GPU, fp32 on
-  CPU). A changed config gives a new key; nothing stale is ever read.
+  augmentation epoch of the copy, the cache dtype and the precision it is computed in (``train.precision``
+  on the device: by default bf16 autocast on GPU, fp32 on CPU). A changed config gives a new key; nothing
+  stale is ever read.
 * **Augmentation** is explicit: ``SpeedConfig.augmented_copies`` copies of the training set, copy k
   drawn exactly as uncached epoch k draws its clips; epoch e reads copy e mod k. Evaluation views are
   deterministic and stored once.
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .precision import autocast, resolve_precision
 from .system import usable_cpu_count
 
 log = logging.getLogger(__name__)
@@ -90,10 +92,11 @@ def dataset_fingerprint(dataset: Dataset) -> dict:
             "seed": dataset.seed, "decoder": dataset.decoder}
 
 
-def entry_key(backbone_hash: str, dataset_hash: dict, epoch: int | None, dtype: str, device: torch.device) -> str:
+def entry_key(backbone_hash: str, dataset_hash: dict, epoch: int | None, dtype: str, device: torch.device,
+              precision: str = "auto") -> str:
     """``epoch``: the augmentation epoch of a training copy; None for evaluation views."""
     description = {"version": CACHE_FORMAT_VERSION, "backbone": backbone_hash, "dataset": dataset_hash,
-                   "epoch": epoch, "dtype": dtype, "compute": "bf16" if device.type == "cuda" else "fp32"}
+                   "epoch": epoch, "dtype": dtype, "compute": resolve_precision(precision, device)}
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -124,10 +127,8 @@ def read_entry(folder: Path, key: str) -> CacheEntry:
 
 @torch.no_grad()
 def write_entry(folder: Path, key: str, backbone: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
-                device: torch.device, batch_size: int, num_workers: int) -> None:
+                device: torch.device, batch_size: int, num_workers: int, precision: str = "auto") -> None:
     """Run the backbone over ``dataset`` (augmentation epoch ``epoch``) and store its tokens at ``folder``."""
-    from .runner import autocast
-
     if epoch is not None:
         set_augmentation_epoch(dataset, epoch)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
@@ -143,7 +144,7 @@ def write_entry(folder: Path, key: str, backbone: nn.Module, dataset: Dataset, e
         for batch in loader:
             video = batch["video"].to(device, non_blocking=True)  # (B, V, T, C, H, W)
             b, v = video.shape[:2]
-            with autocast(device):
+            with autocast(device, precision):
                 out = backbone(video.flatten(0, 1))
             out = out.float().view(b, v, *out.shape[1:]).cpu().numpy()
             if tokens is None:  # the token shape is known after the first batch
@@ -176,11 +177,12 @@ def set_augmentation_epoch(dataset: Dataset, epoch: int) -> None:
 
 
 def get_or_build(cache_dir: Path, backbone: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
-                 device: torch.device, batch_size: int, num_workers: int, backbone_hash: str | None = None) -> CacheEntry:
+                 device: torch.device, batch_size: int, num_workers: int, backbone_hash: str | None = None,
+                 precision: str = "auto") -> CacheEntry:
     """The entry for (backbone, dataset, epoch, dtype, device): read when present, else built; an entry
     that cannot be read is logged and rebuilt."""
     backbone_hash = backbone_hash or backbone_fingerprint(backbone)
-    key = entry_key(backbone_hash, dataset_fingerprint(dataset), epoch, dtype, device)
+    key = entry_key(backbone_hash, dataset_fingerprint(dataset), epoch, dtype, device, precision)
     folder = Path(cache_dir) / key
     if folder.exists():
         try:
@@ -189,7 +191,7 @@ def get_or_build(cache_dir: Path, backbone: nn.Module, dataset: Dataset, epoch: 
             log.warning("feature cache entry unusable, rebuilding it: %s", err)
             shutil.rmtree(folder, ignore_errors=True)
     started = time.time()
-    write_entry(folder, key, backbone, dataset, epoch, dtype, device, batch_size, num_workers)
+    write_entry(folder, key, backbone, dataset, epoch, dtype, device, batch_size, num_workers, precision)
     entry = read_entry(folder, key)
     entry.hit = False
     log.info("feature cache: stored %s %s in %.1f s (%s)", "x".join(map(str, entry.tokens.shape)), dtype,
@@ -238,7 +240,7 @@ class FeatureCacheReport:
 
 
 def cached_datasets(model: nn.Module, train_set: Dataset, val_set: Dataset, epochs: int, speed, device: torch.device,
-                    batch_size: int, num_workers: int, cache_dir: Path | None = None
+                    batch_size: int, num_workers: int, cache_dir: Path | None = None, precision: str = "auto"
                     ) -> tuple[CachedFeatures, CachedFeatures, FeatureCacheReport]:
     """Training copies and evaluation views of ``model``'s backbone features, from the cache or built now."""
     started = time.time()
@@ -248,7 +250,7 @@ def cached_datasets(model: nn.Module, train_set: Dataset, val_set: Dataset, epoc
 
     def entry(dataset, epoch):
         return get_or_build(cache_dir, model.backbone, dataset, epoch, speed.cache_dtype, device, batch_size,
-                            num_workers, backbone_hash)
+                            num_workers, backbone_hash, precision)
 
     train_entries = [entry(train_set, epoch) for epoch in range(copies)]
     val_entry = entry(val_set, None)

@@ -1,8 +1,9 @@
 """The one runner every method shares: frozen backbone + method -> train -> multi-view evaluation.
 
 The method decides what it adds and what trains (``requires_grad``); the runner gives gradients and
-optimizer state to those parameters only. AdamW without decay on 1-D parameters, linear warm-up then
-cosine (per step), bf16 autocast on GPU and fp32 on CPU, top-1/top-5 over softmax-averaged views.
+optimizer state to those parameters only. AdamW without decay on 1-D parameters, linear warm-up from lr 0
+then cosine (per step), no gradient clipping unless asked, ``train.precision`` (bf16 autocast on GPU and fp32
+on CPU by default; fp16 as released: see precision.py), top-1/top-5 over softmax-averaged views.
 Checkpoints hold the trainable state, optimizer, scheduler, RNG states, the position within the epoch
 and the mlflow run id, so that ``--resume`` continues the same run from the step it stopped at. They are
 written at each epoch's end, every ``train.checkpoint_every`` steps, and when a preemption signal comes
@@ -34,6 +35,7 @@ from .data import build_dataset
 from .efficiency import apply_speed_options
 from .model import count_parameters, load_trainable_state_dict, trainable_state_dict
 from .method_checks import measures_time
+from .precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
 from .registry import get_method
 
 log = logging.getLogger(__name__)
@@ -96,20 +98,19 @@ def make_optimizer(model: nn.Module, cfg, pretrained: set[int] | frozenset[int] 
     ], lr=cfg.lr)
 
 
-def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float, from_zero: bool = True):
+    """Linear warm-up over ``warmup_steps``, then cosine to ``min_ratio`` of the lr at ``total_steps``.
+
+    ``from_zero``: step s of the warm-up runs at s / warmup_steps of the lr, so the first at 0, as the released
+    code's lr_func (main.py: epoch / warmup_epochs); otherwise at (s + 1) / warmup_steps.
+    """
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return (step if from_zero else step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -118,7 +119,8 @@ def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False,
+             precision: str = "auto") -> dict[str, float]:
     """Multi-view accuracy: softmax per view, then the mean over views, then top-1/top-5."""
     model.eval()
     correct1 = correct5 = seen = 0
@@ -126,7 +128,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progres
         forward, video = model_inputs(model, batch)
         video, labels = video.to(device, non_blocking=True), batch["label"].to(device)
         b, v = video.shape[:2]
-        with autocast(device):
+        with autocast(device, precision):
             logits = forward(video.flatten(0, 1))
         probs = logits.float().softmax(dim=-1).view(b, v, -1).mean(dim=1)
         correct1 += topk_correct(probs, labels, 1)
@@ -201,7 +203,7 @@ class EpochPosition:
 # --- checkpoints -------------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosition, run_id: str | None,
-                    digest: str) -> None:
+                    digest: str, scaler: torch.amp.GradScaler | None = None) -> None:
     state = {
         "trainable": trainable_state_dict(model),
         "optimizer": optimizer.state_dict(),
@@ -214,6 +216,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosi
         "rng_torch": torch.get_rng_state(),
         "rng_python": random.getstate(),
     }
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale it has found
+        state["grad_scaler"] = scaler.state_dict()
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a run killed mid-save keeps its previous checkpoint
@@ -286,7 +290,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     data_kwargs = dict(root=Path(cfg.data_root) if cfg.data_root else None,
                        annotations=Path(cfg.annotations) if cfg.annotations else None,
                        input_size=backbone.input_size, mean=backbone.mean, std=backbone.std,
-                       num_frames=cfg.num_frames, seed=cfg.seed, decoder=cfg.decoder)
+                       num_frames=cfg.num_frames, seed=cfg.seed, decoder=cfg.decoder, recipe=cfg.recipe)
     train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_items = val_set
@@ -297,6 +301,13 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
     pretrained_ids = {id(p) for p in backbone.parameters()}
     model = build_model(cfg, train_set.num_classes, backbone).to(device)
     counts = count_parameters(model)
+    precision = resolve_precision(cfg.train.precision, device)
+    if precision == "fp16":
+        if cfg.speed.frozen_bf16:
+            raise ValueError("speed.frozen_bf16 and train.precision=fp16 contradict each other: fp16 holds frozen "
+                             "weights in fp16; set train.precision=bf16 to keep them in bf16")
+        hold_frozen_in(model, DTYPES["fp16"])  # as released (models_adapter.py): frozen weights in fp16
+    scaler = grad_scaler(device, precision)
     step_model, applied = apply_speed_options(model, cfg.speed, device)  # step_model: compiled, if asked
     if applied:
         log.info("speed options: %s", ", ".join(applied))
@@ -314,7 +325,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
         raise ValueError(f"the training set ({len(train_set)} clips) is smaller than one batch ({cfg.train.batch_size})")
     optimizer = make_optimizer(model, cfg.train, pretrained_ids)
     scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
-                              cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr)
+                              cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr,
+                              from_zero=cfg.train.warmup_from_zero)
 
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -328,6 +340,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
         load_trainable_state_dict(model, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["rng_torch"])
         random.setstate(_as_python_rng_state(state["rng_python"]))
         position, run_id = checkpoint_position(state), state["mlflow_run_id"]
@@ -364,7 +378,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             # Every rank takes part in the sum; rank 0 alone writes.
             at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
             if rank == 0:
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest(),
+                                scaler)
 
         after_step = step_hook(cfg, save)
         for epoch in range(position.epoch, cfg.train.epochs):
@@ -375,17 +390,18 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResul
             train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # loader workers' seeds
             stats = train_one_epoch(step_model, train_loader, optimizer, scheduler, device, cfg, accumulate,
                                     progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
-                                    position=position, after_step=after_step)
+                                    position=position, after_step=after_step, scaler=scaler)
             metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
                        "lr": scheduler.get_last_lr()[0]}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-                metrics.update({f"val_{k}": v for k, v in evaluate(step_model, val_loader, device).items()
+                metrics.update({f"val_{k}": v for k, v in evaluate(step_model, val_loader, device,
+                                                                      precision=precision).items()
                                 if k != "clips"})
             tracker.log_metrics(metrics, step=epoch + 1)
             position = EpochPosition(epoch + 1)
             save(position)
 
-        final = evaluate(step_model, val_loader, device, progress)
+        final = evaluate(step_model, val_loader, device, progress, precision)
         wall = time.time() - start
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
         tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
@@ -413,7 +429,7 @@ def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_s
         log.warning("%s trains inside the backbone: the feature cache does not apply, training on clips", cfg.method)
         return train_set, val_set, "off: the backbone trains"
     train_set, val_set, report = cached_datasets(model, train_set, val_set, cfg.train.epochs, cfg.speed, device,
-                                                 batch_size, cfg.train.num_workers)
+                                                 batch_size, cfg.train.num_workers, precision=cfg.train.precision)
     log.info("feature cache: %d entries read, %d built in %.1f s", report.hits, report.misses, report.seconds)
     return train_set, val_set, report.description
 
@@ -430,8 +446,13 @@ def count_gflops(model: nn.Module, num_frames: int, input_size: int) -> float:
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig, accumulate: int,
                     progress: bool, desc: str, position: EpochPosition | None = None,
-                    after_step: Callable[[EpochPosition], None] | None = None) -> dict[str, float]:
-    """One epoch, or its rest from ``position`` (the loader then starts at that position's clips)."""
+                    after_step: Callable[[EpochPosition], None] | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One epoch, or its rest from ``position`` (the loader then starts at that position's clips).
+
+    ``scaler`` (fp16) scales the loss and skips steps whose gradients overflowed, as the released code's
+    loss scaler; the scheduler steps either way, as there."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train()
     position = position or EpochPosition()
     total_loss, correct, seen = position.loss_sum, position.correct, position.seen
@@ -441,16 +462,19 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
         forward, video = model_inputs(model, batch)
         video = video[:, 0].to(device, non_blocking=True)  # training clips carry one view
         labels = batch["label"].to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, cfg.train.precision):
             logits = forward(video)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()}: lower train.lr or check the data")
-        (loss / accumulate).backward()
+        scaler.scale(loss / accumulate).backward()
         if (i + 1) % accumulate == 0:
             distributed.average_gradients(trainable)
-            torch.nn.utils.clip_grad_norm_(trainable, max_norm=1e3)  # guards against a rare blow-up only
-            optimizer.step()
+            if cfg.train.grad_clip_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, max_norm=cfg.train.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         total_loss += loss.item() * len(labels)
