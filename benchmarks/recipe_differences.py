@@ -156,20 +156,15 @@ def run_grid(rows: list[Row], datasets: list[str], methods: list[str], seeds: li
     return results
 
 
-def _mean_std(values: list[float]) -> str:
+def _summary(values: list[float], signed: bool = False) -> str:
+    """mean ± sample std (n=...) of top-1 figures, or of differences (signed, n left to the column)."""
     if not values:
         return ""
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{values[0]:.1f} (n=1)"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
-
-
-def _delta(values: list[float]) -> str:
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:+.1f} (n=1)"
-    return f"{statistics.mean(values):+.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:{sign}.1f} (n=1)"
+    count = "" if signed else f" (n={len(values)})"
+    return f"{statistics.mean(values):{sign}.1f} ± {statistics.stdev(values):.1f}{count}"
 
 
 def markdown(results: list[Result], datasets: list[str], methods: list[str]) -> str:
@@ -188,11 +183,11 @@ def markdown(results: list[Result], datasets: list[str], methods: list[str]) -> 
         for dataset, method in columns:
             seeds = sorted(s for (name, d, m, s) in by_key if (name, d, m) == (row.name, dataset, method))
             if row.name == "baseline":
-                cells.append(_mean_std([by_key[(row.name, dataset, method, s)].top1 for s in seeds]))
+                cells.append(_summary([by_key[(row.name, dataset, method, s)].top1 for s in seeds]))
                 continue
             deltas = [by_key[(row.name, dataset, method, s)].top1 - by_key[("baseline", dataset, method, s)].top1
                       for s in seeds if ("baseline", dataset, method, s) in by_key]
-            cells.append(_delta(deltas))
+            cells.append(_summary(deltas, signed=True))
         if any(cells):
             lines.append(f"| {row.name} | {row.label} | " + " | ".join(cells) + " |")
     minutes = [r.minutes for r in results]
