@@ -233,11 +233,15 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    results = run_grid(rows, datasets, methods, seeds, workdir / "results.csv", workdir)
+    run_grid(rows, datasets, methods, seeds, workdir / "results.csv", workdir)
+    results = read_results(workdir / "results.csv")  # also what another process on other datasets added
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out.with_suffix(".csv"), results)
-    out.with_suffix(".md").write_text(markdown(results, datasets, methods))
+    shown_datasets = [d for d in DATASETS if any(r.dataset == d for r in results)]
+    shown_methods = [m for m in METHODS if any(r.method == m for r in results)]
+    shown_methods += sorted({r.method for r in results} - set(shown_methods))
+    out.with_suffix(".md").write_text(markdown(results, shown_datasets, shown_methods))
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')}")
 
 

@@ -178,7 +178,9 @@ def _randaugment_settings(config: object, library: str) -> dict[str, int]:
         try:
             rand_augment_transform(config, {})
         except (AssertionError, ValueError, KeyError) as error:
-            raise RecipeValueError("randaugment", f"timm does not accept {config!r} ({error or 'unknown section'})")
+            raise RecipeValueError(
+                "randaugment", f"timm does not accept {config!r} ({error or 'unknown section'})"
+            ) from None
         return {}
     settings = {}
     for section in config.split("-")[1:]:
