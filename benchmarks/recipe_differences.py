@@ -18,7 +18,8 @@ Methods: ``adapter``, the best order-blind method on the motion set (the one the
 margin is measured against), and ``st_adapter``, the method the recipes come from. Seeds 0, 1, 2; the
 difference to the baseline is taken per seed (the same seed draws the same clips and initial weights) and
 given as mean +- sample std. Each finished run is appended to the CSV, so an interrupted benchmark continues
-where it stopped. Top-1 does not depend on machine load; the minutes per run in the table do.
+where it stopped, and several processes started on the same grid share it (each claims a run first). Top-1
+does not depend on machine load; the minutes per run do.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, fields
@@ -130,19 +132,43 @@ def append_result(path: Path, result: Result) -> None:
         writer.writerow(asdict(result))
 
 
+def claim(workdir: Path, key: tuple) -> bool:
+    """Take (row, dataset, method, seed) for this process; False when a live process holds it. Several processes
+    can then share one grid on one machine; a claim left by a process that died is taken over."""
+    folder = workdir / "claims"
+    folder.mkdir(exist_ok=True)
+    path = folder / "__".join(map(str, key))
+    if path.is_file():
+        try:
+            os.kill(int(path.read_text()), 0)
+            return False  # alive
+        except (ValueError, ProcessLookupError):
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            return False
+    try:
+        with open(path, "x") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    except FileExistsError:
+        return False
+
+
 def run_grid(rows: list[Row], datasets: list[str], methods: list[str], seeds: list[int], csv_path: Path,
-             workdir: Path) -> list[Result]:
+             workdir: Path) -> None:
     """Every missing (row, dataset, method, seed): seed by seed so that early seeds are complete first, and
-    within a seed in the order of `rows`."""
-    results = read_results(csv_path)
-    done = {(r.row, r.dataset, r.method, r.seed) for r in results}
+    within a seed in the order of `rows`. Finished runs are read back from the CSV before each run, and each
+    run is claimed first, so processes started on the same grid split it between them."""
     for seed in seeds:
         for row in rows:
             for dataset in datasets:
                 if dataset not in row.recipe:
                     continue
                 for method in methods:
-                    if (row.name, dataset, method, seed) in done:
+                    key = (row.name, dataset, method, seed)
+                    if key in {(r.row, r.dataset, r.method, r.seed) for r in read_results(csv_path)}:
+                        continue
+                    if not claim(workdir, key):
                         continue
                     cfg = row_config(row, dataset, method, seed, workdir)
                     start = time.perf_counter()
@@ -150,10 +176,8 @@ def run_grid(rows: list[Row], datasets: list[str], methods: list[str], seeds: li
                     result = Result(row.name, dataset, method, seed, outcome.top1, outcome.top5,
                                     (time.perf_counter() - start) / 60, cfg.digest())
                     append_result(csv_path, result)
-                    results.append(result)
                     print(f"{row.name:16s} {dataset:21s} {method:11s} seed {seed}: top-1 {result.top1:5.1f} "
                           f"({result.minutes:.1f} min)", flush=True)
-    return results
 
 
 def _summary(values: list[float], signed: bool = False) -> str:

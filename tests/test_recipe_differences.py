@@ -43,3 +43,15 @@ def test_the_table_gives_per_seed_differences_against_the_baseline():
     assert "| baseline | released recipe | 55.0 ± 7.1 (n=2) |" in text
     assert "| resize | resize: bilinear with antialias | -4.0 ± 1.4 |" in text  # -5 and -3, paired by seed
     assert "| warmup |" not in text  # rows without runs are left out
+
+
+def test_processes_sharing_the_grid_claim_each_run_once_and_take_over_a_dead_ones(tmp_path):
+    import subprocess
+    import sys
+
+    key = ("resize", "synthetic-motion", "adapter", 0)
+    assert bench.claim(tmp_path, key)
+    assert not bench.claim(tmp_path, key)  # held by a live process (this one)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "claims" / "__".join(map(str, key))).write_text(finished.stdout.strip())
+    assert bench.claim(tmp_path, key)  # its process has ended
