@@ -350,12 +350,13 @@ class ClipRandAugment:
         self.torchvision = None
         if self.library == "torchvision":
             settings = _randaugment_settings(self.config, "torchvision")
-            # torchvision draws the ops once per call and applies them to the whole (T, 3, H, W) tensor.
+            # torchvision draws the ops once per call and applies them to the whole (T, 3, H, W) tensor. Its
+            # geometric ops on tensors take nearest or bilinear only: bilinear, as peft-bench used it.
             self.torchvision = RandAugment(
                 num_ops=settings.get("n", 2),
                 magnitude=settings.get("m", 10),
                 num_magnitude_bins=RANDAUGMENT_MAGNITUDE_BINS,
-                interpolation=InterpolationMode(self.interpolation),
+                interpolation=InterpolationMode.BILINEAR,
             )
 
     def __call__(self, clip: Tensor) -> Tensor:
