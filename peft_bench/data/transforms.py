@@ -319,9 +319,9 @@ def timm_randaugment_clip(frames: np.ndarray, config: str, seed: int, interpolat
     """timm's `rand_augment_transform(config)` on every frame of uint8 (T, H, W, 3) `frames`, with the same ops,
     probabilities, magnitudes and signs on each: its draws are replayed from `seed` for every frame.
 
-    The hyper-parameters are the released code's (``transform.py`` ``create_random_augment``): translations
-    up to 45% of the short side, the recipe's interpolation, timm's grey fill. Histogram ops (AutoContrast,
-    Equalize) read each frame's own histogram, as there.
+    The hyper-parameters are the released code's (``transform.py`` ``create_random_augment``): translate_const
+    45% of the short side, the recipe's interpolation, timm's grey fill. Histogram ops (AutoContrast,
+    Equalize) read each frame's own histogram, as there, so they can change from frame to frame.
     """
     from PIL import Image
     from timm.data.auto_augment import rand_augment_transform
