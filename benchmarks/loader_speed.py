@@ -428,10 +428,12 @@ def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup
                      f"{m.mean_file_kb:.0f} kB |")
     missing = [f"{name} ({decoder_unavailable_reason(name)})" for name in DECODERS if decoder_unavailable_reason(name)]
     lines += ["", "## Setup", "",
-              f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe: dense "
-              "sampling, 8 frames at stride 16, short-side jitter 224-258, random 224 crop, flip.",
-              f"- ssv2-like: {settings.ssv2.count} videos, {settings.ssv2.description}; SSv2 recipe: 8 segments, "
-              "random-resized crop, RandAugment (n 4, m 7).",
+              f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe (the released "
+              "code's): dense sampling, 8 frames at stride 16, short-side jitter 224-258 (bicubic, no antialias), "
+              "random 224 crop, flip.",
+              f"- ssv2-like: {settings.ssv2.count} videos, {settings.ssv2.description}; SSv2 recipe (the released "
+              "code's): 8 segments, timm's RandAugment rand-m7-n4-mstd0.5-inc1 on the full decoded frames (one "
+              "draw per clip), then a random-resized crop (bicubic, no antialias).",
               "- baseline: the file read into memory, every frame decoded by PyAV on one thread, then the "
               "sampled frames converted to RGB (the released ST-Adapter code's reading); same augmentation.",
               "- pyav, torchcodec, decord: `VideoClipDataset` with `data.decoder` set to that decoder, one decoder "

@@ -33,6 +33,9 @@ class TrainConfig:
     weight_decay: float = 0.01  # never on biases, norms or other 1-D parameters
     backbone_lr_scale: float = 1.0  # lr factor for pre-trained weights a method trains (full/partial fine-tuning)
     label_smoothing: float = 0.0
+    warmup_from_zero: bool = True  # the first step at lr 0, as released; false: at lr / warm-up steps
+    grad_clip_norm: float = 0.0  # clip the gradient norm to this; 0: never (as released)
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (the released) or fp32: precision.py
     head_dropout: float = 0.5  # before the new linear head, the same for every method (the released ST-Adapter code's)
     eval_every: int = 0  # epochs between validations during training; 0 = only the final evaluation
     num_workers: int = 8
@@ -61,6 +64,11 @@ class TrainConfig:
         require(self.val_subset >= 0, "val_subset", "0 (all) or a positive number of videos", self.val_subset)
         require(self.checkpoint_every >= 0, "checkpoint_every", "0 (epoch ends only) or a number of steps",
                 self.checkpoint_every)
+        require(math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0, "grad_clip_norm",
+                "0 (no clipping) or a positive finite number", self.grad_clip_norm)
+        from .precision import PRECISIONS
+
+        require(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
 
 
 def require(ok: bool, name: str, expected: str, value: Any, verb: str = "be") -> None:
@@ -100,10 +108,13 @@ class DataConfig:
     decode_device: str = "cpu"  # "cuda": torchcodec decodes on the GPU, in the training process
 
 
-# The released code's optimisation recipes (peft_bench/reference/README.md), and cheap ones for the embedded default.
+# The released ST-Adapter code's optimisation (linziyi96/st-adapter at b914b38: scripts/train_*.sh and main.py:
+# --blr 1e-3 per 256 clips at 64 clips x 3 GPUs (K400) or x 4 (SSv2), AdamW with weight decay 0.01, warm-up
+# from lr 0, cosine to 0, no clipping, fp16 autocast with a gradient scaler over fp16 frozen weights), and
+# cheap settings for the embedded default. The data side is benchmarks/recipes/<dataset>.yaml.
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "k400": dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4),
-    "ssv2": dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3),
+    "k400": dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4, precision="fp16"),
+    "ssv2": dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3, precision="fp16"),
     # No loader worker: the runs of a command go side by side on the cores (run_all.py), and in the run's
     # own process each video is decoded once for all the runs it takes part in (data/dataset.py, DECODED);
     # eight runs of two epochs took 41-46 s of CPU against 57-60 s with one worker (two repeats each).
@@ -145,6 +156,7 @@ class RunConfig:
     # a list of names, or a file with one per line (read into the names when the config is resolved).
     classes: list[str] | None = None
     method_args: dict[str, Any] = field(default_factory=dict)  # resolved: the method's full config
+    recipe: dict[str, Any] = field(default_factory=dict)  # resolved: the dataset's data recipe, with any changes
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
@@ -217,6 +229,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
         data["classes"] = read_class_names(data["classes"])
     if data.get("method", RunConfig.method) in FEATURE_CACHE_DEFAULTS.get(dataset, ()):
         data["speed"] = merge({"feature_cache": True}, data.get("speed", {}))
+    data["recipe"] = _resolved_recipe(dataset, data.get("recipe") or {})
     cfg = from_dict(RunConfig, data)
     if cfg.method not in available_methods():
         raise ConfigError(f"unknown method '{cfg.method}'; available: {', '.join(available_methods())}")
@@ -292,6 +305,20 @@ def read_class_names(value: str | Path) -> list[str]:
         raise ConfigError(f"dataset.classes: no file {text} (give a file with one class per line, or a list: "
                           "'dataset.classes=[a, b]')")
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _resolved_recipe(dataset: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's recipe (benchmarks/recipes/) with ``--set recipe.KEY=VALUE`` changes, as plain data: the
+    run saves and hashes the sampling and augmentation it used, not only the recipe's name."""
+    from .data import DATASETS
+    from .data.recipes import load_recipe, recipe_settings, with_settings
+
+    if not isinstance(changes, dict):
+        raise ConfigError(f"recipe: expected a mapping of recipe keys, got {changes!r}")
+    try:
+        return recipe_settings(with_settings(load_recipe(DATASETS[dataset].recipe), changes))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:

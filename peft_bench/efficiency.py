@@ -11,21 +11,14 @@ import logging
 import torch
 from torch import nn
 
+from .precision import hold_frozen_in
+
 log = logging.getLogger(__name__)
 
 
 def hold_frozen_in_bf16(model: nn.Module) -> int:
-    """Cast every frozen parameter to bf16 in place (trainable ones stay fp32 for the optimizer).
-
-    Under bf16 autocast the matmuls read bf16 anyway, so this halves the frozen weights' memory and the
-    per-step casts; norms still compute in fp32 (autocast casts their inputs up). Returns the count cast.
-    """
-    cast = 0
-    for p in model.parameters():
-        if not p.requires_grad and p.dtype == torch.float32:
-            p.data = p.data.to(torch.bfloat16)
-            cast += 1
-    return cast
+    """Cast every frozen parameter to bf16 in place (see precision.hold_frozen_in); returns the count cast."""
+    return hold_frozen_in(model, torch.bfloat16)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> bool:

@@ -10,9 +10,10 @@ it. A method the cache cannot serve (its backbone trains, or its head reads the 
 with the reason (:func:`feature_cache_refusal`) and trains on clips.
 
 * **Key**: a hash of everything that changes the stored numbers: the backbone's weights and structure,
-  what the head reads (blocks, q/k, frame stride), the dataset's samples (path, label, file size and mtime), its recipe and transform, its seed, the
-  augmentation epoch of the copy, the cache dtype and the device type (bf16 autocast on GPU, fp32 on
-  CPU). A changed config gives a new key; nothing stale is ever read.
+  what the head reads (blocks, q/k, frame stride), the dataset's samples (path, label, file size and mtime), its
+  recipe and transform, its seed, the augmentation epoch of the copy, the cache dtype and the precision it is
+  computed in (``train.precision`` on the device: by default bf16 autocast on GPU, fp32 on CPU). A changed
+  config gives a new key; nothing stale is ever read.
 * **Augmentation** is explicit: ``SpeedConfig.augmented_copies`` copies of the training set, copy k
   drawn exactly as uncached epoch k draws its clips; epoch e reads copy e mod k. Evaluation views are
   deterministic and stored once.
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .precision import autocast, resolve_precision
 from .system import usable_cpu_count
 
 log = logging.getLogger(__name__)
@@ -106,11 +108,11 @@ def dataset_fingerprint(dataset: Dataset) -> dict:
 
 
 def entry_key(backbone_hash: str, dataset_hash: dict, epoch: int | None, dtype: str, device: torch.device,
-              reads=None) -> str:
+              reads=None, precision: str = "auto") -> str:
     """``epoch``: the augmentation epoch of a training copy; None for evaluation views. ``reads``: the
     model's FeatureRequest; the final tokens alone (the default) leave it out of the key, as before."""
     description = {"version": CACHE_FORMAT_VERSION, "backbone": backbone_hash, "dataset": dataset_hash,
-                   "epoch": epoch, "dtype": dtype, "compute": "bf16" if device.type == "cuda" else "fp32"}
+                   "epoch": epoch, "dtype": dtype, "compute": resolve_precision(precision, device)}
     if reads is not None and not reads.tokens_only:
         description["reads"] = dataclasses.asdict(reads)
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
@@ -143,11 +145,9 @@ def read_entry(folder: Path, key: str) -> CacheEntry:
 
 @torch.no_grad()
 def write_entry(folder: Path, key: str, model: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
-                device: torch.device, batch_size: int, num_workers: int) -> None:
+                device: torch.device, batch_size: int, num_workers: int, precision: str = "auto") -> None:
     """Run ``model``'s backbone over ``dataset`` (augmentation epoch ``epoch``) and store what its head
     reads (``pack_features``) at ``folder``."""
-    from .runner import autocast
-
     if epoch is not None:
         set_augmentation_epoch(dataset, epoch)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
@@ -164,7 +164,7 @@ def write_entry(folder: Path, key: str, model: nn.Module, dataset: Dataset, epoc
         for batch in loader:
             video = batch["video"].to(device, non_blocking=True)  # (B, V, T, C, H, W)
             b, v = video.shape[:2]
-            with autocast(device):
+            with autocast(device, precision):
                 out = model.pack_features(model.forward_features(video.flatten(0, 1)))
             out = out.float().view(b, v, *out.shape[1:]).cpu().numpy()
             if tokens is None:  # the token shape is known after the first batch
@@ -197,14 +197,15 @@ def set_augmentation_epoch(dataset: Dataset, epoch: int) -> None:
 
 
 def get_or_build(cache_dir: Path, model: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
-                 device: torch.device, batch_size: int, num_workers: int, backbone_hash: str | None = None) -> CacheEntry:
-    """The entry for (``model``'s backbone and what its head reads, dataset, epoch, dtype, device): read
-    when present, else built; an entry that cannot be read is logged and rebuilt."""
+                 device: torch.device, batch_size: int, num_workers: int, backbone_hash: str | None = None,
+                 precision: str = "auto") -> CacheEntry:
+    """The entry for (``model``'s backbone and what its head reads, dataset, epoch, dtype, device, precision):
+    read when present, else built; an entry that cannot be read is logged and rebuilt."""
     reason = feature_cache_refusal(model)
     if reason is not None:
         raise ValueError(f"the feature cache cannot serve this model: {reason}")
     backbone_hash = backbone_hash or backbone_fingerprint(model.backbone)
-    key = entry_key(backbone_hash, dataset_fingerprint(dataset), epoch, dtype, device, model.reads)
+    key = entry_key(backbone_hash, dataset_fingerprint(dataset), epoch, dtype, device, model.reads, precision)
     folder = Path(cache_dir) / key
     if folder.exists():
         try:
@@ -213,7 +214,7 @@ def get_or_build(cache_dir: Path, model: nn.Module, dataset: Dataset, epoch: int
             log.warning("feature cache entry unusable, rebuilding it: %s", err)
             shutil.rmtree(folder, ignore_errors=True)
     started = time.time()
-    write_entry(folder, key, model, dataset, epoch, dtype, device, batch_size, num_workers)
+    write_entry(folder, key, model, dataset, epoch, dtype, device, batch_size, num_workers, precision)
     entry = read_entry(folder, key)
     entry.hit = False
     log.info("feature cache: stored %s %s in %.1f s (%s)", "x".join(map(str, entry.tokens.shape)), dtype,
@@ -262,7 +263,7 @@ class FeatureCacheReport:
 
 
 def cached_datasets(model: nn.Module, train_set: Dataset, val_set: Dataset, epochs: int, speed, device: torch.device,
-                    batch_size: int, num_workers: int, cache_dir: Path | None = None
+                    batch_size: int, num_workers: int, cache_dir: Path | None = None, precision: str = "auto"
                     ) -> tuple[CachedFeatures, CachedFeatures, FeatureCacheReport]:
     """Training copies and evaluation views of what ``model``'s head reads, from the cache or built now."""
     started = time.time()
@@ -272,7 +273,7 @@ def cached_datasets(model: nn.Module, train_set: Dataset, val_set: Dataset, epoc
 
     def entry(dataset, epoch):
         return get_or_build(cache_dir, model, dataset, epoch, speed.cache_dtype, device, batch_size,
-                            num_workers, backbone_hash)
+                            num_workers, backbone_hash, precision)
 
     train_entries = [entry(train_set, epoch) for epoch in range(copies)]
     val_entry = entry(val_set, None)

@@ -2,8 +2,9 @@
 
 The method decides what it adds and what trains (``requires_grad``); the runner gives gradients and
 optimizer state to those parameters only. AdamW without decay on 1-D parameters and on what the model
-declares in ``no_weight_decay()``, with the method's own parameter groups, linear warm-up then
-cosine (per step), bf16 autocast on GPU and fp32 on CPU, top-1/top-5 over softmax-averaged views.
+declares in ``no_weight_decay()``, with the method's own parameter groups, linear warm-up from lr 0
+then cosine (per step), no gradient clipping unless asked, ``train.precision`` (bf16 autocast on GPU and fp32
+on CPU by default; fp16 as released: see precision.py), top-1/top-5 over softmax-averaged views.
 Checkpoints hold the trainable state, optimizer, scheduler, RNG states, the position within the epoch
 and the mlflow run id, so that ``--resume`` continues the same run from the step it stopped at. They are
 written at each epoch's end, every ``train.checkpoint_every`` steps, and when a preemption signal comes
@@ -40,6 +41,7 @@ from .efficiency import apply_speed_options
 from .model import (count_parameters, load_trainable_state_dict, log_param_groups, no_weight_decay_patterns,
                     optimizer_param_groups, trainable_state_dict)
 from .method_checks import measures_time
+from .precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
 from .records import RunMeter, record_finished_run, split_summary
 from .registry import RunContext, get_method
 
@@ -105,20 +107,19 @@ def make_optimizer(model: nn.Module, cfg, pretrained: set[int] | frozenset[int] 
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float, from_zero: bool = True):
+    """Linear warm-up over ``warmup_steps``, then cosine to ``min_ratio`` of the lr at ``total_steps``.
+
+    ``from_zero``: step s of the warm-up runs at s / warmup_steps of the lr, so the first at 0, as the released
+    code's lr_func (main.py: epoch / warmup_epochs); otherwise at (s + 1) / warmup_steps.
+    """
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return (step if from_zero else step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -127,7 +128,8 @@ def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False,
+             precision: str = "auto") -> dict[str, float]:
     """Multi-view accuracy: softmax per view, then the mean over views, then top-1/top-5."""
     model.eval()
     correct1 = correct5 = seen = 0
@@ -135,7 +137,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progres
         forward, video = model_inputs(model, batch)
         video, labels = video.to(device, non_blocking=True), batch["label"].to(device)
         b, v = video.shape[:2]
-        with autocast(device):
+        with autocast(device, precision):
             logits = forward(video.flatten(0, 1))
         probs = logits.float().softmax(dim=-1).view(b, v, -1).mean(dim=1)
         correct1 += topk_correct(probs, labels, 1)
@@ -218,7 +220,7 @@ class EpochPosition:
 # --- checkpoints -------------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosition, run_id: str | None,
-                    digest: str) -> None:
+                    digest: str, scaler: torch.amp.GradScaler | None = None) -> None:
     state = {
         "trainable": trainable_state_dict(model),
         "optimizer": optimizer.state_dict(),
@@ -231,6 +233,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosi
         "rng_torch": torch.get_rng_state(),
         "rng_python": random.getstate(),
     }
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale it has found
+        state["grad_scaler"] = scaler.state_dict()
     write_checkpoint(path, state)
 
 
@@ -449,7 +453,7 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
                        annotations=Path(cfg.annotations) if cfg.annotations else None,
                        input_size=backbone.input_size, mean=backbone.mean, std=backbone.std,
                        num_frames=cfg.num_frames, seed=cfg.seed, decoder=cfg.data.decoder,
-                       decode_device=cfg.data.decode_device, classes=cfg.classes)
+                       decode_device=cfg.data.decode_device, classes=cfg.classes, recipe=cfg.recipe)
     train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_items = val_set
@@ -463,6 +467,13 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     pretrained_ids = {id(p) for p in backbone.parameters()}
     model = build_model(cfg, train_set.num_classes, backbone, getattr(train_set, "class_names", None)).to(device)
     counts = count_parameters(model)
+    precision = resolve_precision(cfg.train.precision, device)
+    if precision == "fp16":
+        if cfg.speed.frozen_bf16:
+            raise ValueError("speed.frozen_bf16 and train.precision=fp16 contradict each other: fp16 holds frozen "
+                             "weights in fp16; set train.precision=bf16 to keep them in bf16")
+        hold_frozen_in(model, DTYPES["fp16"])  # as released (models_adapter.py): frozen weights in fp16
+    scaler = grad_scaler(device, precision)
     step_model, applied = apply_speed_options(model, cfg.speed, device)  # step_model: compiled, if asked
     if applied:
         log.info("speed options: %s", ", ".join(applied))
@@ -480,7 +491,8 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
         raise ValueError(f"the training set ({len(train_set)} clips) is smaller than one batch ({cfg.train.batch_size})")
     optimizer = make_optimizer(model, cfg.train, pretrained_ids)
     scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
-                              cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr)
+                              cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr,
+                              from_zero=cfg.train.warmup_from_zero)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -495,6 +507,8 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
         load_trainable_state_dict(model, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["rng_torch"])
         random.setstate(_as_python_rng_state(state["rng_python"]))
         position, run_id = checkpoint_position(state), state["mlflow_run_id"]
@@ -543,7 +557,8 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
             # Every rank takes part in the sum; rank 0 alone writes.
             at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
             if rank == 0:
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest())
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest(),
+                                scaler)
                 meter.save()
 
         after_step = step_hook(cfg, save, checkpoint_path)
@@ -560,12 +575,13 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
             with meter.timing("train"):
                 stats = train_one_epoch(step_model, train_loader, optimizer, scheduler, device, cfg, accumulate,
                                         progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
-                                        position=position, after_step=after_step)
+                                        position=position, after_step=after_step, scaler=scaler)
             meter.count("train", stats["clips"])  # the whole epoch's, a resumed epoch's earlier part included
             metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
                        "lr": scheduler.get_last_lr()[0]}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-                metrics.update({f"val_{k}": v for k, v in evaluate(step_model, val_loader, device).items()
+                metrics.update({f"val_{k}": v for k, v in evaluate(step_model, val_loader, device,
+                                                                      precision=precision).items()
                                 if k != "clips"})
             tracker.log_metrics(metrics, step=epoch + 1)
             position = EpochPosition(epoch + 1)
@@ -578,7 +594,7 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
         # A signal now stops the evaluation: the checkpoint of the last epoch's end is what a resume needs.
         final_loader = val_loader if world > 1 else _StopOnSignal(val_loader, position, checkpoint_path)
         with meter.timing("eval"):
-            final = evaluate(step_model, final_loader, device, progress)
+            final = evaluate(step_model, final_loader, device, progress, precision)
         meter.count("eval", final["clips"])
         wall = meter.snapshot().wall_s  # every segment's, for a resumed run
         failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
@@ -628,7 +644,7 @@ def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_s
         log.warning("%s: the feature cache cannot serve it (%s); training on clips", cfg.method, refusal)
         return train_set, val_set, f"off: {refusal}"
     train_set, val_set, report = cached_datasets(model, train_set, val_set, cfg.train.epochs, cfg.speed, device,
-                                                 batch_size, cfg.train.num_workers)
+                                                 batch_size, cfg.train.num_workers, precision=cfg.train.precision)
     log.info("feature cache: %d entries read, %d built in %.1f s", report.hits, report.misses, report.seconds)
     return train_set, val_set, report.description
 
@@ -645,8 +661,13 @@ def count_gflops(model: nn.Module, num_frames: int, input_size: int) -> float:
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig, accumulate: int,
                     progress: bool, desc: str, position: EpochPosition | None = None,
-                    after_step: Callable[[EpochPosition], None] | None = None) -> dict[str, float]:
-    """One epoch, or its rest from ``position`` (the loader then starts at that position's clips)."""
+                    after_step: Callable[[EpochPosition], None] | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One epoch, or its rest from ``position`` (the loader then starts at that position's clips).
+
+    ``scaler`` (fp16) scales the loss and skips steps whose gradients overflowed, as the released code's
+    loss scaler; the scheduler steps either way, as there."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train()
     position = position or EpochPosition()
     total_loss, correct, seen = position.loss_sum, position.correct, position.seen
@@ -656,16 +677,19 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
         forward, video = model_inputs(model, batch)
         video = video[:, 0].to(device, non_blocking=True)  # training clips carry one view
         labels = batch["label"].to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, cfg.train.precision):
             logits = forward(video)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()}: lower train.lr or check the data")
-        (loss / accumulate).backward()
+        scaler.scale(loss / accumulate).backward()
         if (i + 1) % accumulate == 0:
             distributed.average_gradients(trainable)
-            torch.nn.utils.clip_grad_norm_(trainable, max_norm=1e3)  # guards against a rare blow-up only
-            optimizer.step()
+            if cfg.train.grad_clip_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, max_norm=cfg.train.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         total_loss += loss.item() * len(labels)

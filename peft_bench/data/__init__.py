@@ -7,7 +7,8 @@ the same annotation readers, decoders and augmentation recipes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from peft_bench.data.annotations import (
 )
 from peft_bench.data.dataset import DataError, VideoClipDataset
 from peft_bench.data.decode import VideoDecodeError, check_decoder, count_frames, read_frames
-from peft_bench.data.recipes import load_recipe
+from peft_bench.data.recipes import load_recipe, with_settings
 from peft_bench.data.synthetic import SSV2_VIDEO_FOLDER, default_cache_dir, ensure_synthetic
 from peft_bench.data.transforms import Recipe, test_views, train_transform
 
@@ -82,13 +83,15 @@ def build_dataset(
     decode_device: str = "cpu",
     max_failure_fraction: float = 0.05,
     classes: Sequence[str] | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> VideoClipDataset:
     """The `split` ("train" or "val") of dataset `name`, ready for a DataLoader.
 
     Real datasets: `root` holds the videos and `annotations` the published annotation files (default: `root`,
     or where the release keeps them under it: K400's `annotations/`, SSv2's `labels/`). Synthetic datasets are generated once under `cache_dir` (default `$PEFT_BENCH_CACHE/data`, else
     ~/.cache/peft_bench/data) and read back like real ones; `root` is ignored for them. `num_frames` overrides
-    the recipe's frame count; `max_failure_fraction` bounds the undecodable and missing videos tolerated.
+    the recipe's frame count and `recipe` changes its other fields (a run's `recipe` settings);
+    `max_failure_fraction` bounds the undecodable and missing videos tolerated.
     A decoder that cannot run here (`decoder`, `decode_device`) stops it before any video is read.
     `classes` keeps only those classes (names as the annotations give them), e.g. Mini-Kinetics' 200 of K400.
     """
@@ -98,9 +101,9 @@ def build_dataset(
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     spec = DATASETS[name]
     check_decoder(decoder, decode_device)
-    recipe = load_recipe(spec.recipe)
+    chosen = with_settings(load_recipe(spec.recipe), recipe or {})
     if num_frames is not None:
-        recipe = dataclasses.replace(recipe, num_frames=num_frames)
+        chosen = dataclasses.replace(chosen, num_frames=num_frames)
     read = _ANNOTATION_LOADERS[spec.layout]
     if spec.layout.startswith("synthetic-"):
         annotations_found = read(split, Path(cache_dir) if cache_dir else default_cache_dir())
@@ -117,7 +120,7 @@ def build_dataset(
         )
     return VideoClipDataset(
         annotations_found,
-        recipe,
+        chosen,
         train=split == "train",
         input_size=input_size,
         mean=mean,

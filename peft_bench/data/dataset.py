@@ -234,22 +234,16 @@ class VideoClipDataset(Dataset):
         """Frame indices of the training clip, or of all test clips one after another."""
         recipe = self.recipe
         if recipe.sampling == "segment":
-            clips = [segment_indices(num_video_frames, recipe.num_frames, train=self.train, rng=rng)]
+            clips = [segment_indices(num_video_frames, recipe.num_frames, train=self.train, rng=rng,
+                                     formula=recipe.frame_indices)]
             if not self.train:
                 clips = clips * recipe.test_clips  # segments cover the whole video: all test clips agree
-        elif self.train:
-            clips = [dense_indices(num_video_frames, recipe.num_frames, recipe.stride, train=True, rng=rng)]
         else:
+            num_clips = 1 if self.train else recipe.test_clips
             clips = [
-                dense_indices(
-                    num_video_frames,
-                    recipe.num_frames,
-                    recipe.stride,
-                    train=False,
-                    clip_index=clip_index,
-                    num_clips=recipe.test_clips,
-                )
-                for clip_index in range(recipe.test_clips)
+                dense_indices(num_video_frames, recipe.num_frames, recipe.stride, train=self.train, rng=rng,
+                              clip_index=clip_index, num_clips=num_clips, formula=recipe.frame_indices)
+                for clip_index in range(num_clips)
             ]
         return [index for clip in clips for index in clip]
 

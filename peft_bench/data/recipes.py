@@ -1,9 +1,12 @@
 """Loading data recipes (frame sampling + augmentation) from `benchmarks/recipes/*.yaml` (package data of
-`peft_bench.benchmarks`) or a given file."""
+`peft_bench.benchmarks`) or a given file, and changing one for a run (`--set recipe.KEY=VALUE`)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -38,6 +41,37 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         return Recipe(**values)
     except RecipeValueError as error:
         raise ValueError(f"recipe {source}: key {error.key!r} {error.problem}") from error
+
+
+# Fields a run does not take from its recipe settings: the name is the dataset's, and the run's own
+# `num_frames` sets the frame count.
+NOT_SETTINGS = ("name", "num_frames")
+
+
+def with_settings(recipe: Recipe, settings: Mapping[str, Any]) -> Recipe:
+    """`recipe` with some fields changed (`{"interpolation": "bilinear"}`); a bad key or value raises
+    ValueError naming it as `recipe.KEY`."""
+    known = [name for name in recipe_field_names() if name not in NOT_SETTINGS]
+    for key in settings:
+        if key == "num_frames":
+            raise ValueError("recipe.num_frames: set the run's num_frames instead")
+        if key not in known:
+            raise ValueError(f"unknown key recipe.{key}; valid keys: {', '.join(known)}")
+    try:
+        return dataclasses.replace(recipe, **settings)
+    except RecipeValueError as error:
+        raise ValueError(f"recipe.{error.key}: {error.problem}") from None
+    except TypeError as error:  # a value YAML could not have meant
+        raise ValueError(f"recipe: {error}") from None
+
+
+def recipe_settings(recipe: Recipe) -> dict[str, Any]:
+    """A recipe's fields as plain data for a run's config (lists, not tuples), without `NOT_SETTINGS`."""
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(recipe).items()
+        if name not in NOT_SETTINGS
+    }
 
 
 def _looks_like_path(name_or_path: str | Path) -> bool:

@@ -1,8 +1,16 @@
 """Clip-level augmentations and test views.
 
-Every transform works on a whole clip at once, so one random draw (crop box, flip, RandAugment ops) applies
-to every frame: per-frame draws would add fake motion. Randomness comes from torch's global generator only,
-so a dataset can make an item reproducible by seeding that generator (inside `torch.random.fork_rng`).
+By default these are the released ST-Adapter code's (linziyi96/st-adapter at b914b38: ``video_dataset/dataset.py``
+and ``video_dataset/transform.py``): RandAugment through timm on the full frames before the crop, short-side
+jitter or a random resized crop with bicubic resizing and no antialias, a horizontal flip after the crop.
+Each choice is a recipe field, so the earlier peft-bench behaviour (and the fix of a released bug) stays one
+setting away; ``benchmarks/recipes/*.yaml`` say which the released code used and where.
+
+Every transform works on a whole clip at once, so one random draw (crop box, flip, RandAugment ops and
+magnitudes) applies to every frame: per-frame draws would add fake motion. Randomness comes from torch's
+global generator only, so a dataset can make an item reproducible by seeding that generator (inside
+`torch.random.fork_rng`); timm's RandAugment draws from Python's and NumPy's global generators, which are
+seeded from torch's for the clip and restored afterwards.
 
 Recipe sizes are written for 224-pixel input and scaled by `input_size / 224`, so one recipe serves both
 ViT-B/16 at 224 px and a 32-px toy backbone.
@@ -10,16 +18,28 @@ ViT-B/16 at 224 px and a 32-px toy backbone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import math
+import random
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
-import torchvision.transforms.functional as F
+import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, RandAugment, RandomResizedCrop
 
+from peft_bench.data.sampling import FRAME_INDEX_FORMULAS
+
 REFERENCE_INPUT_SIZE = 224
 SAMPLINGS = ("dense", "segment")
+INTERPOLATIONS = ("bicubic", "bilinear")
+SHORT_SIDE_DRAWS = ("float", "integer")
+CROP_OFFSETS = ("released", "all")
+RANDAUGMENT_LIBRARIES = ("timm", "torchvision")
+RANDAUGMENT_PLACES = ("before_crop", "after_crop")
 # RandAugment magnitudes follow the 0..10 scale of the RandAugment paper and timm ("m7" = 7/10 of the
 # maximum), so torchvision gets 11 bins instead of its default 31.
 RANDAUGMENT_MAGNITUDE_BINS = 11
@@ -38,23 +58,35 @@ class RecipeValueError(ValueError):
 
 @dataclass
 class Recipe:
-    """Frame sampling and augmentation of one benchmark, with sizes written for 224-pixel input."""
+    """Frame sampling and augmentation of one benchmark, with sizes written for 224-pixel input.
+
+    Defaults are the released ST-Adapter code's choices; the alternatives are peft-bench's earlier ones
+    (``legacy``, ``integer``, ``bilinear`` with ``antialias``, torchvision's RandAugment after the crop) and
+    the fix of a released off-by-one (``crop_offsets: all``).
+    """
 
     name: str
     sampling: str  # "dense" (fixed stride) or "segment" (TSN uniform segments)
     num_frames: int = 8
     stride: int = 16  # dense sampling only
+    frame_indices: str = "released"  # the sampler's formula: "released" or "legacy" (see sampling.py)
     train_short_side_range: tuple[int, int] | None = None  # short-side jitter, then a random square crop
+    short_side_draw: str = "float"  # "float": round(uniform(low, high)); "integer": uniform over low..high
+    crop_offsets: str = "released"  # "released": never the last offset (an off-by-one); "all": every offset
     train_random_resized_crop_area: tuple[float, float] | None = None  # e.g. (0.08, 1.0)
     hflip: bool = False
-    randaugment: tuple[int, int] | None = None  # (num_ops n, magnitude m on the 0..10 scale)
+    randaugment: str | None = None  # timm's grammar, e.g. "rand-m7-n4-mstd0.5-inc1"
+    randaugment_library: str = "timm"  # "timm", or "torchvision" (ops always applied; only m and n)
+    randaugment_at: str = "before_crop"  # "before_crop" (the full frame) or "after_crop"
+    interpolation: str = "bicubic"  # of every resize, and of RandAugment's geometric ops
+    antialias: bool = False  # when shrinking
     test_short_side: int = 224
     test_crops: int = 1  # 1 centre crop, or 3 along the long side
     test_clips: int = 1
 
     def __post_init__(self) -> None:
         # YAML gives lists; keep tuples so recipes compare and hash predictably.
-        for key in ("train_short_side_range", "train_random_resized_crop_area", "randaugment"):
+        for key in ("train_short_side_range", "train_random_resized_crop_area"):
             value = getattr(self, key)
             if isinstance(value, list):
                 setattr(self, key, tuple(value))
@@ -72,26 +104,33 @@ def recipe_field_names() -> list[str]:
 def _validate_recipe(recipe: Recipe) -> None:
     if not isinstance(recipe.name, str) or not recipe.name:
         raise RecipeValueError("name", f"must be a non-empty string, got {recipe.name!r}")
-    if recipe.sampling not in SAMPLINGS:
-        raise RecipeValueError("sampling", f"must be one of {SAMPLINGS}, got {recipe.sampling!r}")
-    for key in ("num_frames", "stride", "test_short_side", "test_clips"):
+    choices = {
+        "sampling": SAMPLINGS, "frame_indices": FRAME_INDEX_FORMULAS, "short_side_draw": SHORT_SIDE_DRAWS,
+        "crop_offsets": CROP_OFFSETS, "randaugment_library": RANDAUGMENT_LIBRARIES,
+        "randaugment_at": RANDAUGMENT_PLACES, "interpolation": INTERPOLATIONS,
+    }
+    for key, allowed in choices.items():
+        if getattr(recipe, key) not in allowed:
+            raise RecipeValueError(key, f"must be one of {', '.join(allowed)}; got {getattr(recipe, key)!r}")
+    for key in ("num_frames", "stride", "test_short_side", "test_clips", "test_crops"):
         _require_positive_int(key, getattr(recipe, key))
-    _require_positive_int("test_crops", recipe.test_crops)
     if recipe.test_crops not in (1, 3):
         raise RecipeValueError("test_crops", f"must be 1 or 3, got {recipe.test_crops}")
     if recipe.test_short_side < REFERENCE_INPUT_SIZE:
         raise RecipeValueError(
             "test_short_side", f"must be at least the {REFERENCE_INPUT_SIZE}-pixel crop, got {recipe.test_short_side}"
         )
-    if not isinstance(recipe.hflip, bool):
-        raise RecipeValueError("hflip", f"must be true or false, got {recipe.hflip!r}")
+    for key in ("hflip", "antialias"):
+        if not isinstance(getattr(recipe, key), bool):
+            raise RecipeValueError(key, f"must be true or false, got {getattr(recipe, key)!r}")
     _validate_short_side_range(recipe.train_short_side_range)
     _validate_crop_area(recipe.train_random_resized_crop_area)
     if recipe.train_short_side_range is not None and recipe.train_random_resized_crop_area is not None:
         raise RecipeValueError(
             "train_random_resized_crop_area", "give either train_short_side_range or a random resized crop, not both"
         )
-    _validate_randaugment(recipe.randaugment)
+    if recipe.randaugment is not None:
+        _randaugment_settings(recipe.randaugment, recipe.randaugment_library)
 
 
 def _require_positive_int(key: str, value: object) -> None:
@@ -125,16 +164,35 @@ def _validate_crop_area(value: object) -> None:
         raise RecipeValueError("train_random_resized_crop_area", f"needs 0 < low <= high <= 1, got {list(value)}")
 
 
-def _validate_randaugment(value: object) -> None:
-    if value is None:
-        return
-    if not _is_pair(value) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise RecipeValueError("randaugment", f"must be two integers [n, m], got {value!r}")
-    num_ops, magnitude = value
-    if num_ops < 1 or not 0 <= magnitude < RANDAUGMENT_MAGNITUDE_BINS:
-        raise RecipeValueError(
-            "randaugment", f"needs n >= 1 and 0 <= m <= {RANDAUGMENT_MAGNITUDE_BINS - 1}, got {list(value)}"
-        )
+def _randaugment_settings(config: object, library: str) -> dict[str, int]:
+    """The m and n of a RandAugment string in timm's grammar ("rand-m7-n4-mstd0.5-inc1").
+
+    timm's own parser judges a string meant for timm; torchvision's RandAugment has no magnitude noise and
+    one op set, so for it only m (0..10) and n may be given.
+    """
+    if not isinstance(config, str) or not config.startswith("rand"):
+        raise RecipeValueError("randaugment", f"must be a string like 'rand-m7-n4-mstd0.5-inc1', got {config!r}")
+    if library == "timm":
+        from timm.data.auto_augment import rand_augment_transform
+
+        try:
+            rand_augment_transform(config, {})
+        except (AssertionError, ValueError, KeyError) as error:
+            raise RecipeValueError(
+                "randaugment", f"timm does not accept {config!r} ({error or 'unknown section'})"
+            ) from None
+        return {}
+    settings = {}
+    for section in config.split("-")[1:]:
+        match = re.fullmatch(r"([mn])(\d+)", section)
+        if match is None:
+            raise RecipeValueError(
+                "randaugment", f"torchvision's RandAugment takes only m and n, got {config!r} (use timm)"
+            )
+        settings[match.group(1)] = int(match.group(2))
+    if not 0 <= settings.get("m", 10) < RANDAUGMENT_MAGNITUDE_BINS or settings.get("n", 2) < 1:
+        raise RecipeValueError("randaugment", f"needs n >= 1 and 0 <= m <= 10, got {config!r}")
+    return settings
 
 
 # ----------------------------------------------------------------------------------------------- pieces
@@ -154,30 +212,55 @@ def clip_to_tchw(clip: Tensor) -> Tensor:
     return clip.permute(0, 3, 1, 2)
 
 
-def resize_short_side(clip: Tensor, short_side: int) -> Tensor:
-    height, width = clip.shape[-2:]
-    if min(height, width) == short_side:
+def resize(clip: Tensor, size: tuple[int, int], interpolation: str, antialias: bool) -> Tensor:
+    """Float (T, 3, H, W) -> (T, 3, *size); bicubic values may overshoot 0..255, as in the released code."""
+    if tuple(clip.shape[-2:]) == tuple(size):
         return clip
+    return nnf.interpolate(clip, size=size, mode=interpolation, align_corners=False, antialias=antialias)
+
+
+def short_side_size(height: int, width: int, short_side: int, *, integer_division: bool) -> tuple[int, int]:
+    """(height, width) with the short side at `short_side` and the long one rounded down.
+
+    The released code rounds down in two ways: float division for training (``random_short_side_scale_jitter``)
+    and integer division for test (``VideoDataset.__getitem__``); they disagree by a pixel on rare sizes.
+    """
     if height <= width:
-        size = [short_side, max(short_side, round(width * short_side / height))]
-    else:
-        size = [max(short_side, round(height * short_side / width)), short_side]
-    return F.resize(clip, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        long = width * short_side // height if integer_division else math.floor(width / height * short_side)
+        return short_side, long
+    long = height * short_side // width if integer_division else math.floor(height / width * short_side)
+    return long, short_side
 
 
-def random_square_crop(clip: Tensor, size: int) -> Tensor:
+def draw_short_side(low: int, high: int, draw: str) -> int:
+    if draw == "integer":
+        return int(torch.randint(low, high + 1, (1,)))
+    # round(uniform(low, high)), as released: the two ends come up half as often as the sizes between.
+    return round(low + (high - low) * float(torch.rand((), dtype=torch.float64)))
+
+
+def random_square_crop(clip: Tensor, size: int, offsets: str) -> Tensor:
     height, width = clip.shape[-2:]
-    top = int(torch.randint(0, height - size + 1, (1,)))
-    left = int(torch.randint(0, width - size + 1, (1,)))
+    top, left = _crop_offset(height, size, offsets), _crop_offset(width, size, offsets)
     return clip[..., top : top + size, left : left + size]
 
 
-def random_resized_crop(clip: Tensor, area: tuple[float, float], size: int) -> Tensor:
-    # One box for the whole clip: get_params reads only the clip's height and width.
+def _crop_offset(length: int, size: int, offsets: str) -> int:
+    if length == size:
+        return 0
+    # The released random_crop draws np.random.randint(0, length - size), whose upper end is exclusive: the
+    # last offset (a crop touching the bottom or right edge) never comes up.
+    last = length - size - 1 if offsets == "released" else length - size
+    return int(torch.randint(0, last + 1, (1,)))
+
+
+def random_resized_crop(clip: Tensor, area: tuple[float, float], size: int, interpolation: str,
+                        antialias: bool) -> Tensor:
+    # One box for the whole clip: get_params reads only the clip's height and width. Its draw has the
+    # distribution of the released _get_param_spatial_crop (area, log aspect ratio 3/4..4/3, 10 tries,
+    # then the centre).
     top, left, height, width = RandomResizedCrop.get_params(clip, scale=list(area), ratio=[3 / 4, 4 / 3])
-    return F.resized_crop(
-        clip, top, left, height, width, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
-    )
+    return resize(clip[..., top : top + height, left : left + width], (size, size), interpolation, antialias)
 
 
 def random_horizontal_flip(clip: Tensor) -> Tensor:
@@ -205,6 +288,86 @@ def normalize(clip: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tens
     return (clip.float() - mean_t) / std_t
 
 
+def to_uint8(clip: Tensor) -> Tensor:
+    return clip if clip.dtype == torch.uint8 else clip.round().clamp(0, 255).to(torch.uint8)
+
+
+# ------------------------------------------------------------------------------------------ RandAugment
+
+
+@contextlib.contextmanager
+def replayed_global_rngs(seed: int) -> Iterator[Callable[[], None]]:
+    """Seed Python's and NumPy's global generators; yield a function that puts them back to that seeded state;
+    restore the caller's states on exit. Calling it before each frame gives every frame the same draws."""
+    saved = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    seeded = random.getstate(), np.random.get_state()
+
+    def replay() -> None:
+        random.setstate(seeded[0])
+        np.random.set_state(seeded[1])
+
+    try:
+        yield replay
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
+def timm_randaugment_clip(frames: np.ndarray, config: str, seed: int, interpolation: str = "bicubic") -> np.ndarray:
+    """timm's `rand_augment_transform(config)` on every frame of uint8 (T, H, W, 3) `frames`, with the same ops,
+    probabilities, magnitudes and signs on each: its draws are replayed from `seed` for every frame.
+
+    The hyper-parameters are the released code's (``transform.py`` ``create_random_augment``): translate_const
+    45% of the short side, the recipe's interpolation, timm's grey fill. Histogram ops (AutoContrast,
+    Equalize) read each frame's own histogram, as there, so they can change from frame to frame.
+    """
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    height, width = frames.shape[1:3]
+    pil_mode = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    transform = rand_augment_transform(config, {"translate_const": int(min(height, width) * 0.45),
+                                                "interpolation": pil_mode})
+    out = np.empty_like(frames)
+    with replayed_global_rngs(seed) as replay:
+        for t, frame in enumerate(frames):
+            replay()
+            out[t] = np.asarray(transform(Image.fromarray(frame)))
+    return out
+
+
+@dataclass
+class ClipRandAugment:
+    """uint8 (T, 3, H, W) -> uint8 (T, 3, H, W): one RandAugment draw for the whole clip (timm or torchvision)."""
+
+    config: str
+    library: str = "timm"
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        self.torchvision = None
+        if self.library == "torchvision":
+            settings = _randaugment_settings(self.config, "torchvision")
+            # torchvision draws the ops once per call and applies them to the whole (T, 3, H, W) tensor. Its
+            # geometric ops on tensors take nearest or bilinear only: bilinear, as peft-bench used it.
+            self.torchvision = RandAugment(
+                num_ops=settings.get("n", 2),
+                magnitude=settings.get("m", 10),
+                num_magnitude_bins=RANDAUGMENT_MAGNITUDE_BINS,
+                interpolation=InterpolationMode.BILINEAR,
+            )
+
+    def __call__(self, clip: Tensor) -> Tensor:
+        if self.torchvision is not None:
+            return self.torchvision(clip.contiguous())
+        seed = int(torch.randint(0, 2**32, (), dtype=torch.int64))  # the clip's draw, from torch's generator
+        frames = clip.permute(0, 2, 3, 1).contiguous().numpy()
+        out = timm_randaugment_clip(frames, self.config, seed, self.interpolation)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
 # --------------------------------------------------------------------------------------------- pipelines
 # Transforms are dataclasses rather than closures so that datasets holding them pickle into DataLoader
 # workers started with "spawn" or "forkserver" (macOS, Python 3.14+).
@@ -212,7 +375,11 @@ def normalize(clip: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tens
 
 @dataclass
 class TrainTransform:
-    """uint8 (T, H, W, 3) -> float32 (T, 3, S, S): the recipe's training augmentation, one draw per clip."""
+    """uint8 (T, H, W, 3) -> float32 (T, 3, S, S): the recipe's training augmentation, one draw per clip.
+
+    Order as released: RandAugment on the full frames, then the crop (short-side jitter and a random square,
+    or a random resized crop), then the flip. ``randaugment_at: after_crop`` moves RandAugment last.
+    """
 
     recipe: Recipe
     input_size: int
@@ -220,36 +387,32 @@ class TrainTransform:
     std: Sequence[float]
 
     def __post_init__(self) -> None:
+        recipe = self.recipe
         self.randaugment = None
-        if self.recipe.randaugment is not None:
-            num_ops, magnitude = self.recipe.randaugment
-            # torchvision draws the ops once per call and applies them to the whole (T, 3, H, W) tensor, so
-            # every frame gets the same ops and magnitudes (AutoContrast/Equalize still use each frame's own
-            # histogram).
-            self.randaugment = RandAugment(
-                num_ops=num_ops,
-                magnitude=magnitude,
-                num_magnitude_bins=RANDAUGMENT_MAGNITUDE_BINS,
-                interpolation=InterpolationMode.BILINEAR,
-            )
-        side_range = self.recipe.train_short_side_range or (REFERENCE_INPUT_SIZE, REFERENCE_INPUT_SIZE)
+        if recipe.randaugment is not None:
+            self.randaugment = ClipRandAugment(recipe.randaugment, recipe.randaugment_library, recipe.interpolation)
+        side_range = recipe.train_short_side_range or (REFERENCE_INPUT_SIZE, REFERENCE_INPUT_SIZE)
         self.short_side_range = tuple(max(scaled_size(v, self.input_size), self.input_size) for v in side_range)
 
     def __call__(self, clip: Tensor) -> Tensor:
         recipe, size = self.recipe, self.input_size
         x = clip_to_tchw(clip)
-        if self.randaugment is None:
-            x = x.float()  # resizing floats skips the round trip back to uint8 after every resize
+        if self.randaugment is not None and recipe.randaugment_at == "before_crop":
+            x = self.randaugment(x)
+        x = x.float()  # resizing floats: no rounding back to uint8 after a resize, as in the released code
         if recipe.train_random_resized_crop_area is not None:
-            x = random_resized_crop(x, recipe.train_random_resized_crop_area, size)
+            x = random_resized_crop(x, recipe.train_random_resized_crop_area, size, recipe.interpolation,
+                                    recipe.antialias)
         else:
-            low, high = self.short_side_range
-            short_side = int(torch.randint(low, high + 1, (1,)))
-            x = random_square_crop(resize_short_side(x, short_side), size)
+            short_side = draw_short_side(*self.short_side_range, recipe.short_side_draw)
+            height, width = x.shape[-2:]
+            new_size = short_side_size(height, width, short_side, integer_division=False)
+            x = random_square_crop(resize(x, new_size, recipe.interpolation, recipe.antialias), size,
+                                   recipe.crop_offsets)
         if recipe.hflip:
             x = random_horizontal_flip(x)
-        if self.randaugment is not None:
-            x = self.randaugment(x.contiguous())
+        if self.randaugment is not None and recipe.randaugment_at == "after_crop":
+            x = self.randaugment(to_uint8(x))
         return normalize(x, self.mean, self.std)
 
 
@@ -265,9 +428,12 @@ class TestViews:
     std: Sequence[float]
 
     def __call__(self, clip: Tensor) -> Tensor:
-        short_side = max(scaled_size(self.recipe.test_short_side, self.input_size), self.input_size)
-        x = resize_short_side(clip_to_tchw(clip).float(), short_side)
-        crops = long_side_crops(x, self.input_size, self.recipe.test_crops)
+        recipe = self.recipe
+        short_side = max(scaled_size(recipe.test_short_side, self.input_size), self.input_size)
+        x = clip_to_tchw(clip).float()
+        new_size = short_side_size(*x.shape[-2:], short_side, integer_division=True)
+        x = resize(x, new_size, recipe.interpolation, recipe.antialias)
+        crops = long_side_crops(x, self.input_size, recipe.test_crops)
         return normalize(torch.stack(crops), self.mean, self.std)
 
 
