@@ -294,6 +294,15 @@ def read_class_names(value: str | Path) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def tracked_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as mlflow and the result record hold it: ``classes`` absent when all classes are used, as in
+    runs from before the setting existed (their recipe is the same, and so is their config hash)."""
+    data = to_dict(cfg)
+    if data.get("classes") is None:
+        data.pop("classes", None)
+    return data
+
+
 def load_config(path: str | Path) -> RunConfig:
     """A saved run config (config.yaml of a run folder)."""
     try:
