@@ -251,7 +251,8 @@ def cmd_table(args) -> int:
     from .table import store_uri, table_command
     from .tracking import check_store
 
-    check_store(store_uri(args.tracking_uri, Path(args.results_dir)))
+    if not getattr(args, "records", None):  # records are read from their folder, not the store
+        check_store(store_uri(args.tracking_uri, Path(args.results_dir)))
     return table_command(args)
 
 

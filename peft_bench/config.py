@@ -321,6 +321,15 @@ def _resolved_recipe(dataset: str, changes: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(str(err)) from None
 
 
+def tracked_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as mlflow and the result record hold it: ``classes`` absent when all classes are used, as in
+    runs from before the setting existed (their recipe is the same, and so is their config hash)."""
+    data = to_dict(cfg)
+    if data.get("classes") is None:
+        data.pop("classes", None)
+    return data
+
+
 def load_config(path: str | Path) -> RunConfig:
     """A saved run config (config.yaml of a run folder)."""
     try:

@@ -198,16 +198,16 @@ def sample_list_hash(samples: Sequence, class_names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
-def decoder_description(requested: str) -> dict[str, Any]:
-    """The decoder the run asked for and the versions of the libraries behind it."""
-    libraries = {"av": _version("av"), "decord": _version("decord")}
-    try:
-        import av
+def decoder_description(requested: str, device: str = "cpu") -> dict[str, Any]:
+    """The decoder the run asked for, the one that decodes (``auto``'s choice), the device, and the versions
+    of the libraries behind it."""
+    from .data.decode import decoder_provenance
 
-        libraries["ffmpeg"] = str(getattr(av, "ffmpeg_version_info", "unknown"))
-    except ImportError:
-        libraries["ffmpeg"] = "absent"
-    return {"requested": requested, "libraries": libraries}
+    provenance = decoder_provenance(requested, device)
+    libraries = {"av": _version("av"), "torchcodec": _version("torchcodec"), "decord": _version("decord"),
+                 "ffmpeg": provenance["ffmpeg"]}
+    return {"requested": requested, "used": provenance["decoder"], "version": provenance["decoder_version"],
+            "device": device, "libraries": libraries}
 
 
 def _version(package: str) -> str:
@@ -223,7 +223,8 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
                  tags: dict[str, str], protocol: dict[str, int], final: dict[str, float],
                  trainable_params: int, total_params: int, trainable_state_bytes: int,
                  gflops_per_view: float, input_size: int, meter: MeterState, world_size: int,
-                 splits: dict[str, dict], decoder: str, device_type: str, resident_scope: str) -> dict:
+                 splits: dict[str, dict], decoder: str, device_type: str, resident_scope: str,
+                 decode_device: str = "cpu") -> dict:
     """The record of a finished run (see docs/result-schema.md) from its figures; the environment is read here."""
     from .tracking import (
         canonical_json,
@@ -296,7 +297,7 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
                 "resident_scope": resident_scope,
             },
         },
-        "data": {**splits, "decoder": decoder_description(decoder)},
+        "data": {**splits, "decoder": decoder_description(decoder, decode_device)},
         "environment": {
             "git_commit": commit,
             "git_dirty": dirty,
@@ -328,7 +329,7 @@ def record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str,
 def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str, str], counts, gflops_per_view: float,
                          val_set, final: dict, splits: dict[str, dict], clip_sets: dict, input_size: int,
                          world_size: int) -> dict:
-    from .dataclass_io import to_dict
+    from .config import tracked_config
     from .model import trainable_state_dict
     from .tracking import TAG_PREFIX
 
@@ -339,11 +340,12 @@ def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str
                 "clips": int(getattr(recipe, "test_clips", 1)), "views": int(getattr(val_set, "num_views", 1))}
     state_bytes = sum(t.numel() * t.element_size() for t in trainable_state_dict(model).values())
     record = build_record(
-        config=to_dict(cfg), config_digest=cfg.digest(), run_name=cfg.run_name(), mlflow_run_id=tracker.run_id,
+        config=tracked_config(cfg), config_digest=cfg.digest(), run_name=cfg.run_name(), mlflow_run_id=tracker.run_id,
         tags={key.removeprefix(TAG_PREFIX): value for key, value in tags.items()}, protocol=protocol, final=final,
         trainable_params=counts.trainable, total_params=counts.total, trainable_state_bytes=state_bytes,
         gflops_per_view=gflops_per_view, input_size=input_size, meter=meter.snapshot(), world_size=world_size,
-        splits=splits, decoder=cfg.decoder, device_type=meter.device_type, resident_scope=meter.resident_scope)
+        splits=splits, decoder=cfg.data.decoder, decode_device=cfg.data.decode_device, device_type=meter.device_type,
+        resident_scope=meter.resident_scope)
     write_record(cfg.run_dir(), record)
     tracker.log_metrics(cost_metrics(record))
     tracker.log_dict(RECORD_NAME, record)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed, preemption
 from .backbones import create_backbone
-from .config import RunConfig
+from .config import RunConfig, tracked_config
 from .data import build_dataset
 from .data.decode import decoder_provenance
 from .efficiency import apply_speed_options
@@ -702,13 +702,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
 
 
 def _config_for_tracking(cfg: RunConfig) -> dict:
-    from .dataclass_io import to_dict
-
-    data = to_dict(cfg)
-    if data.get("classes") is None:  # absent, as in runs from before the setting existed: their recipe is the same
-        data.pop("classes", None)
-    data["config_digest"] = cfg.digest()
-    return data
+    return {**tracked_config(cfg), "config_digest": cfg.digest()}
 
 
 def _as_python_rng_state(state):

@@ -170,6 +170,10 @@ def record_row(path: Path, record: dict) -> dict:
         "seed": str(record["seed"]), **description, "config_hash": record["run"]["config_hash"],
         **{key: environment[key] for key in ("git_commit", "git_dirty", "device", "host")},
     }
+    decoder = record["data"]["decoder"]
+    if "used" in decoder:  # what the runner tags (records from before torchcodec lack it)
+        tags.update(decoder=decoder["used"], decode_device=decoder["device"], decoder_version=decoder["version"],
+                    ffmpeg=decoder["libraries"]["ffmpeg"])
     metrics = {"top1": result["top1"], "top5": result["top5"], "trainable_params": record["params"]["trainable"],
                "total_params": record["params"]["total"], "gflops": record["flops"]["gflops"],
                "gflops_per_view": record["flops"]["gflops_per_view"], **cost_metrics(record)}
