@@ -52,6 +52,19 @@ A run at the benchmark's usual 8 frames gives CLIP 4 frames and the temporal enc
 ``spatial_stride=1`` for CLIP and the temporal encoder on the same 8 (8+8f). The clip's length must be a
 multiple of ``spatial_stride``.
 
+**Tiny** (96 wide, 4 blocks, 32 px in 8-px patches): the ``tiny`` preset keeps the released widths' ratios
+to ViT-B's 768, D/2 = 48 for the branch and D/8 = 12 for the temporal encoder, with heads of 24 channels
+(2 heads); all four blocks are read, and at the embedded default's 8 frames CLIP's stand-in sees 4 of them.
+Trainable parameters: 302,984 on synthetic-appearance (K400 preset, 4 pooling layers, 8 classes) and
+189,610 on synthetic-motion (SSv2 preset, 2 pooling layers, 10 classes). Measured at commit be7a69a with
+the shared recipe (``peft-bench run --methods dist --seeds 0``, CPU): top-1 99.4 on synthetic-appearance
+and 38.1 on synthetic-motion, seed 0 only (seeds 1 and 2 had not finished when this was written). The
+best order-blind row is adapter's 19.4 (mean of three seeds, ``results/embedded_default.md``), so seed 0
+is 18.7 points above it, 1.3 short of the 20-point bar. Its training top-1 was still rising in the last
+epochs (44, 45, 47, 49 for epochs 9-12): the side network starts from random weights, and 12 epochs are
+few for it. Not yet tried: a wider temporal encoder, or ``spatial_stride=1`` so that the frozen
+encoder sees all 8 frames.
+
 **Differences from the released code.** (1) The head: DiST projects the feature into CLIP's joint space
 (384 x 512, no bias) and classifies by cosine similarity with CLIP's frozen text embeddings of the class
 names, at CLIP's logit scale. peft-bench's backbones are vision towers with no text tower, so a linear

@@ -68,6 +68,15 @@ def test_the_hand_count_is_the_docstrings():
     assert f"{k400:,}" in module.__doc__ and f"{ssv2:,}" in module.__doc__
 
 
+@pytest.mark.parametrize("dataset, classes", [("synthetic-appearance", 8), ("synthetic-motion", 10)])
+def test_the_tiny_counts_are_the_docstrings(dataset, classes):
+    import peft_bench.methods.dist as module
+
+    args = resolve_config({"method": "dist", "dataset": dataset}).method_args
+    model = method_checks.build_method("dist", create_backbone("tiny", NO_WEIGHTS), classes, args)
+    assert f"{count_parameters(model).trainable:,} on {dataset}" in module.__doc__
+
+
 def test_the_spatial_encoder_sees_every_other_frame_and_the_temporal_encoder_the_whole_clip():
     torch.manual_seed(0)
     model = method_checks.build_method("dist", create_backbone("tiny", NO_WEIGHTS), 5).eval()
