@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,6 +76,9 @@ def test_every_method_gets_the_runs_head_dropout():
 
 @pytest.mark.parametrize("name", ALL)
 def test_trainable_parameters_on_vitb16_match_the_hand_count(name):
+    if name not in EXPECTED:  # a method added as one file is hand-counted in its own test file
+        assert (Path(__file__).parent / f"test_method_{name}.py").is_file(), f"'{name}' has no hand count"
+        pytest.skip(f"hand-counted in tests/test_method_{name}.py")
     assert parity_rows()[name]["trainable"] == EXPECTED[name]
 
 
