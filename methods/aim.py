@@ -47,6 +47,12 @@ view: the second pass through q/k/v and the output projection for the temporal a
 x 4 D^2 = 44.6; 36 adapters x 1,576 tokens x 2 x 768 x 192 = 16.7; attention over 8 frames and LN1 again,
 0.3. SSv2 preset (``--dataset ssv2``): 207.89 per view, 623.67 at 8x3x1 (12 more adapters).
 
+On ``tiny`` (96 wide, 4 blocks, 17 tokens a frame) no preset is needed: the width follows ``ratio`` (24),
+every block is adapted and the drop-path rate rises over the 4 blocks (0, 0.067, 0.133, 0.2). An adapter
+is 96 x 24 + 24 + 24 x 96 + 96 = 4,728: synthetic-appearance (K400 preset, 8 classes) trains 12 x 4,728
++ 8 x 96 + 192 + 776 = 58,472 parameters, synthetic-motion (SSv2 preset, 10 classes) 16 x 4,728 + 768
++ 192 + 970 = 77,578 (both as the runs log them).
+
 Weight decay: the authors' model lists ``temporal_embedding`` in ``no_weight_decay()``, and so does this
 one (``TemporalEmbedding``). Their mmcv optimizer never calls that method: in the released runs it decayed
 at 0.05, as did the adapters' weights and biases and the head (only the norms were exempted, by name).
