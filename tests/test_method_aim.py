@@ -177,3 +177,14 @@ def test_vitb16_gflops_match_the_authors_606_at_8x3x1():
     a = account("aim", "clip_vitb16", num_classes=400, preset="k400", frames=8, views=3)
     assert a.uncounted_ops == {}
     assert a.gflops_total == pytest.approx(606, rel=0.01)
+
+
+@pytest.mark.parametrize("preset,classes,expected", [("k400", 8, 58_472), ("ssv2", 10, 77_578)])
+def test_tiny_counts_as_the_docstring_says(preset, classes, expected):
+    # No tiny preset: the adapters are 96 // 4 = 24 wide in all 4 blocks (the embedded default's runs).
+    spec = get_method("aim")
+    cfg = spec.make_config([preset, "tiny"], None, RunContext(num_classes=classes, num_frames=8))
+    model = spec.create(create_backbone("tiny", NO_WEIGHTS), RunContext(num_classes=classes, num_frames=8), cfg)
+    adapter = 96 * 24 + 24 + 24 * 96 + 96
+    adapters = (3 if preset == "k400" else 4) * 4 * adapter
+    assert count_parameters(model).trainable == adapters + 8 * 96 + 2 * 96 + 96 * classes + classes == expected
