@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,6 +76,11 @@ def test_every_method_gets_the_runs_head_dropout():
 
 @pytest.mark.parametrize("name", ALL)
 def test_trainable_parameters_on_vitb16_match_the_hand_count(name):
+    if name not in EXPECTED:
+        # A method added as one file keeps its hand count in its own test file, so adding it edits no list here.
+        own_tests = Path(__file__).with_name(f"test_method_{name}.py")
+        assert own_tests.is_file(), f"method '{name}' has no hand count: neither in EXPECTED nor in {own_tests.name}"
+        pytest.skip(f"counted by hand in {own_tests.name}")
     assert parity_rows()[name]["trainable"] == EXPECTED[name]
 
 
