@@ -9,8 +9,8 @@ Image to Video"): the frozen image ViT becomes a video model at no inference cos
   ``x + s * up(dropout(down(x)))``: after ``ln_1`` (into the q/k/v projection), after the attention's
   output projection, after ``ln_2`` (into ``fc1``) and after ``fc2`` (the sites ``after_norm1``,
   ``after_attention``, ``after_norm2``, ``after_mlp`` of ``peft_bench.layers``). Each is one affine map,
-  so ``merge_zeroi2v`` (the registry's ``merge``) folds it into the linear layer beside it
-  (``LinearAdapter.merge_into``): the merged model has the image model's parameters and GFLOPs exactly.
+  so the registry's ``merge`` (``peft_bench.layers.merge_modules``) folds it into the linear layer beside
+  it (``LinearAdapter.merge_into``): the merged model has the image model's parameters and GFLOPs exactly.
 
 What trains: the adapters, the final norm (``ln_post``, as in the released code; it stays in the merged
 model with new values, no new parameter) and the head. Weight decay: none on 1-D tensors (the runner's
@@ -25,9 +25,11 @@ Facts from the released code, leexinhao/ZeroI2V at ce04d8b (``mmaction/models/ba
   ``shift_div=12`` on ViT-B/16 moves 64 channels = head 0 to the previous frame and head 1 to the next
   (``out[t] = k[t-1]``, ``out[t] = k[t+1]``), hence ``head_offsets=(-1, 1)``. SSv2 (``sthv2_u16``) adds
   ``long_shift_div=12, long_shift_right=True``: heads 2 and 3 read frames ``t-2`` and ``t+2``
-  (preset ``ssv2``: ``(-1, 1, -2, 2)``). A head whose source frame lies outside the clip keeps its own
-  frame (the released shift copies the unshifted tensor first). Offsets are whole heads here; the
-  released shift is by channels, which is the same whenever ``D / shift_div`` is the head width.
+  (preset ``ssv2``; on ``tiny``'s 4 heads that is every head, and the embedded default's
+  synthetic-motion uses it, as it uses every method's SSv2 preset). A head whose source frame lies
+  outside the clip keeps its own frame (the released shift copies the unshifted tensor first). Offsets
+  are whole heads here; the released shift is by channels, the same whenever ``D / shift_div`` is the
+  head width.
 * Adapters (``num_tadapter=2``: T_Adapter_in, S_Adapter, MLP_Adapter, MLP_Adapter_out), width
   ``0.25 D`` = 192, ``adapter_scale`` 0.5 (K400) / 1 (SSv2), dropout 0.1 (K400) / 0 (SSv2); ``down``
   truncated-normal std 0.02, zero biases, ``up`` zero (``LinearAdapter``'s own init).
@@ -131,16 +133,10 @@ class NormedClsMean(nn.Module):
         return features.final_norm(features.tokens[:, :, 0]).mean(dim=1)
 
 
-def merge_zeroi2v(model: nn.Module) -> nn.Module:
-    """Fold every linear adapter into the linear layer beside it (in place); STDHA stays, it has no weights.
-    Call it on a model in evaluation mode (the adapters' dropout is then off)."""
-    return merge_modules(model)
-
-
 @register_method(
     "zeroi2v", config=ZeroI2VConfig, group=LATER_METHODS, architecture="SA", models_time=True,
     presets={"ssv2": {"head_offsets": (-1, 1, -2, 2), "scale": 1.0, "dropout": 0.0}},
-    merge=merge_zeroi2v,
+    merge=merge_modules,  # the adapters fold into qkv, proj, fc1, fc2; STDHA stays, it has no weights
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: ZeroI2VConfig) -> VideoClassifier:
     layers = resolve_layers(cfg.layers, len(backbone.blocks))

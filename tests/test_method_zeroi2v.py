@@ -12,8 +12,8 @@ import torch
 from peft_bench import method_checks
 from peft_bench.accounting import count_video_flops
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
-from peft_bench.layers import HookedBlock, LinearAdapter
-from peft_bench.methods.zeroi2v import DualHeadAttentionBlock, NormedClsMean, ZeroI2VConfig, merge_zeroi2v
+from peft_bench.layers import HookedBlock, LinearAdapter, merge_modules
+from peft_bench.methods.zeroi2v import DualHeadAttentionBlock, NormedClsMean, ZeroI2VConfig
 from peft_bench.model import count_parameters
 from peft_bench.registry import RunContext, get_method
 
@@ -92,7 +92,7 @@ def test_merging_keeps_the_released_temporal_embedding_and_nothing_else():
     video = clip().double()
     with torch.no_grad():
         before = model(video)
-        merged = merge_zeroi2v(model)
+        merged = merge_modules(model)
         torch.testing.assert_close(merged(video), before, rtol=0, atol=1e-10)
     plain = method_checks.build_method("linear_probe", create_backbone("tiny", NO_WEIGHTS), 10)
     assert count_parameters(merged).total == count_parameters(plain).total + 4 * 96  # 4 frames x width
