@@ -70,9 +70,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peft_bench.backbones import Features, FrameBlock, VideoBackbone
+from peft_bench.backbones import FrameBlock, VideoBackbone
 from peft_bench.layers import WrappedBlock, resolve_layers
-from peft_bench.model import VideoClassifier
+from peft_bench.model import NormedClsMean, VideoClassifier
 from peft_bench.registry import LATER_METHODS, RunContext, from_context, register_method
 from peft_bench.temporal import TemporalEmbedding
 
@@ -159,13 +159,6 @@ class AIMBlock(WrappedBlock):
         x = x + drop_token_paths(self.attend_over_time(x, num_frames), self.drop_path, self.training)
         x = x + self.attention(x, num_frames)
         return x + self.mlp(x, num_frames)
-
-
-class NormedClsMean(nn.Module):
-    """The final norm on each frame's [CLS] token, then the mean over frames (AIM's ln_post + I3D head)."""
-
-    def forward(self, features: Features) -> Tensor:
-        return features.final_norm(features.tokens[:, :, 0]).mean(dim=1)
 
 
 @register_method(

@@ -33,7 +33,7 @@ Facts from the released code, leexinhao/ZeroI2V at ce04d8b (``mmaction/models/ba
 * Adapters (``num_tadapter=2``: T_Adapter_in, S_Adapter, MLP_Adapter, MLP_Adapter_out), width
   ``0.25 D`` = 192, ``adapter_scale`` 0.5 (K400) / 1 (SSv2), dropout 0.1 (K400) / 0 (SSv2); ``down``
   truncated-normal std 0.02, zero biases, ``up`` zero (``LinearAdapter``'s own init).
-* Pooling: ``ln_post`` on each frame's [CLS], then the I3D head's average over frames (``NormedClsMean``;
+* Pooling: ``ln_post`` on each frame's [CLS], then the I3D head's average over frames (``peft_bench.model.NormedClsMean``;
   this project's default averages first and normalises after).
 
 Difference from the released code: its backbone also trains a temporal embedding (8 x 768 = 6,144
@@ -60,11 +60,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from peft_bench.backbones import Features, FrameBlock, VideoBackbone
-from peft_bench.layers import LinearAdapter, WrappedBlock, hook_blocks, merge_modules, resolve_layers
-from peft_bench.model import VideoClassifier
+from peft_bench.backbones import FrameBlock, VideoBackbone
+from peft_bench.layers import (
+    LinearAdapter,
+    WrappedBlock,
+    hook_blocks,
+    merge_modules,
+    resolve_layers,
+)
+from peft_bench.model import NormedClsMean, VideoClassifier
 from peft_bench.registry import LATER_METHODS, RunContext, from_context, register_method
 from peft_bench.temporal import TemporalEmbedding
 
@@ -124,13 +130,6 @@ class DualHeadAttentionBlock(WrappedBlock):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, num_frames: int) -> Tensor:
         return self.inner.attend(q, self.shift(k, num_frames), self.shift(v, num_frames), num_frames)
-
-
-class NormedClsMean(nn.Module):
-    """The released head's pooling: ``ln_post`` on each frame's [CLS], then the mean over frames."""
-
-    def forward(self, features: Features) -> Tensor:
-        return features.final_norm(features.tokens[:, :, 0]).mean(dim=1)
 
 
 @register_method(

@@ -33,6 +33,14 @@ class ClsTemporalMean(nn.Module):
         return features.final_norm(features.tokens[:, :, 0].mean(dim=1))
 
 
+class NormedClsMean(nn.Module):
+    """The final norm on each frame's [CLS] token, then the mean over frames: the pooling of AIM's and
+    ZeroI2V's released heads (``ln_post`` per frame), where ``ClsTemporalMean`` norms the mean."""
+
+    def forward(self, features: Features) -> Tensor:
+        return features.final_norm(features.tokens[:, :, 0]).mean(dim=1)
+
+
 @dataclass(frozen=True)
 class FeatureRequest:
     """What the part after the backbone reads besides the final tokens (and what a feature cache keys on)."""

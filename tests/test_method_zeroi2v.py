@@ -8,13 +8,13 @@ import copy
 
 import pytest
 import torch
+from peft_bench.methods.zeroi2v import DualHeadAttentionBlock, ZeroI2VConfig
 
 from peft_bench import method_checks
 from peft_bench.accounting import count_video_flops
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
 from peft_bench.layers import HookedBlock, LinearAdapter, merge_modules
-from peft_bench.methods.zeroi2v import DualHeadAttentionBlock, NormedClsMean, ZeroI2VConfig
-from peft_bench.model import count_parameters
+from peft_bench.model import NormedClsMean, count_parameters
 from peft_bench.registry import RunContext, get_method
 
 D, DEPTH = 768, 12
