@@ -47,6 +47,10 @@ EXPECTED = {
     "lora": DEPTH * ((8 * D + 3 * D * 8) + (8 * D + D * 8)) + HEAD,  # rank 8 on the fused qkv and on proj
     "bitfit": DEPTH * (D + 3 * D + D + D + 4 * D + D) + 2 * D + HEAD,  # every bias: blocks, ln_pre, ln_post
     "adaptformer": DEPTH * (D * 64 + 64 + 64 * D + D) + HEAD,  # one width-64 adapter beside each MLP
+    # Four decoder layers (attention, MLP, 3 norms) with their temporal conv, 8-frame embedding and two
+    # 27 x 27-offset cross-attention tables; the query, the head's LayerNorm and linear layer.
+    "evl": 4 * (ATTENTION + (D * 4 * D + 4 * D) + (4 * D * D + D) + 6 * D + 4 * D + 8 * D + 2 * 27 * 27 * D)
+    + D + 2 * D + HEAD,
 }
 WITHIN_1_PERCENT = ["full_ft", "full_ft_ta", "partial_ft", "partial_ft_ta", "temporal_ft"]
 STARTS_AS_BACKBONE = ["st_adapter", "adapter", "full_ft_ta", "partial_ft_ta", "temporal_ft", "lora", "bitfit",
@@ -218,11 +222,12 @@ def test_temporal_attention_mixes_frames_only_at_the_same_spatial_position():
 
 
 @functools.lru_cache(maxsize=None)
-def two_block_backbone(name: str):
-    """The library's own model with its first two blocks only: the real blocks at 224 px, a sixth of the cost."""
+def four_block_backbone(name: str):
+    """The library's own model with its first four blocks only: the real blocks at 224 px, a third of the
+    cost. Four: the most blocks a method reads by default (EVL's decoder reads the last four)."""
     with torch.device("meta"):
         backbone = create_backbone(name, "none")
-    backbone.blocks = backbone.blocks[:2]
+    backbone.blocks = backbone.blocks[:4]
     backbone.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -241,7 +246,7 @@ def test_forward_on_every_backbone_family(name, family):
         torch.manual_seed(0)
         backbone, frames, batch = create_backbone("tiny", "none"), 4, 2
     else:
-        backbone, frames, batch = copy.deepcopy(two_block_backbone(family)), 2, 1
+        backbone, frames, batch = copy.deepcopy(four_block_backbone(family)), 2, 1
     model = method_checks.build_method(name, backbone, 7).eval()
     size = model.backbone.input_size
     with torch.no_grad():
