@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,10 +48,6 @@ EXPECTED = {
     "lora": DEPTH * ((8 * D + 3 * D * 8) + (8 * D + D * 8)) + HEAD,  # rank 8 on the fused qkv and on proj
     "bitfit": DEPTH * (D + 3 * D + D + D + 4 * D + D) + 2 * D + HEAD,  # every bias: blocks, ln_pre, ln_post
     "adaptformer": DEPTH * (D * 64 + 64 + 64 * D + D) + HEAD,  # one width-64 adapter beside each MLP
-    # Four decoder layers (attention, MLP, 3 norms) with their temporal conv, 8-frame embedding and two
-    # 27 x 27-offset cross-attention tables; the query, the head's LayerNorm and linear layer.
-    "evl": 4 * (ATTENTION + (D * 4 * D + 4 * D) + (4 * D * D + D) + 6 * D + 4 * D + 8 * D + 2 * 27 * 27 * D)
-    + D + 2 * D + HEAD,
 }
 WITHIN_1_PERCENT = ["full_ft", "full_ft_ta", "partial_ft", "partial_ft_ta", "temporal_ft"]
 STARTS_AS_BACKBONE = ["st_adapter", "adapter", "full_ft_ta", "partial_ft_ta", "temporal_ft", "lora", "bitfit",
@@ -79,6 +76,11 @@ def test_every_method_gets_the_runs_head_dropout():
 
 @pytest.mark.parametrize("name", ALL)
 def test_trainable_parameters_on_vitb16_match_the_hand_count(name):
+    if name not in EXPECTED:
+        # A method added as one file keeps its hand count in its own test file, so adding it edits no list here.
+        own_tests = Path(__file__).with_name(f"test_method_{name}.py")
+        assert own_tests.is_file(), f"method '{name}' has no hand count: neither in EXPECTED nor in {own_tests.name}"
+        pytest.skip(f"counted by hand in {own_tests.name}")
     assert parity_rows()[name]["trainable"] == EXPECTED[name]
 
 
