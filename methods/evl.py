@@ -52,6 +52,13 @@ of 8 x 197 tokens, almost all of it) and 3.32 the cross-attention maps and their
 released: the offset table gathered to (P, P, D), then weighted by the map). The README's row gives no
 GFLOPs to compare with.
 
+On ``tiny`` (the embedded default: D = 96, 4 heads, 4 blocks, a 4 x 4 patch grid) no preset is needed:
+width, heads and the offset tables follow the backbone, and the default four decoder layers read all four
+blocks. Per layer: attention 37,248, MLP 74,208, norms 576, temporal modules 384 + 8 x 96 + 2 x 7^2 x 96
+= 10,560; with the query, the head's LayerNorm and a 10-class head, 491,626 trainable parameters, about
+the size of tiny's whole backbone (on ViT-B/16 the decoder is 38% of it: it reads a third of the blocks).
+A ``tiny`` preset with fewer layers (2 would keep the decoder at half the backbone) was not tried.
+
 Weight decay: the released optimizer is AdamW(model.parameters(), weight_decay=0.05), every trainable
 tensor decayed; so this method declares no exemption (the position embeddings and tables decay, unlike
 the TimeSformer-style embedding of other rows). The runner still never decays 1-D tensors (biases,

@@ -50,6 +50,16 @@ def test_trainable_parameters_on_clip_vitb16_are_the_docstrings_hand_count():
     assert not any(p.requires_grad for p in model.backbone.parameters())
 
 
+def test_on_tiny_the_decoder_reads_every_block_and_is_the_docstrings_count():
+    d, offsets = 96, 7 * 7  # tiny: 96 wide, a 4 x 4 patch grid
+    layer = 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 3 * 2 * d
+    temporal = (3 * d + d) + 8 * d + 2 * offsets * d
+    assert (layer, temporal) == (112_032, 10_560)
+    model = build(num_classes=10, num_frames=8)
+    assert model.pool.blocks == (0, 1, 2, 3)
+    assert count_parameters(model).trainable == 4 * (layer + temporal) + d + 2 * d + 10 * d + 10 == 491_626
+
+
 def test_the_decoder_reads_the_last_blocks_in_order_with_their_q_and_k():
     model = vitb16_on_meta()
     assert model.pool.blocks == model.reads.intermediates == (8, 9, 10, 11)
