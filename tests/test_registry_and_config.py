@@ -160,15 +160,17 @@ def test_an_old_config_with_a_top_level_decoder_still_loads(tmp_path, caplog):
     assert resolve_config({"data": {"decoder": "decord"}}, base=old).data.decoder == "decord"
 
 
-def test_adapters_on_tiny_are_sized_to_its_width():
+def test_backbone_presets_scale_a_method_after_the_datasets_and_before_the_user():
+    on_tiny = resolve_config({"method": "prompt_tuning", "backbone": "tiny", "dataset": "synthetic-motion"})
+    on_vitb = resolve_config({"method": "prompt_tuning", "backbone": "clip_vitb16", "dataset": "ssv2"})
+    assert (on_tiny.method_args["num_prompts"], on_vitb.method_args["num_prompts"]) == (8, 100)
+    # Adapters keep the released width on tiny (a D/2 bottleneck lost ST-Adapter its motion top-1).
     for method in ("adapter", "st_adapter"):
-        on_tiny = resolve_config({"method": method, "backbone": "tiny", "dataset": "synthetic-motion"})
-        on_vitb = resolve_config({"method": method, "backbone": "clip_vitb16", "dataset": "ssv2"})
-        assert (on_tiny.method_args["width"], on_vitb.method_args["width"]) == (48, 384)  # D/2 on both
+        assert resolve_config({"method": method, "backbone": "tiny"}).method_args["width"] == 384
     tiny_ssv2 = resolve_config({"method": "st_adapter", "backbone": "tiny", "dataset": "synthetic-motion"})
-    assert tiny_ssv2.method_args["positions"] == ["attention", "mlp"]  # the dataset's preset still applies
-    wide = resolve_config({"method": "st_adapter", "backbone": "tiny", "method_args": {"width": 384}})
-    assert wide.method_args["width"] == 384  # the user's value wins
+    assert tiny_ssv2.method_args["positions"] == ["attention", "mlp"]  # the dataset's preset applies
+    few = resolve_config({"method": "prompt_tuning", "backbone": "tiny", "method_args": {"num_prompts": 4}})
+    assert few.method_args["num_prompts"] == 4  # the user's value wins
 
 
 def test_the_feature_cache_is_on_where_it_was_measured_to_keep_top1():
