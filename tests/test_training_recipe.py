@@ -76,7 +76,7 @@ def train(method: str, overrides: dict, steps_seen: list[float] | None = None, f
 def test_no_gradient_clipping_unless_asked(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: calls.append(max_norm))
-    train("linear_probe", {})
+    train("linear_probe", {"grad_clip_norm": 0.0})  # the released recipes' value (synthetic ones clip at 1e3)
     assert calls == []
     train("linear_probe", {"grad_clip_norm": 5.0})
     assert calls == [5.0, 5.0]
@@ -128,7 +128,9 @@ def test_the_released_recipes_train_in_fp16_and_the_embedded_default_as_before()
     for dataset in ("k400", "ssv2"):
         train_cfg = resolve_config({"dataset": dataset}).train
         assert (train_cfg.precision, train_cfg.warmup_from_zero, train_cfg.grad_clip_norm) == ("fp16", True, 0.0)
-    assert resolve_config({"dataset": "synthetic-motion"}).train.precision == "auto"
+    for dataset in ("synthetic-appearance", "synthetic-motion"):  # the stand-ins keep what they were tuned with
+        train_cfg = resolve_config({"dataset": dataset}).train
+        assert (train_cfg.precision, train_cfg.warmup_from_zero, train_cfg.grad_clip_norm) == ("auto", False, 1000.0)
     with pytest.raises(ConfigError, match="precision"):
         resolve_config({"train": {"precision": "fp8"}})
     with pytest.raises(ConfigError, match="grad_clip_norm"):
