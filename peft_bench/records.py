@@ -198,12 +198,15 @@ def sample_list_hash(samples: Sequence, class_names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
-def decoder_description(requested: str, device: str = "cpu") -> dict[str, Any]:
+def decoder_description(requested: str, device: str = "cpu", tags: dict[str, str] | None = None) -> dict[str, Any]:
     """The decoder the run asked for, the one that decodes (``auto``'s choice), the device, and the versions
-    of the libraries behind it."""
+    of the libraries behind it. The run's tags already hold what decoded (the runner's ``decoder_provenance``):
+    taken from there, so the record says what mlflow says."""
     from .data.decode import decoder_provenance
 
-    provenance = decoder_provenance(requested, device)
+    keys = ("decoder", "decoder_version", "ffmpeg")
+    provenance = ({key: tags[key] for key in keys} if tags and all(key in tags for key in keys)
+                  else decoder_provenance(requested, device))
     libraries = {"av": _version("av"), "torchcodec": _version("torchcodec"), "decord": _version("decord"),
                  "ffmpeg": provenance["ffmpeg"]}
     return {"requested": requested, "used": provenance["decoder"], "version": provenance["decoder_version"],
@@ -297,7 +300,7 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
                 "resident_scope": resident_scope,
             },
         },
-        "data": {**splits, "decoder": decoder_description(decoder, decode_device)},
+        "data": {**splits, "decoder": decoder_description(decoder, decode_device, tags)},
         "environment": {
             "git_commit": commit,
             "git_dirty": dirty,
