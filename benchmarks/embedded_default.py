@@ -116,7 +116,7 @@ def write(measurements: list[Measurement], out: Path, command_line: str, reduced
         writer.writeheader()
         writer.writerows(asdict(m) for m in measurements)
     from peft_bench.system import usable_cpu_count
-    from peft_bench.tracking import cpu_model_name
+    from peft_bench.track.tracking import cpu_model_name
 
     lines = [
         "# `peft-bench run` end to end, in a fresh process",

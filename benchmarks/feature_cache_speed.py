@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from peft_bench.config import resolve_config
-from peft_bench.runner import run
+from peft_bench.train.runner import run
 
 METHODS = ("attentional_pooling", "linear_probe")  # paper order, as `peft-bench run` runs them
 DATASETS = ("synthetic-appearance", "synthetic-motion")

@@ -95,7 +95,7 @@ class Row:
 # --- the device ---------------------------------------------------------------------------------------
 
 def resolve_device(name: str) -> torch.device:
-    from peft_bench.runner import resolve_device as resolve
+    from peft_bench.train.runner import resolve_device as resolve
 
     return resolve(name)
 
@@ -190,8 +190,8 @@ class ResidentSetPeak:
 def build(cfg: BenchConfig, method: str, device: torch.device):
     from peft_bench.backbones import create_backbone
     from peft_bench.config import SpeedConfig
-    from peft_bench.efficiency import apply_speed_options
-    from peft_bench.registry import RunContext, get_method
+    from peft_bench.train.efficiency import apply_speed_options
+    from peft_bench.method_api.registry import RunContext, get_method
 
     backbone = create_backbone(cfg.backbone, cfg.pretrained)
     resolution = cfg.resolution or backbone.input_size
@@ -218,8 +218,8 @@ def step_flops(step) -> float:
 
 
 def measure_method(cfg: BenchConfig, method: str, peak_flops: float) -> Row:
-    from peft_bench.model import count_parameters
-    from peft_bench.runner import make_optimizer
+    from peft_bench.method_api.model import count_parameters
+    from peft_bench.train.runner import make_optimizer
     from peft_bench.config import TrainConfig
 
     device = resolve_device(cfg.device)
@@ -294,7 +294,7 @@ def measure_in_fresh_process(cfg: BenchConfig, method: str, peak_flops: float) -
 
 def run_bench(cfg: BenchConfig, on_row=None) -> tuple[list[Row], float]:
     """Every method's row, and the measured peak matrix rate (FLOP/s) they are compared with."""
-    from peft_bench.registry import available_methods
+    from peft_bench.method_api.registry import available_methods
 
     device = resolve_device(cfg.device)
     precision = cfg.resolved_precision(device)
@@ -313,7 +313,7 @@ def run_bench(cfg: BenchConfig, on_row=None) -> tuple[list[Row], float]:
 
 
 def paper_order(methods: list[str]) -> list[str]:
-    from peft_bench.table import paper_method_order
+    from peft_bench.report.table import paper_method_order
 
     order = paper_method_order()
     return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
@@ -371,7 +371,7 @@ def markdown(rows: list[Row], cfg: BenchConfig, peak: float, note: str = "") -> 
 
 
 def log_to_mlflow(rows: list[Row], cfg: BenchConfig, peak: float, tracking_uri: str) -> None:
-    from peft_bench.tracking import RunTracker
+    from peft_bench.track.tracking import RunTracker
 
     for row in rows:
         with RunTracker(tracking_uri, EXPERIMENT, f"bench-{row.method}-{row.backbone}") as tracker:
@@ -421,7 +421,7 @@ def config_from_args(args) -> BenchConfig:
 
 
 def cmd_bench(args) -> int:
-    from peft_bench.tracking import default_tracking_uri
+    from peft_bench.track.tracking import default_tracking_uri
 
     cfg = config_from_args(args)
     device = resolve_device(cfg.device)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_bench.config import resolve_config
-from peft_bench.runner import run
+from peft_bench.train.runner import run
 
 DATASETS = ("synthetic-appearance", "synthetic-motion")
 METHODS = ("adapter", "st_adapter")

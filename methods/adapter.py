@@ -20,10 +20,10 @@ from typing import Literal
 from torch import Tensor, nn
 
 from peft_bench.backbones import VideoBackbone
-from peft_bench.layers import hook_blocks
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import RunContext, register_method
-from peft_bench.temporal import init_vit_linear
+from peft_bench.method_api.layers import hook_blocks
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import RunContext, register_method
+from peft_bench.method_api.temporal import init_vit_linear
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 

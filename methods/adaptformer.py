@@ -3,7 +3,7 @@ MLP of the frozen frame-wise image ViT; a later generic PEFT baseline (V-PETL Be
 
 The block computes ``x + mlp(norm2(x)) + s * up(ReLU(down(x)))``: the adapter reads the residual stream
 that enters the MLP branch and its output is added beside the MLP's, scaled by s = 0.1 (the ``beside_mlp``
-site of ``peft_bench.layers.HookedBlock``). As in the released video code (ShoufaChen/AdaptFormer at
+site of ``peft_bench.method_api.layers.HookedBlock``). As in the released video code (ShoufaChen/AdaptFormer at
 its main branch, main_video.py: parallel, no adapter LayerNorm, "lora" init, scalar 0.1, bottleneck 64):
 ``down`` keeps PyTorch's default Kaiming-uniform weights, ``up`` and both biases start at zero, so the
 model starts as the frozen backbone. The paper's equation puts a LayerNorm before the adapter; the
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from peft_bench.backbones import VideoBackbone
-from peft_bench.layers import hook_blocks
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import LATER_METHODS, RunContext, register_method
+from peft_bench.method_api.layers import hook_blocks
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import LATER_METHODS, RunContext, register_method
 
 
 @dataclass

@@ -71,10 +71,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peft_bench.backbones import FrameBlock, VideoBackbone
-from peft_bench.layers import WrappedBlock, resolve_layers
-from peft_bench.model import NormedClsMean, VideoClassifier
-from peft_bench.registry import LATER_METHODS, RunContext, from_context, register_method
-from peft_bench.temporal import TemporalEmbedding
+from peft_bench.method_api.layers import WrappedBlock, resolve_layers
+from peft_bench.method_api.model import NormedClsMean, VideoClassifier
+from peft_bench.method_api.registry import LATER_METHODS, RunContext, from_context, register_method
+from peft_bench.method_api.temporal import TemporalEmbedding
 
 
 @dataclass

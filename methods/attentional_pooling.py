@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from peft_bench.backbones import Features, VideoBackbone
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import RunContext, from_context, register_method
-from peft_bench.temporal import Attention, TemporalEmbedding
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import RunContext, from_context, register_method
+from peft_bench.method_api.temporal import Attention, TemporalEmbedding
 
 
 @dataclass

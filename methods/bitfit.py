@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peft_bench.backbones import VideoBackbone
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import LATER_METHODS, RunContext, register_method
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import LATER_METHODS, RunContext, register_method
 
 
 @dataclass

@@ -113,9 +113,9 @@ from torch import Tensor, nn
 
 from peft_bench.backbones import Features, VideoBackbone
 from peft_bench.backbones.base import take_indices
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import LATER_METHODS, RunContext, from_context, register_method
-from peft_bench.temporal import Attention, TemporalEmbedding
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import LATER_METHODS, RunContext, from_context, register_method
+from peft_bench.method_api.temporal import Attention, TemporalEmbedding
 
 
 @dataclass

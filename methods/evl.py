@@ -70,7 +70,7 @@ the position embedding is resampled linearly when a clip has another frame count
 (the released code asserts equality); ``num_heads`` defaults to the backbone's (the released scripts
 pass 12 for ViT-B/16 and 16 for ViT-L/14, the backbones' own); the decoder's q/k/v width is D (the
 released ``decoder_qkv_dim`` equals D in every script). The frozen feature cache serves this method:
-it stores the last N blocks' outputs and their q and k (``peft_bench.feature_cache``).
+it stores the last N blocks' outputs and their q and k (``peft_bench.train.feature_cache``).
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ from torch import Tensor, nn
 
 from peft_bench.backbones import Features, VideoBackbone
 from peft_bench.backbones.base import take_indices
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import LATER_METHODS, RunContext, from_context, register_method
-from peft_bench.temporal import Attention, TemporalEmbedding
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import LATER_METHODS, RunContext, from_context, register_method
+from peft_bench.method_api.temporal import Attention, TemporalEmbedding
 
 
 @dataclass

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peft_bench.backbones import Features, FrameBlock, VideoBackbone
-from peft_bench.layers import WrappedBlock
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import RunContext, from_context, register_method
-from peft_bench.temporal import Attention, TemporalEmbedding, init_vit_linear
+from peft_bench.method_api.layers import WrappedBlock
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import RunContext, from_context, register_method
+from peft_bench.method_api.temporal import Attention, TemporalEmbedding, init_vit_linear
 
 
 @dataclass

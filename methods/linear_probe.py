@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peft_bench.backbones import VideoBackbone
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import RunContext, register_method
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import RunContext, register_method
 
 
 @dataclass

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from peft_bench.backbones import VideoBackbone
-from peft_bench.layers import resolve_layers
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import LATER_METHODS, RunContext, register_method
+from peft_bench.method_api.layers import resolve_layers
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import LATER_METHODS, RunContext, register_method
 
 LAYER_NAMES = ("qkv", "proj", "fc1", "fc2")
 

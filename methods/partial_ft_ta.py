@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from .partial_ft import last_blocks
 from peft_bench.backbones import VideoBackbone
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import RunContext, from_context, register_method
-from peft_bench.temporal import add_divided_attention
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import RunContext, from_context, register_method
+from peft_bench.method_api.temporal import add_divided_attention
 
 
 @dataclass

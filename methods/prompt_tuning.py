@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from peft_bench.backbones import FrameBlock, VideoBackbone
-from peft_bench.layers import WrappedBlock, resolve_layers
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import RunContext, register_method
+from peft_bench.method_api.layers import WrappedBlock, resolve_layers
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import RunContext, register_method
 
 
 @dataclass

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peft_bench.backbones import VideoBackbone
-from peft_bench.layers import hook_blocks
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import RunContext, register_method
+from peft_bench.method_api.layers import hook_blocks
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import RunContext, register_method
 
 ACTIVATIONS = {"none": nn.Identity, "gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": None}
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peft_bench.backbones import VideoBackbone
-from peft_bench.layers import resolve_layers
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import RunContext, from_context, register_method
-from peft_bench.temporal import add_divided_attention
+from peft_bench.method_api.layers import resolve_layers
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import RunContext, from_context, register_method
+from peft_bench.method_api.temporal import add_divided_attention
 
 
 @dataclass

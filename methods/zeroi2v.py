@@ -8,8 +8,8 @@ Image to Video"): the frozen image ViT becomes a video model at no inference cos
 * **Linear adapters, merged after training.** Four activation-free bottleneck adapters per block,
   ``x + s * up(dropout(down(x)))``: after ``ln_1`` (into the q/k/v projection), after the attention's
   output projection, after ``ln_2`` (into ``fc1``) and after ``fc2`` (the sites ``after_norm1``,
-  ``after_attention``, ``after_norm2``, ``after_mlp`` of ``peft_bench.layers``). Each is one affine map,
-  so the registry's ``merge`` (``peft_bench.layers.merge_modules``) folds it into the linear layer beside
+  ``after_attention``, ``after_norm2``, ``after_mlp`` of ``peft_bench.method_api.layers``). Each is one affine map,
+  so the registry's ``merge`` (``peft_bench.method_api.layers.merge_modules``) folds it into the linear layer beside
   it (``LinearAdapter.merge_into``): the merged model has the image model's parameters and GFLOPs exactly.
 
 What trains: the adapters, the final norm (``ln_post``, as in the released code; it stays in the merged
@@ -33,7 +33,7 @@ Facts from the released code, leexinhao/ZeroI2V at ce04d8b (``mmaction/models/ba
 * Adapters (``num_tadapter=2``: T_Adapter_in, S_Adapter, MLP_Adapter, MLP_Adapter_out), width
   ``0.25 D`` = 192, ``adapter_scale`` 0.5 (K400) / 1 (SSv2), dropout 0.1 (K400) / 0 (SSv2); ``down``
   truncated-normal std 0.02, zero biases, ``up`` zero (``LinearAdapter``'s own init).
-* Pooling: ``ln_post`` on each frame's [CLS], then the I3D head's average over frames (``peft_bench.model.NormedClsMean``;
+* Pooling: ``ln_post`` on each frame's [CLS], then the I3D head's average over frames (``peft_bench.method_api.model.NormedClsMean``;
   this project's default averages first and normalises after).
 
 Difference from the released code: its backbone also trains a temporal embedding (8 x 768 = 6,144
@@ -63,16 +63,16 @@ import torch
 from torch import Tensor
 
 from peft_bench.backbones import FrameBlock, VideoBackbone
-from peft_bench.layers import (
+from peft_bench.method_api.layers import (
     LinearAdapter,
     WrappedBlock,
     hook_blocks,
     merge_modules,
     resolve_layers,
 )
-from peft_bench.model import NormedClsMean, VideoClassifier
-from peft_bench.registry import LATER_METHODS, RunContext, from_context, register_method
-from peft_bench.temporal import TemporalEmbedding
+from peft_bench.method_api.model import NormedClsMean, VideoClassifier
+from peft_bench.method_api.registry import LATER_METHODS, RunContext, from_context, register_method
+from peft_bench.method_api.temporal import TemporalEmbedding
 
 ADAPTER_SITES = ("after_norm1", "after_attention", "after_norm2", "after_mlp")  # each beside a linear layer
 

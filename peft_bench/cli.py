@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .dataclass_io import ConfigError, parse_overrides
+from peft_bench.dataclass_io import ConfigError, parse_overrides
 
 EMBEDDED_DATASETS = "synthetic-appearance,synthetic-motion"  # the K400 and SSv2 stand-ins, in the paper's column order
 
@@ -66,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_arg(run)
 
     table = sub.add_parser("table", help="the cross-modality or system-level tables (and Figure 1) from tracked runs")
-    from .table import add_table_arguments
+    from peft_bench.report.table import add_table_arguments
 
     add_table_arguments(table)
     _add_tracking_args(table)
 
     report = sub.add_parser("report", help="a static leaderboard page: the table (sortable, filterable), Pareto "
                                            "plots and the runs' result records, in one folder")
-    from .report import add_report_arguments
+    from peft_bench.report.page import add_report_arguments
 
     add_report_arguments(report)
     _add_tracking_args(report)
@@ -91,26 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("paths", nargs="+", metavar="RUN_DIR",
                       help="run folders, or folders holding them (e.g. runs)")
 
-    from .accounting import add_account_parser
-    from .backbones.tiny import add_tiny_parser
-    from .data.cli import add_data_parser
-    from .sweep import add_sweep_parser
+    from peft_bench.measure.accounting import add_account_parser
+    from peft_bench.backbones.tiny import add_tiny_parser
+    from peft_bench.data.cli import add_data_parser
+    from peft_bench.launch.sweep import add_sweep_parser
 
     add_account_parser(sub)
     add_data_parser(sub)
     add_sweep_parser(sub)
     add_tiny_parser(sub)
-    from .benchmarks.method_speed import add_bench_parser  # benchmarks/ installs as peft_bench.benchmarks
+    from peft_bench.benchmarks.method_speed import add_bench_parser  # benchmarks/ installs as peft_bench.benchmarks
     add_bench_parser(sub)
     return parser
 
 
 def _run_configs(args) -> list:
     """Every run of the command, resolved and checked before any of them starts."""
-    from .config import dataset_options, load_config, resolve_config
-    from .dataclass_io import merge, to_dict
-    from .registry import available_methods
-    from .table import paper_method_order
+    from peft_bench.config import dataset_options, load_config, resolve_config
+    from peft_bench.dataclass_io import merge, to_dict
+    from peft_bench.method_api.registry import available_methods
+    from peft_bench.report.table import paper_method_order
 
     base = to_dict(load_config(args.config)) if args.config else {}
     base_method_args = base.pop("method_args", {})  # they belong to the config's method alone
@@ -160,16 +160,17 @@ def _seeds(text: str) -> list[int]:
 
 
 def _paper_order(methods: list[str]) -> list[str]:
-    from .table import registered_method_order
+    from peft_bench.report.table import registered_method_order
 
     return registered_method_order(methods)
 
 
 def cmd_run(args) -> int:
-    from . import distributed, preemption
-    from .progress import StatusLine
-    from .run_all import plan_runs, prepare_shared_inputs, run_all
-    from .tracking import check_store, default_tracking_uri
+    from peft_bench.train import distributed
+    from peft_bench.train import preemption
+    from peft_bench.launch.progress import StatusLine
+    from peft_bench.launch.run_all import plan_runs, prepare_shared_inputs, run_all
+    from peft_bench.track.tracking import check_store, default_tracking_uri
 
     started = time.monotonic()
     configs = _run_configs(args)
@@ -218,7 +219,7 @@ def cmd_run(args) -> int:
 
 def _sync_unsent(configs) -> None:
     """Results a run could not send to the tracking store (it was busy or away) go now, before the table."""
-    from .journal import sync_run_dir
+    from peft_bench.track.journal import sync_run_dir
 
     for cfg in configs:
         try:
@@ -228,8 +229,8 @@ def _sync_unsent(configs) -> None:
 
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
-    from .table import cross_modality_report, load_runs, render, write_table
-    from .tracking import default_tracking_uri, sqlite_path
+    from peft_bench.report.table import cross_modality_report, load_runs, render, write_table
+    from peft_bench.track.tracking import default_tracking_uri, sqlite_path
 
     uri = tracking_uri or default_tracking_uri(results_dir)
     store = sqlite_path(uri)
@@ -248,8 +249,8 @@ def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | 
 
 
 def cmd_table(args) -> int:
-    from .table import store_uri, table_command
-    from .tracking import check_store
+    from peft_bench.report.table import store_uri, table_command
+    from peft_bench.track.tracking import check_store
 
     if not getattr(args, "records", None):  # records are read from their folder, not the store
         check_store(store_uri(args.tracking_uri, Path(args.results_dir)))
@@ -258,8 +259,8 @@ def cmd_table(args) -> int:
 
 def cmd_sync(args) -> int:
     """Send what runs kept in their folders; a damaged store stops it, an unreachable one is reported per run."""
-    from .journal import run_dirs_under, sync_run_dir
-    from .tracking import StoreError
+    from peft_bench.track.journal import run_dirs_under, sync_run_dir
+    from peft_bench.track.tracking import StoreError
 
     run_dirs = list(dict.fromkeys(d for p in args.paths for d in run_dirs_under(Path(p))))
     if not run_dirs:
@@ -281,7 +282,7 @@ def cmd_sync(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report_command
+    from peft_bench.report.page import report_command
 
     return report_command(args)
 
@@ -289,8 +290,8 @@ def cmd_report(args) -> int:
 def cmd_methods(args) -> int:
     """Every method: what it is, what it trains on the chosen backbone, and the reported figure beside it
     (the paper's for its rows, the authors' for later methods)."""
-    from .method_checks import measures_time, parameter_parity
-    from .registry import get_method
+    from peft_bench.method_api.checks import measures_time, parameter_parity
+    from peft_bench.method_api.registry import get_method
 
     rows = {row["method"]: row for row in parameter_parity(args.backbone, args.num_classes)}
     time_header = "models time (measured)" if args.check else "models time (declared)"
@@ -318,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for plugin in getattr(args, "plugin", []):
             _load_plugin(plugin)
-        from .accounting import cmd_account
-        from .benchmarks.method_speed import cmd_bench
-        from .backbones.tiny import cmd_tiny
-        from .data.cli import cmd_data
-        from .distributed import distributed_from_environment, rank
-        from .sweep import cmd_sweep
+        from peft_bench.measure.accounting import cmd_account
+        from peft_bench.benchmarks.method_speed import cmd_bench
+        from peft_bench.backbones.tiny import cmd_tiny
+        from peft_bench.data.cli import cmd_data
+        from peft_bench.train.distributed import distributed_from_environment, rank
+        from peft_bench.launch.sweep import cmd_sweep
 
         commands = {"run": cmd_run, "table": cmd_table, "report": cmd_report, "methods": cmd_methods,
                     "account": cmd_account, "data": cmd_data, "sweep": cmd_sweep, "bench": cmd_bench, "sync": cmd_sync,
@@ -345,7 +346,7 @@ def _load_plugin(plugin: str) -> None:
     """Import a --plugin file; one that fails to import is one line naming the file, the line and the error."""
     import traceback
 
-    from .registry import load_plugin
+    from peft_bench.method_api.registry import load_plugin
 
     path = Path(plugin).resolve()
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .dataclass_io import ConfigError, from_dict, merge, to_dict
+from peft_bench.dataclass_io import ConfigError, from_dict, merge, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class TrainConfig:
                 self.checkpoint_every)
         require(math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0, "grad_clip_norm",
                 "0 (no clipping) or a positive finite number", self.grad_clip_norm)
-        from .precision import PRECISIONS
+        from peft_bench.precision import PRECISIONS
 
         require(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
 
@@ -215,9 +215,9 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     Unknown method, backbone or dataset names and malformed values raise ConfigError here, before any
     work, with what is available.
     """
-    from .backbones import available_backbones
-    from .data import DATASETS
-    from .registry import RunContext, available_methods, get_method
+    from peft_bench.backbones import available_backbones
+    from peft_bench.data import DATASETS
+    from peft_bench.method_api.registry import RunContext, available_methods, get_method
 
     data = merge(_moved_decoder_key(base or {}), dataset_options(_moved_decoder_key(overrides or {})))
     if isinstance(data.get("method"), dict):  # `--set method.width=256` lands here
@@ -265,7 +265,7 @@ def _moved_decoder_key(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_data_config(cfg: RunConfig) -> None:
-    from .data.decode import BACKENDS, DECODE_DEVICES
+    from peft_bench.data.decode import BACKENDS, DECODE_DEVICES
 
     if cfg.data.decoder not in BACKENDS:
         raise ConfigError(f"unknown decoder '{cfg.data.decoder}'; available: {', '.join(BACKENDS)}")
@@ -313,8 +313,8 @@ def read_class_names(value: str | Path) -> list[str]:
 def _resolved_recipe(dataset: str, changes: dict[str, Any]) -> dict[str, Any]:
     """The dataset's recipe (benchmarks/recipes/) with ``--set recipe.KEY=VALUE`` changes, as plain data: the
     run saves and hashes the sampling and augmentation it used, not only the recipe's name."""
-    from .data import DATASETS
-    from .data.recipes import load_recipe, recipe_settings, with_settings
+    from peft_bench.data import DATASETS
+    from peft_bench.data.recipes import load_recipe, recipe_settings, with_settings
 
     if not isinstance(changes, dict):
         raise ConfigError(f"recipe: expected a mapping of recipe keys, got {changes!r}")

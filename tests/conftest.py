@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from peft_bench.tracking import quiet_mlflow_logging
+from peft_bench.track.tracking import quiet_mlflow_logging
 
 # Shared across the session (and across sessions on one machine): the synthetic suite and the tiny
 # backbone are deterministic, so tests reuse one copy instead of regenerating per test.

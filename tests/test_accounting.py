@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_bench.accounting import (
+from peft_bench.measure.accounting import (
     Account,
     account,
     add_account_parser,
@@ -181,7 +181,7 @@ def test_matmul_convention_leaves_out_convolutions_and_norms():
 
 
 def test_every_registered_method_is_counted_fully_on_tiny():
-    from peft_bench.registry import available_methods
+    from peft_bench.method_api.registry import available_methods
 
     for method in available_methods():
         for preset in ("k400", "ssv2"):

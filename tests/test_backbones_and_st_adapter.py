@@ -8,9 +8,9 @@ import torch
 from peft_bench.backbones import MissingWeightsError, create_backbone
 from peft_bench.backbones.base import FrameBlock
 from peft_bench.config import TrainConfig
-from peft_bench.model import count_parameters
-from peft_bench.registry import RunContext, get_method
-from peft_bench.runner import make_optimizer
+from peft_bench.method_api.model import count_parameters
+from peft_bench.method_api.registry import RunContext, get_method
+from peft_bench.train.runner import make_optimizer
 
 
 def build(method: str, backbone: str, num_classes: int, preset: str | None = None, **overrides):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-import peft_bench.runner as runner
+import peft_bench.train.runner as runner
 from peft_bench.cli import main
 from peft_bench.config import resolve_config
 from peft_bench.data.decode import decoder_provenance

@@ -9,11 +9,11 @@ import copy
 import pytest
 import torch
 
-from peft_bench import method_checks
-from peft_bench.accounting import account, build_for_counting, count_video_flops
+from peft_bench.method_api import checks as method_checks
+from peft_bench.measure.accounting import account, build_for_counting, count_video_flops
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
-from peft_bench.model import count_parameters
-from peft_bench.registry import RunContext, get_method
+from peft_bench.method_api.model import count_parameters
+from peft_bench.method_api.registry import RunContext, get_method
 
 D, DEPTH = 768, 12
 WIDTH = D // 4  # their mlp_ratio=0.25
@@ -155,7 +155,7 @@ def test_ssv2_preset_scales_the_joint_adapter_by_one():
 
 
 def test_temporal_embedding_is_exempt_from_weight_decay():
-    from peft_bench.model import no_weight_decay_patterns
+    from peft_bench.method_api.model import no_weight_decay_patterns
 
     assert "backbone.before_pre_norm.table" in no_weight_decay_patterns(build_tiny())
 

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_bench import method_checks
+from peft_bench.method_api import checks as method_checks
 from peft_bench.backbones import NO_WEIGHTS, Features, create_backbone
 from peft_bench.backbones.base import take_indices
 from peft_bench.config import TrainConfig, resolve_config
-from peft_bench.layers import SITES, HookedBlock, LinearAdapter, hook_blocks, merge_modules
-from peft_bench.model import FeatureRequest, ParamGroup, VideoClassifier
-from peft_bench.registry import RunContext, get_method, load_plugin
+from peft_bench.method_api.layers import SITES, HookedBlock, LinearAdapter, hook_blocks, merge_modules
+from peft_bench.method_api.model import FeatureRequest, ParamGroup, VideoClassifier
+from peft_bench.method_api.registry import RunContext, get_method, load_plugin
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,7 +57,7 @@ FAMILIES = ["tiny", "clip_vitb16", "in21k_vitb16"]
 
 def test_frames_set_on_the_command_line_build_the_temporal_embedding_of_that_length():
     from peft_bench.cli import _run_configs, build_parser
-    from peft_bench.runner import build_model
+    from peft_bench.train.runner import build_model
 
     (cfg,) = _run_configs(build_parser().parse_args(["run", "--methods", "temporal_ft", "--dataset", "synthetic-motion",
                                                      "--set", "num_frames=16"]))
@@ -80,7 +80,7 @@ def test_models_time_is_measured_on_the_runs_own_config():
 
 
 def test_a_config_naming_blocks_tiny_lacks_is_measured_on_the_runs_backbone(monkeypatch):
-    from peft_bench import runner
+    from peft_bench.train import runner
 
     calls = []
 
@@ -117,7 +117,7 @@ def test_the_context_reaches_build_and_the_head_dropout_is_the_runs():
         seen["context"] = context
         return VideoClassifier(backbone, context)
 
-    from peft_bench.registry import MethodSpec
+    from peft_bench.method_api.registry import MethodSpec
     from peft_bench.methods.linear_probe import LinearProbeConfig
 
     spec = MethodSpec("probe", build, LinearProbeConfig, "Linear probe", "SA", False)
@@ -166,7 +166,7 @@ def test_intermediates_and_qk_are_what_the_blocks_compute(family):
 
 
 def test_qk_through_a_wrapper_that_bypasses_the_projection_is_an_error():
-    from peft_bench.layers import WrappedBlock
+    from peft_bench.method_api.layers import WrappedBlock
 
     class Opaque(WrappedBlock):  # computes its own attention without the block's projection
         def forward(self, x, num_frames):
@@ -181,7 +181,7 @@ def test_qk_through_a_wrapper_that_bypasses_the_projection_is_an_error():
 @pytest.mark.parametrize("family", ["tiny", "in21k_vitb16"])
 def test_a_hook_before_the_pre_norm_sees_embedded_frames_and_trains(family):
     """Where AIM and ZeroI2V add their temporal embedding: after the position embedding, before ln_pre."""
-    from peft_bench.temporal import TemporalEmbedding
+    from peft_bench.method_api.temporal import TemporalEmbedding
 
     backbone = backbone_of(family).requires_grad_(False)
     video = random_clip(backbone, frames=3)
@@ -292,7 +292,7 @@ def test_the_backbone_may_see_every_other_frame_while_the_pool_reads_the_clip():
     video = random_clip(backbone, frames=4)
     features = model.forward_features(video)
     assert features.num_frames == 2 and features.video is video
-    from peft_bench.feature_cache import feature_cache_refusal
+    from peft_bench.train.feature_cache import feature_cache_refusal
 
     assert feature_cache_refusal(model) == "its head reads the clip itself"
 
@@ -301,7 +301,7 @@ def test_the_backbone_may_see_every_other_frame_while_the_pool_reads_the_clip():
 
 
 def decay_of(model, cfg=TrainConfig(weight_decay=0.01)):
-    from peft_bench.runner import make_optimizer
+    from peft_bench.train.runner import make_optimizer
 
     optimizer = make_optimizer(model, cfg)
     by_id = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
@@ -350,11 +350,11 @@ def test_a_method_declares_parameter_groups_and_the_optimizer_logs_them(caplog):
         def forward(self, features):
             return self.proj(features.tokens[:, :, 0].mean(1)) * self.scale
 
-    from peft_bench.runner import make_optimizer
+    from peft_bench.train.runner import make_optimizer
 
     model = VideoClassifier(create_backbone("tiny", NO_WEIGHTS).requires_grad_(False), RunContext(num_classes=3),
                             pool=Slow(96))
-    with caplog.at_level("INFO", logger="peft_bench.model"):
+    with caplog.at_level("INFO", logger="peft_bench.method_api.model"):
         optimizer = make_optimizer(model, TrainConfig(lr=1.0, weight_decay=0.01))
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     assert (groups[id(model.pool.proj.weight)]["lr"], groups[id(model.pool.proj.weight)]["weight_decay"]) == (0.1, 0.02)
@@ -386,7 +386,7 @@ def test_packed_features_give_the_heads_logits_and_carry_intermediates_and_qk():
 
 
 def test_the_cache_stores_and_keys_on_what_the_head_reads(tmp_path):
-    from peft_bench import feature_cache
+    from peft_bench.train import feature_cache
     from peft_bench.data import build_dataset
 
     backbone = create_backbone("tiny", NO_WEIGHTS).requires_grad_(False)
@@ -494,10 +494,10 @@ def test_the_readme_method_reads_intermediate_blocks_and_passes_the_registry_che
     assert method_checks.params_without_gradient(name) == []
     assert method_checks.frozen_after_step(name) == []
     assert method_checks.measures_time(name) == spec.models_time
-    from peft_bench.feature_cache import feature_cache_refusal
+    from peft_bench.train.feature_cache import feature_cache_refusal
 
     assert feature_cache_refusal(model) is None  # the cache stores the blocks it reads
-    from peft_bench.accounting import account
+    from peft_bench.measure.accounting import account
 
     assert account(name, "tiny", num_classes=5, frames=2, views=1).uncounted_ops == {}
 
@@ -517,7 +517,7 @@ def test_methods_lists_later_methods_with_their_authors_figure(monkeypatch, caps
 
 def test_the_default_run_is_the_papers_benchmark_and_all_adds_later_methods():
     from peft_bench.cli import _run_configs, build_parser
-    from peft_bench.table import paper_method_order
+    from peft_bench.report.table import paper_method_order
 
     default = [c.method for c in _run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion"]))]
     assert default == paper_method_order()

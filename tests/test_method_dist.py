@@ -10,12 +10,12 @@ import re
 import pytest
 import torch
 
-from peft_bench import method_checks
-from peft_bench.accounting import account
+from peft_bench.method_api import checks as method_checks
+from peft_bench.measure.accounting import account
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
 from peft_bench.config import ConfigError, TrainConfig, resolve_config
-from peft_bench.model import count_parameters
-from peft_bench.registry import RunContext, get_method
+from peft_bench.method_api.model import count_parameters
+from peft_bench.method_api.registry import RunContext, get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -140,7 +140,7 @@ def test_released_initialisation():
 
 
 def test_tokens_and_per_frame_embeddings_get_no_weight_decay():
-    from peft_bench.runner import make_optimizer
+    from peft_bench.train.runner import make_optimizer
 
     model = method_checks.build_method("dist", create_backbone("tiny", NO_WEIGHTS), 5)
     optimizer = make_optimizer(model, TrainConfig(weight_decay=0.01))
@@ -154,8 +154,8 @@ def test_tokens_and_per_frame_embeddings_get_no_weight_decay():
 
 
 def test_the_feature_cache_refuses_it_and_the_run_trains_on_clips():
-    from peft_bench.feature_cache import feature_cache_refusal
-    from peft_bench.runner import use_feature_cache
+    from peft_bench.train.feature_cache import feature_cache_refusal
+    from peft_bench.train.runner import use_feature_cache
 
     model = method_checks.build_method("dist", create_backbone("tiny", NO_WEIGHTS), 5)
     assert model.backbone_is_frozen() and model.reads.video

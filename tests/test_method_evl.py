@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from peft_bench import method_checks
+from peft_bench.method_api import checks as method_checks
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
-from peft_bench.model import count_parameters, optimizer_param_groups
-from peft_bench.registry import RunContext, get_method
+from peft_bench.method_api.model import count_parameters, optimizer_param_groups
+from peft_bench.method_api.registry import RunContext, get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -164,7 +164,7 @@ def test_every_tensor_of_two_dimensions_decays_as_in_the_released_optimizer():
 
 def test_frames_of_the_run_size_the_position_embeddings():
     from peft_bench.config import resolve_config
-    from peft_bench.runner import build_model
+    from peft_bench.train.runner import build_model
 
     cfg = resolve_config({"method": "evl", "dataset": "synthetic-motion", "num_frames": 6})
     model = build_model(cfg, 10, create_backbone("tiny", NO_WEIGHTS))
@@ -185,7 +185,7 @@ def clip_set(count: int):
 
 @pytest.mark.parametrize("cross_attention", [True, False])
 def test_the_feature_cache_serves_it_and_the_cached_features_give_its_logits(tmp_path, cross_attention):
-    from peft_bench import feature_cache
+    from peft_bench.train import feature_cache
 
     model = build(num_frames=3, temporal_cross_attention=cross_attention).eval()
     assert feature_cache.feature_cache_refusal(model) is None
@@ -209,7 +209,7 @@ def test_a_run_trains_it_from_the_feature_cache(tmp_path):
                  "--set", "train.num_workers=0", "--set", "train.batch_size=16",
                  "--set", "speed.feature_cache=true"]) == 0
     (run,) = mlflow.search_runs(experiment_names=["peft-bench"], output_format="list")
-    assert run.data.tags["peft_bench.feature_cache"].startswith("on: 1 augmented copy")
+    assert run.data.tags["peft_bench.train.feature_cache"].startswith("on: 1 augmented copy")
     assert run.data.tags["peft_bench.models_time"] == "yes"
     assert 0 <= run.data.metrics["top1"] <= 100
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from peft_bench.methods.zeroi2v import DualHeadAttentionBlock, ZeroI2VConfig
 
-from peft_bench import method_checks
-from peft_bench.accounting import count_video_flops
+from peft_bench.method_api import checks as method_checks
+from peft_bench.measure.accounting import count_video_flops
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
-from peft_bench.layers import HookedBlock, LinearAdapter, merge_modules
-from peft_bench.model import NormedClsMean, count_parameters
-from peft_bench.registry import RunContext, get_method
+from peft_bench.method_api.layers import HookedBlock, LinearAdapter, merge_modules
+from peft_bench.method_api.model import NormedClsMean, count_parameters
+from peft_bench.method_api.registry import RunContext, get_method
 
 D, DEPTH = 768, 12
 WIDTH = D // 4  # the released mlp_ratio=0.25

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from peft_bench import method_checks
+from peft_bench.method_api import checks as method_checks
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
-from peft_bench.model import count_parameters
-from peft_bench.registry import RunContext, available_methods, get_method
+from peft_bench.method_api.model import count_parameters
+from peft_bench.method_api.registry import RunContext, available_methods, get_method
 
 PAPER_ROWS = ["full_ft", "full_ft_ta", "full_ft_ts", "partial_ft", "partial_ft_ta", "temporal_ft", "prompt_tuning",
               "attentional_pooling", "linear_probe", "adapter", "st_adapter"]
@@ -61,7 +61,7 @@ def parity_rows() -> dict[str, dict]:
 
 def test_every_method_gets_the_runs_head_dropout():
     from peft_bench.config import resolve_config
-    from peft_bench.runner import build_model
+    from peft_bench.train.runner import build_model
 
     backbone = create_backbone("tiny", NO_WEIGHTS)
     for name in ALL:
@@ -115,7 +115,7 @@ def test_every_trainable_parameter_gets_a_finite_gradient(name):
 
 
 def test_the_gradient_check_finds_a_parameter_the_forward_never_uses(tmp_path):
-    from peft_bench.registry import load_plugin
+    from peft_bench.method_api.registry import load_plugin
 
     path = tmp_path / "unused_parameter.py"
     path.write_text(UNUSED_PARAMETER_PLUGIN)
@@ -127,8 +127,8 @@ UNUSED_PARAMETER_PLUGIN = """
 from dataclasses import dataclass
 import torch
 from torch import nn
-from peft_bench.model import ClsTemporalMean, VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.method_api.model import ClsTemporalMean, VideoClassifier
+from peft_bench.method_api.registry import register_method
 
 class Pool(ClsTemporalMean):
     def __init__(self, dim):
@@ -197,7 +197,7 @@ def test_space_time_mixing_takes_channel_blocks_from_neighbouring_frames():
 def test_temporal_embedding_resamples_like_linear_interpolation(size):
     import torch.nn.functional as F
 
-    from peft_bench.temporal import TemporalEmbedding
+    from peft_bench.method_api.temporal import TemporalEmbedding
 
     embedding = TemporalEmbedding(dim=3, num_frames=8, init_std=1.0)
     expected = F.interpolate(embedding.table.T[None], size=size, mode="linear", align_corners=False)[0].T
@@ -205,7 +205,7 @@ def test_temporal_embedding_resamples_like_linear_interpolation(size):
 
 
 def test_temporal_attention_mixes_frames_only_at_the_same_spatial_position():
-    from peft_bench.temporal import TemporalAttention
+    from peft_bench.method_api.temporal import TemporalAttention
 
     torch.manual_seed(0)
     layer = TemporalAttention(dim=8, num_heads=2)
@@ -259,7 +259,7 @@ def test_forward_on_every_backbone_family(name, family):
 @pytest.mark.parametrize("backbone_name", ["tiny", "clip_vitb16", "in21k_vitb16"])
 def test_temporal_attention_starts_from_the_blocks_spatial_attention(backbone_name):
     """As TimeSformer: each temporal layer's norm, qkv and proj begin as copies of its block's own."""
-    from peft_bench.layers import HookedBlock
+    from peft_bench.method_api.layers import HookedBlock
 
     backbone = create_backbone(backbone_name, NO_WEIGHTS).requires_grad_(False)
     spatial = backbone.blocks[-1].attention_weights()

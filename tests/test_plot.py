@@ -9,9 +9,9 @@ import pytest
 from matplotlib.lines import Line2D
 
 from peft_bench.cli import main
-from peft_bench.plot import figure1, figure_paths, save_figure1
-from peft_bench.table import RUN_COLUMNS, paper_table
-from peft_bench.tracking import RunTracker
+from peft_bench.report.plot import figure1, figure_paths, save_figure1
+from peft_bench.report.table import RUN_COLUMNS, paper_table
+from peft_bench.track.tracking import RunTracker
 
 
 def runs(*rows: dict) -> pd.DataFrame:
@@ -101,8 +101,8 @@ def test_the_table_command_draws_the_figure_from_the_store(store: str, tmp_path:
 
 
 def test_later_methods_are_drawn_with_their_authors_figures_and_labelled() -> None:
-    from peft_bench.registry import LATER_METHODS
-    from peft_bench.table import followups_table
+    from peft_bench.method_api.registry import LATER_METHODS
+    from peft_bench.report.table import followups_table
 
     frame = runs(
         {**run("aim", "clip_vitb16", "k400", top1=80.0, params=1.1e7), "group": LATER_METHODS},
@@ -125,7 +125,7 @@ def test_later_methods_are_drawn_with_their_authors_figures_and_labelled() -> No
 
 
 def test_the_pareto_front_keeps_only_methods_nothing_beats_on_both_accuracy_and_cost() -> None:
-    from peft_bench.plot import Point, pareto_front
+    from peft_bench.report.plot import Point, pareto_front
 
     points = [Point("a", 10, 50), Point("b", 5, 60), Point("c", 20, 70), Point("d", 20, 65), Point("e", 30, 70),
               Point("f", 1, 40)]
@@ -134,7 +134,7 @@ def test_the_pareto_front_keeps_only_methods_nothing_beats_on_both_accuracy_and_
 
 
 def test_a_pareto_plot_draws_the_front_and_the_papers_gflops_hollow(frame: pd.DataFrame) -> None:
-    from peft_bench.plot import pareto_figure
+    from peft_bench.report.plot import pareto_figure
 
     with_costs = frame.assign(gflops=[455.0, 455.0, 419.0, 0.2, 0.13, 0.13],
                               peak_memory_bytes=[2**31, 2**31, 2**30, 2**28, 2**27, 2**29])

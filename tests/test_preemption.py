@@ -9,10 +9,10 @@ import os
 import mlflow
 import pytest
 
-import peft_bench.runner as runner
-from peft_bench.journal import JOURNAL, Journal
-from peft_bench.preemption import PreemptionGuard, Preempted, preemption_signal
-from peft_bench.records import RECORD_NAME, validation_errors
+import peft_bench.train.runner as runner
+from peft_bench.track.journal import JOURNAL, Journal
+from peft_bench.train.preemption import PreemptionGuard, Preempted, preemption_signal
+from peft_bench.track.records import RECORD_NAME, validation_errors
 
 from peft_bench.config import resolve_config
 

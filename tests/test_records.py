@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from peft_bench.cli import main
-from peft_bench.records import (
+from peft_bench.track.records import (
     COST_METRICS,
     RECORD_NAME,
     SCHEMA_ID,
@@ -25,7 +25,7 @@ from peft_bench.records import (
     split_summary,
     validation_errors,
 )
-from peft_bench.table import (
+from peft_bench.report.table import (
     COST_COLUMNS,
     PARETO_COSTS,
     cost_column_names,
@@ -162,7 +162,7 @@ def test_the_meter_counts_time_and_clips_across_a_kill_and_a_resume(tmp_path, mo
 
 
 def test_the_peak_resident_set_is_the_runs_not_the_process_lifetimes(tmp_path):
-    from peft_bench.records import peak_resident_bytes
+    from peft_bench.track.records import peak_resident_bytes
 
     ballast = bytearray(256 * 2**20)
     ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page: resident
@@ -205,13 +205,13 @@ def test_cost_columns_are_chosen_by_name_and_formatted_for_people():
     assert format_bytes(1.5 * 2**30) == "1.5 GiB" and format_bytes(107816) == "105 KiB"
     assert format_duration(49.46) == "49.5 s" and format_duration(593) == "9.88 min"
     assert format_duration(3 * 3600) == "3 h"
-    from peft_bench.plot import PARETO_AXES
+    from peft_bench.report.plot import PARETO_AXES
 
     assert tuple(PARETO_AXES) == PARETO_COSTS  # --x's choices are the plot's axes
 
 
 def test_a_record_that_cannot_be_made_is_logged_and_the_run_goes_on(tmp_path, caplog):
-    from peft_bench.records import record_finished_run
+    from peft_bench.track.records import record_finished_run
 
     cfg = SimpleNamespace(run_name=lambda: "broken-run", run_dir=lambda: tmp_path)
     meter = RunMeter.open(tmp_path, "cpu", resuming=False)

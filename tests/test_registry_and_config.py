@@ -9,13 +9,13 @@ import yaml
 
 from peft_bench.config import load_config, resolve_config
 from peft_bench.dataclass_io import ConfigError, parse_overrides
-from peft_bench.registry import available_methods, get_method, load_plugin
+from peft_bench.method_api.registry import available_methods, get_method, load_plugin
 
 PLUGIN = textwrap.dedent('''
     from dataclasses import dataclass
     import torch
-    from peft_bench.model import VideoClassifier
-    from peft_bench.registry import register_method
+    from peft_bench.method_api.model import VideoClassifier
+    from peft_bench.method_api.registry import register_method
 
     @dataclass
     class FrozenMeanConfig:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from peft_bench.cli import main
-from peft_bench.report import find_chromium
+from peft_bench.report.page import find_chromium
 
 
 @pytest.fixture(scope="module")

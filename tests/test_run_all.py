@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from peft_bench import progress as progress_module
-from peft_bench import registry
+from peft_bench.launch import progress as progress_module
+from peft_bench.method_api import registry
 from peft_bench.cli import main
 from peft_bench.config import resolve_config
-from peft_bench.progress import CommandProgress, RunState, StatusLine
-from peft_bench.run_all import longest_first, plan_runs
+from peft_bench.launch.progress import CommandProgress, RunState, StatusLine
+from peft_bench.launch.run_all import longest_first, plan_runs
 
 GIB = 2**30
 
@@ -168,8 +168,8 @@ DIES = '''
 import os, signal
 from dataclasses import dataclass
 from pathlib import Path
-from peft_bench.model import VideoClassifier
-from peft_bench.registry import register_method
+from peft_bench.method_api.model import VideoClassifier
+from peft_bench.method_api.registry import register_method
 
 @dataclass
 class DiesConfig:

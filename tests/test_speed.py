@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import peft_bench.runner as runner
-from peft_bench import feature_cache
+import peft_bench.train.runner as runner
+from peft_bench.train import feature_cache
 from peft_bench.backbones import create_backbone
 from peft_bench.cli import main
 from peft_bench.config import SpeedConfig, TrainConfig, resolve_config
 from peft_bench.data import build_dataset
-from peft_bench.efficiency import enable_activation_checkpointing, hold_frozen_in_bf16
-from peft_bench.method_checks import build_method
+from peft_bench.train.efficiency import enable_activation_checkpointing, hold_frozen_in_bf16
+from peft_bench.method_api.checks import build_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -244,9 +244,9 @@ def test_a_cached_run_records_its_choice_and_a_backbone_training_method_ignores_
     assert main([*common, "--methods", "linear_probe,prompt_tuning"]) == 0
     runs = {r.data.tags["peft_bench.method"]: r for r in mlflow.search_runs(experiment_names=["peft-bench"],
                                                                              output_format="list")}
-    assert runs["linear_probe"].data.tags["peft_bench.feature_cache"].startswith("on: 1 augmented copy")
+    assert runs["linear_probe"].data.tags["peft_bench.train.feature_cache"].startswith("on: 1 augmented copy")
     assert runs["linear_probe"].data.params["speed.augmented_copies"] == "1"
-    assert runs["prompt_tuning"].data.tags["peft_bench.feature_cache"] == "off: the backbone trains"
+    assert runs["prompt_tuning"].data.tags["peft_bench.train.feature_cache"] == "off: the backbone trains"
     assert 0 <= runs["linear_probe"].data.metrics["top1"] <= 100
 
 

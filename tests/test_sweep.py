@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from peft_bench.cli import main
-from peft_bench.sweep import Manifest, parse_sbatch_options, parse_timeout_minutes, sweep_status
+from peft_bench.launch.sweep import Manifest, parse_sbatch_options, parse_timeout_minutes, sweep_status
 
 GRID = ["sweep", "--methods", "linear_probe,st_adapter", "--seeds", "0,1", "--datasets", "synthetic-appearance",
         "--pretrained", "none", "--set", "train.epochs=1"]

@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from peft_bench.cli import main
-from peft_bench.runner import CHECKPOINT_NAME, load_checkpoint
-from peft_bench.sweep import Manifest, sweep_status
+from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
+from peft_bench.launch.sweep import Manifest, sweep_status
 
 WAIT_S = 900
 

@@ -11,7 +11,7 @@ import pytest
 
 from peft_bench.cli import main
 from peft_bench.reference import reference_text
-from peft_bench.table import (
+from peft_bench.report.table import (
     RUN_COLUMNS,
     RunSelection,
     cross_modality_report,
@@ -26,7 +26,7 @@ from peft_bench.table import (
     system_report,
     write_table,
 )
-from peft_bench.tracking import RunTracker
+from peft_bench.track.tracking import RunTracker
 
 PAPER_ORDER = ["full_ft", "linear_probe", "st_adapter"]
 
@@ -463,8 +463,8 @@ def test_table_command_filters_writes_formats_and_refuses_bad_input(store: str, 
 
 
 def test_later_methods_come_after_the_papers_groups_with_their_authors_figures_labelled() -> None:
-    from peft_bench.registry import LATER_METHODS
-    from peft_bench.table import followups_table
+    from peft_bench.method_api.registry import LATER_METHODS
+    from peft_bench.report.table import followups_table
 
     later = {"group": LATER_METHODS}
     frame = runs(
@@ -494,7 +494,7 @@ def test_later_methods_come_after_the_papers_groups_with_their_authors_figures_l
 
 
 def test_the_authors_reference_cites_the_repositories_readmes() -> None:
-    from peft_bench.table import followups_table
+    from peft_bench.report.table import followups_table
 
     followups = followups_table()
     assert {"aim", "evl", "dist", "zeroi2v"} <= set(followups["method"])

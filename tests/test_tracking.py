@@ -1,4 +1,4 @@
-"""RunTracker writes what the schema in peft_bench.tracking promises, into a throw-away sqlite store."""
+"""RunTracker writes what the schema in peft_bench.track.tracking promises, into a throw-away sqlite store."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from peft_bench.tracking import (
+from peft_bench.track.tracking import (
     RunTracker,
     config_hash,
     default_tracking_uri,

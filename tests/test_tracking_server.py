@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_server import MlflowServer
 from peft_bench.cli import main
-from peft_bench.journal import JOURNAL, Journal, JournaledTracker, sync_run_dir
+from peft_bench.track.journal import JOURNAL, Journal, JournaledTracker, sync_run_dir
 
 FAST = ["--pretrained", "none", "--frames", "2", "--set", "train.epochs=1", "--set", "train.val_subset=8",
         "--set", "train.num_workers=0", "--set", "train.batch_size=16"]

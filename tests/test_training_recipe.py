@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from peft_bench import runner
+from peft_bench.train import runner
 from peft_bench.backbones import create_backbone
 from peft_bench.config import resolve_config
 from peft_bench.dataclass_io import ConfigError, parse_overrides

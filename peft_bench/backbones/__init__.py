@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .base import BackboneInfo, Features, FrameBlock, VideoBackbone, take_indices
-from .clip import ClipBackbone
-from .timm_vit import TimmViTBackbone
-from .weights import AUTO, NO_WEIGHTS, MissingWeightsError, find_in_hf_cache, load_into, load_state_dict, missing_weights, strip_prefix
+from peft_bench.backbones.base import BackboneInfo, Features, FrameBlock, VideoBackbone, take_indices
+from peft_bench.backbones.clip import ClipBackbone
+from peft_bench.backbones.timm_vit import TimmViTBackbone
+from peft_bench.backbones.weights import AUTO, NO_WEIGHTS, MissingWeightsError, find_in_hf_cache, load_into, load_state_dict, missing_weights, strip_prefix
 
 BackboneFactory = Callable[[str], VideoBackbone]
 _BACKBONES: dict[str, BackboneFactory] = {}
@@ -132,7 +132,7 @@ for _name in _TIMM_ARCHS:
     register_backbone(_name)(_make_timm(_name))
 
 # --- tiny: the embedded default --------------------------------------------------------------------
-from . import tiny  # noqa: E402  (registers "tiny")
+from peft_bench.backbones import tiny  # noqa: E402  (registers "tiny")
 
 __all__ = [
     "AUTO", "NO_WEIGHTS", "BackboneInfo", "Features", "FrameBlock", "MissingWeightsError", "VideoBackbone",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BackboneInfo, FrameBlock, QKTap, VideoBackbone, linear_over, merge_heads, split_heads
+from peft_bench.backbones.base import BackboneInfo, FrameBlock, QKTap, VideoBackbone, linear_over, merge_heads, split_heads
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BackboneInfo, FrameBlock, QKTap, VideoBackbone, merge_heads
+from peft_bench.backbones.base import BackboneInfo, FrameBlock, QKTap, VideoBackbone, merge_heads
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BackboneInfo, VideoBackbone
-from .clip import CLIP_MEAN, CLIP_STD, ClipBackbone
-from .weights import AUTO, NO_WEIGHTS, load_into, load_state_dict, strip_prefix
+from peft_bench.backbones.base import BackboneInfo, VideoBackbone
+from peft_bench.backbones.clip import CLIP_MEAN, CLIP_STD, ClipBackbone
+from peft_bench.backbones.weights import AUTO, NO_WEIGHTS, load_into, load_state_dict, strip_prefix
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str,
 
 def make_weights_file(cfg: TinyConfig, path: Path) -> Path:
     """Pre-train and write the weights with their config and fingerprint (what the package ships)."""
-    from peft_bench.tracking import cpu_model_name
+    from peft_bench.track.tracking import cpu_model_name
 
     state = pretrain(cfg)
     # Where it was made: on the same CPU model and torch version, regenerating gives these bits exactly.
@@ -258,7 +258,7 @@ def cmd_tiny(args) -> int:
 
 
 def _register() -> None:
-    from . import register_backbone
+    from peft_bench.backbones import register_backbone
 
     register_backbone("tiny")(create_tiny)
 

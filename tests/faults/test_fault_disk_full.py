@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import peft_bench.runner as runner
+import peft_bench.train.runner as runner
 from faultkit import FAST, default_store_uri, only_run, with_sets
 from peft_bench.cli import main
-from peft_bench.runner import CHECKPOINT_NAME, load_checkpoint
+from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
 
 FAILING_SAVE = 3  # the first two checkpoints fit; the third does not
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from faultkit import (FAST, TRAIN_CLIPS_PER_EPOCH, default_store_uri, no_traceback, only_run, run_dirs, start_cli,
                       wait_for, with_sets)
 from peft_bench.cli import main
-from peft_bench.runner import CHECKPOINT_NAME, load_checkpoint
+from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
 
 ARGS = with_sets(FAST, train__epochs=2, train__checkpoint_every=7)
 _draw = random.Random(18)

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from faultkit import (FAST, TRAIN_CLIPS_PER_EPOCH, default_store_uri, last_line, no_traceback, only_run, start_cli,
                       the_run_dir, training_started, wait_for, with_sets)
 from peft_bench.cli import main
-from peft_bench.runner import CHECKPOINT_NAME, load_checkpoint
+from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
 
 EPOCHS = 3  # room for the signal to land inside training, not in the final evaluation
 ARGS = with_sets(FAST, train__epochs=EPOCHS, train__num_workers=1)

@@ -50,8 +50,8 @@ def test_a_half_migrated_default_store_is_named_with_how_to_recover(tmp_path, mi
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from peft_bench.journal import JournaledTracker
-    from peft_bench.tracking import default_tracking_uri
+    from peft_bench.track.journal import JournaledTracker
+    from peft_bench.track.tracking import default_tracking_uri
 
     name = sys.argv[1]
     uri = default_tracking_uri(Path("results"))  # the default store, made by whichever process comes first

@@ -143,7 +143,7 @@ def test_sync_of_a_folder_without_runs_says_so(tmp_path, capsys):
 
 
 def test_a_run_started_over_one_that_died_silently_marks_that_one_killed(tmp_path, store):
-    from peft_bench.journal import JOURNAL, Journal, JournaledTracker
+    from peft_bench.track.journal import JOURNAL, Journal, JournaledTracker
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .dataclass_io import ConfigError, from_dict, to_dict
+from peft_bench.dataclass_io import ConfigError, from_dict, to_dict
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from peft_bench.registry import LATER_METHODS  # noqa: E402
-from peft_bench.table import (  # noqa: E402
+from peft_bench.method_api.registry import LATER_METHODS  # noqa: E402
+from peft_bench.report.table import (  # noqa: E402
     authors_column,
     benchmark_runs,
     column_name,

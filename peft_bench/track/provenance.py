@@ -1,6 +1,6 @@
 """Where a table's numbers came from: the footer that names commits, versions and hardware, and warns.
 
-Works on the runs behind a table (rows as from ``peft_bench.table.load_runs``). A cell is one
+Works on the runs behind a table (rows as from ``peft_bench.report.table.load_runs``). A cell is one
 (method, backbone, dataset); its runs should share one recipe (the config without seed and output
 places: ``recipe_hash``) and one commit. When they do not, the mean ± std mixes different experiments,
 and the footer says so, cell by cell.

@@ -288,8 +288,8 @@ def build_for_counting(method: str, backbone: str, num_classes: int, preset: str
     """The method on a frozen backbone with random weights, as the runner builds it (for ``frames``-frame
     clips), and the preset applied (None when the method has no such preset: a linear probe is the same
     on every dataset)."""
-    from .backbones import NO_WEIGHTS, create_backbone
-    from .registry import RunContext, get_method
+    from peft_bench.backbones import NO_WEIGHTS, create_backbone
+    from peft_bench.method_api.registry import RunContext, get_method
 
     spec = get_method(method)
     applied = preset if preset in spec.presets else None
@@ -300,7 +300,7 @@ def build_for_counting(method: str, backbone: str, num_classes: int, preset: str
 def account(method: str, backbone: str, *, num_classes: int, frames: int = 8, views: int = 3,
             preset: str | None = None, input_size: int | None = None, convention: Convention = "all") -> Account:
     """Parameters and GFLOPs of ``method`` on ``backbone`` (random weights; 1 multiply-add = 1 FLOP)."""
-    from .model import count_parameters
+    from peft_bench.method_api.model import count_parameters
 
     model, applied = build_for_counting(method, backbone, num_classes, preset, frames)
     params = count_parameters(model)
@@ -370,7 +370,7 @@ DATASET_CLASSES = {"k400": 400, "ssv2": 174, "synthetic-appearance": 8, "synthet
 
 def dataset_setting(dataset: str) -> tuple[int, str]:
     """(number of classes, method preset) for a dataset name."""
-    from .config import METHOD_PRESET_FOR_DATASET
+    from peft_bench.config import METHOD_PRESET_FOR_DATASET
 
     if dataset not in DATASET_CLASSES:
         raise ValueError(f"unknown dataset '{dataset}'; available: {', '.join(DATASET_CLASSES)}")
@@ -409,8 +409,8 @@ def add_account_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _method_names(selection: str) -> list[str]:
-    from .registry import available_methods
-    from .table import registered_method_order
+    from peft_bench.method_api.registry import available_methods
+    from peft_bench.report.table import registered_method_order
 
     if selection == "all":
         return registered_method_order(available_methods())

@@ -10,7 +10,7 @@ other, as before. ``--jobs`` overrides the choice.
 What the runs share is made once before they start, not by two of them at once: the synthetic datasets
 (written with every core) and the tracking store (created in a short-lived child, so that no database
 connection crosses a fork). Results, failures and log records of the workers come back to this process,
-which prints them above the progress line (:mod:`peft_bench.progress`).
+which prints them above the progress line (:mod:`peft_bench.launch.progress`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RunConfig
-from .progress import CommandProgress, RunState, StatusLine
-from .system import usable_cpu_count
+from peft_bench.config import RunConfig
+from peft_bench.launch.progress import CommandProgress, RunState, StatusLine
+from peft_bench.system import usable_cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class Outcome:
 def plan_runs(configs: list[RunConfig], jobs: int | None = None, cores: int | None = None,
               memory_bytes: float | None = None) -> Plan:
     """How many runs at once (``jobs`` when given) and how many threads each."""
-    from . import distributed
-    from .runner import resolve_device
+    from peft_bench.train import distributed
+    from peft_bench.train.runner import resolve_device
 
     cores = cores or usable_cpu_count()
     if jobs is not None and jobs < 1:
@@ -89,7 +89,7 @@ def available_memory() -> float | None:
 
 def prepare_shared_inputs(configs: list[RunConfig], plan: Plan) -> None:
     """Make what several runs read before any of them starts (the first would, but two at once race)."""
-    from .data import prepare_dataset
+    from peft_bench.data import prepare_dataset
 
     stores = []
     if plan.jobs > 1:  # SQLite files only (a server creates its own tables), in children while the videos are written
@@ -105,7 +105,7 @@ def prepare_shared_inputs(configs: list[RunConfig], plan: Plan) -> None:
 
 
 def _tracking_uri(cfg: RunConfig) -> str:
-    from .tracking import default_tracking_uri
+    from peft_bench.track.tracking import default_tracking_uri
 
     return cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
 
@@ -122,7 +122,7 @@ def _start_tracking_store(uri: str, experiment: str):
 def _create_store(uri: str, experiment: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    from .tracking import get_or_create_experiment, quiet_mlflow_logging
+    from peft_bench.track.tracking import get_or_create_experiment, quiet_mlflow_logging
 
     quiet_mlflow_logging()
     get_or_create_experiment(MlflowClient(uri), uri, experiment)
@@ -152,8 +152,8 @@ def run_all(configs: list[RunConfig], plan: Plan, *, resume: bool, status: Statu
 
 
 def _one_after_another(configs, resume, progress: CommandProgress, status: StatusLine, on_outcome) -> None:
-    from . import preemption
-    from .runner import run
+    from peft_bench.train import preemption
+    from peft_bench.train.runner import run
 
     for index, cfg in enumerate(configs):
         if preemption.requested():  # a stop signal between two runs: the next one does not start
@@ -317,7 +317,7 @@ def _die_with_parent() -> None:
 
 
 def _run_in_worker(index: int, cfg: RunConfig, resume: bool):
-    from .runner import run
+    from peft_bench.train.runner import run
 
     if _stop.is_set():  # the command is stopping: no new run
         return None

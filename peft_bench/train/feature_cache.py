@@ -39,8 +39,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .precision import autocast, resolve_precision
-from .system import usable_cpu_count
+from peft_bench.precision import autocast, resolve_precision
+from peft_bench.system import usable_cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def default_feature_cache_dir() -> Path:
 def feature_cache_refusal(model: nn.Module) -> str | None:
     """Why the cache cannot serve ``model`` (None when it can): it must be a VideoClassifier whose backbone
     has no trainable parameter (detected, not listed) and whose head reads nothing but backbone features."""
-    from .model import VideoClassifier
+    from peft_bench.method_api.model import VideoClassifier
 
     if not isinstance(model, VideoClassifier):
         return f"{type(model).__name__} is not a VideoClassifier"

@@ -11,7 +11,7 @@ import logging
 import torch
 from torch import nn
 
-from .precision import hold_frozen_in
+from peft_bench.precision import hold_frozen_in
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Tracking that loses nothing when the tracking server is away: every record is written locally first.
 
-:class:`JournaledTracker` has :class:`~peft_bench.tracking.RunTracker`'s interface. Each call becomes an
+:class:`JournaledTracker` has :class:`~peft_bench.track.tracking.RunTracker`'s interface. Each call becomes an
 entry appended to ``tracking.jsonl`` in the run folder (params, tags, metrics, the config artifact, the
 final status). A background thread sends the entries to mlflow, so training never waits on a network
 call or a database: a server that refuses or does not answer within a few seconds counts as unreachable
@@ -103,14 +103,14 @@ class Journal:
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
-    from .tracking import quiet_mlflow_logging
+    from peft_bench.track.tracking import quiet_mlflow_logging
 
     quiet_mlflow_logging()
     return MlflowClient(uri)
 
 
 def _experiment_id(client, uri: str, name: str) -> str:
-    from .tracking import get_or_create_experiment
+    from peft_bench.track.tracking import get_or_create_experiment
 
     try:
         return get_or_create_experiment(client, uri, name)
@@ -124,7 +124,7 @@ def _experiment_id(client, uri: str, name: str) -> str:
 def _send(client, run_id: str, entry: dict) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
-    from .tracking import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, chunks
+    from peft_bench.track.tracking import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, chunks
 
     op = entry["op"]
     if op == "params":
@@ -183,7 +183,7 @@ def flush(journal: Journal, extra: Iterable[dict] = ()) -> str:
 
 
 def _reachable_client(uri: str):
-    from .tracking import prepare_store, tracking_answers
+    from peft_bench.track.tracking import prepare_store, tracking_answers
 
     if not tracking_answers(uri):
         raise TrackingUnreachable(f"{uri} does not answer")
@@ -298,7 +298,7 @@ class JournaledTracker:
         else:
             # Ctrl-C, a stop signal, or a preempted job exiting to be requeued: stopped, not broken.
             status = "KILLED" if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else "FAILED"
-            from .tracking import error_tag_text
+            from peft_bench.track.tracking import error_tag_text
 
             self._record({"op": "tags", "tags": {ERROR_TAG: error_tag_text(exc_type, exc)}})
         self._record({"op": "status", "status": status, "time": _now_ms()})
@@ -383,14 +383,14 @@ class JournaledTracker:
         return self.journal.sync_state()["run_id"]
 
     def log_config(self, config: Mapping[str, Any]) -> None:
-        from .tracking import canonical_json, config_hash, flatten_config
+        from peft_bench.track.tracking import canonical_json, config_hash, flatten_config
 
         self._record({"op": "params", "params": flatten_config(config)})
         self._record({"op": "dict", "name": "config.json", "data": json.loads(canonical_json(config))})
         self.set_tags({"config_hash": config_hash(config)})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from .tracking import tag_key
+        from peft_bench.track.tracking import tag_key
 
         self._record({"op": "tags", "tags": {tag_key(k): str(v) for k, v in tags.items()}})
 
@@ -399,7 +399,7 @@ class JournaledTracker:
         self._record({"op": "metrics", "metrics": [[k, float(v), ts, step or 0] for k, v in metrics.items()]})
 
     def log_environment(self, device: Any = None) -> None:
-        from .tracking import describe_device, describe_host, git_state, package_versions
+        from peft_bench.track.tracking import describe_device, describe_host, git_state, package_versions
 
         commit, dirty = git_state()
         self.set_tags({"git_commit": commit, "git_dirty": dirty, "device": describe_device(device),

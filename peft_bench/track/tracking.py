@@ -4,7 +4,7 @@ The default store is a sqlite file inside the results folder (``default_tracking
 sqlite store go to ``mlartifacts/`` beside the database file rather than to mlflow's default
 ``./mlruns`` under whatever the working directory happens to be.
 
-Schema of a peft-bench run (``peft_bench.table`` reads exactly these names)
+Schema of a peft-bench run (``peft_bench.report.table`` reads exactly these names)
 
 Tags (strings):
     peft_bench.method         method name, e.g. "st_adapter" (the paper table's ``method`` column)
@@ -66,7 +66,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from .system import usable_cpu_count
+from peft_bench.system import usable_cpu_count
 
 TAG_PREFIX = "peft_bench."
 

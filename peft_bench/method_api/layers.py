@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .backbones.base import FrameBlock, take_indices
+from peft_bench.backbones.base import FrameBlock, take_indices
 
 SERIAL_SITES = ("before_attention", "after_norm1", "after_attention", "before_mlp", "after_norm2", "after_mlp")
 PARALLEL_SITES = ("beside_attention", "beside_mlp")

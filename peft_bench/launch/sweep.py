@@ -61,11 +61,11 @@ class SweepTask(submitit.helpers.Checkpointable):
         self.config, self.plugins, self.resume, self.run_dir = config, list(plugins or []), resume, run_dir
 
     def __call__(self) -> dict:
-        from .config import resolve_config
-        from .distributed import distributed_from_environment
-        from .preemption import PreemptionGuard
-        from .registry import load_plugin
-        from .runner import run
+        from peft_bench.config import resolve_config
+        from peft_bench.train.distributed import distributed_from_environment
+        from peft_bench.train.preemption import PreemptionGuard
+        from peft_bench.method_api.registry import load_plugin
+        from peft_bench.train.runner import run
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._write_outcome("running")
@@ -154,7 +154,7 @@ class Manifest:
 
 def grid_configs(args) -> list:
     """Every combination, resolved and checked before anything is submitted."""
-    from .cli import _run_configs
+    from peft_bench.cli import _run_configs
 
     configs = []
     for backbone in _split(args.backbones):
@@ -167,7 +167,7 @@ def _absolute_paths(cfg):
     """Jobs may start in another folder: every place a run writes is made absolute, the store pinned."""
     from dataclasses import replace
 
-    from .tracking import default_tracking_uri
+    from peft_bench.track.tracking import default_tracking_uri
 
     uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
     return replace(cfg, output_dir=str(Path(cfg.output_dir).resolve()),
@@ -213,7 +213,7 @@ def tracked_runs(tracking_uri: str, experiment: str) -> dict[str, tuple[str, str
     """digest -> (run id, status) of the experiment's runs; a FINISHED run wins over any other."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import prepare_store, quiet_mlflow_logging
+    from peft_bench.track.tracking import prepare_store, quiet_mlflow_logging
 
     prepare_store(tracking_uri)  # created safely if new; a damaged one stops the command, saying how to recover
     quiet_mlflow_logging()
@@ -236,7 +236,7 @@ def tracked_runs(tracking_uri: str, experiment: str) -> dict[str, tuple[str, str
 
 def local_record_finished(run_dir: Path) -> str | None:
     """The run id a run's local record says FINISHED (written before tracking is reached), else None."""
-    from .journal import read_record
+    from peft_bench.track.journal import read_record
 
     record = read_record(run_dir)
     if record and record.get("status") == "FINISHED":
@@ -270,7 +270,7 @@ def make_executor(args, folder: Path):
 
 def code_root() -> str:
     """The folder holding this peft_bench package: jobs import the code that submitted them."""
-    return str(Path(__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])
 
 
 def _export_code_location() -> None:
@@ -385,7 +385,7 @@ def sweep_status(sweep_dir: Path) -> list[CombinationStatus]:
 
 def sync_journals(manifest: Manifest) -> tuple[int, int]:
     """Send every combination's unsynced local record to mlflow: (synced, still unsynced)."""
-    from .journal import sync_run_dir
+    from peft_bench.track.journal import sync_run_dir
 
     done = left = 0
     for combo in manifest.combinations:
@@ -471,7 +471,7 @@ def _check_slurm_reachable() -> None:
 
 
 def plan(args, sweep_dir: Path) -> tuple[Manifest, list[Combination]]:
-    from .dataclass_io import to_dict
+    from peft_bench.dataclass_io import to_dict
 
     configs = grid_configs(args)
     first = configs[0]

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones.base import VideoBackbone, merge_heads, split_heads
-from .layers import add_hook
+from peft_bench.backbones.base import VideoBackbone, merge_heads, split_heads
+from peft_bench.method_api.layers import add_hook
 
 
 def init_vit_linear(module: nn.Module) -> None:

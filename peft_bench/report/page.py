@@ -26,8 +26,8 @@ from unittest import mock
 
 import pandas as pd
 
-from peft_bench.records import RECORD_NAME, SCHEMA_VERSION
-from peft_bench.table import (
+from peft_bench.track.records import RECORD_NAME, SCHEMA_VERSION
+from peft_bench.report.table import (
     COST_COLUMNS,
     PARETO_COSTS,
     add_selection_arguments,
@@ -209,7 +209,7 @@ def run_links(runs: pd.DataFrame, links: dict[str, str]) -> str:
 
 
 def plot_images(runs: pd.DataFrame, out: Path, every_run: bool) -> str:
-    from peft_bench.plot import PARETO_AXES, save_pareto
+    from peft_bench.report.plot import PARETO_AXES, save_pareto
 
     parts = []
     for x in PARETO_COSTS:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .backbones import VideoBackbone
-from .backbones.base import Features, take_indices
-from .registry import RunContext
+from peft_bench.backbones import VideoBackbone
+from peft_bench.backbones.base import Features, take_indices
+from peft_bench.method_api.registry import RunContext
 
 log = logging.getLogger(__name__)
 

@@ -26,18 +26,18 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from peft_bench.benchmarks import recipe_folder
-from peft_bench.provenance import provenance
+from peft_bench.track.provenance import provenance
 from peft_bench.reference import reference_text
-from peft_bench.registry import LATER_METHODS
-from peft_bench.records import (
+from peft_bench.method_api.registry import LATER_METHODS
+from peft_bench.track.records import (
     COST_METRICS,
     FoundRecords,
     cost_metrics,
     read_records,
     tracking_params,
 )
-from peft_bench.table_output import FORMATS, TableReport, render_report
-from peft_bench.tracking import TAG_PREFIX, quiet_mlflow_logging
+from peft_bench.report.table_output import FORMATS, TableReport, render_report
+from peft_bench.track.tracking import TAG_PREFIX, quiet_mlflow_logging
 
 # The reported figures are package data (peft_bench/reference; results/*.csv of the same names link to them).
 PAPER_TABLE_FILE = "paper_cross_modality.csv"
@@ -323,7 +323,7 @@ def ordered_methods(methods: list[str], order: list[str], later=frozenset()) -> 
 
 def registered_method_order(methods: list[str]) -> list[str]:
     """``ordered_methods`` for registered methods: the later ones known from the registry."""
-    from peft_bench.registry import get_method
+    from peft_bench.method_api.registry import get_method
 
     return ordered_methods(methods, paper_method_order(), {m for m in methods if get_method(m).later})
 
@@ -993,7 +993,7 @@ PARETO_COSTS = ("params", "gflops", "memory", "time")  # plot.PARETO_AXES, named
 
 def draw_plot(runs: pd.DataFrame, args: argparse.Namespace) -> list[Path]:
     """--plot pareto (against --x), --plot figure1, or --plot OUT (Figure 1 at OUT, as before)."""
-    from peft_bench.plot import save_figure1, save_pareto
+    from peft_bench.report.plot import save_figure1, save_pareto
 
     if args.plot == "pareto":
         return save_pareto(runs, args.x, args.plot_out or f"pareto_{args.x}", args.every_run)

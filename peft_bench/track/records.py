@@ -202,7 +202,7 @@ def decoder_description(requested: str, device: str = "cpu", tags: dict[str, str
     """The decoder the run asked for, the one that decodes (``auto``'s choice), the device, and the versions
     of the libraries behind it. The run's tags already hold what decoded (the runner's ``decoder_provenance``):
     taken from there, so the record says what mlflow says."""
-    from .data.decode import decoder_provenance
+    from peft_bench.data.decode import decoder_provenance
 
     keys = ("decoder", "decoder_version", "ffmpeg")
     provenance = ({key: tags[key] for key in keys} if tags and all(key in tags for key in keys)
@@ -229,7 +229,7 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
                  splits: dict[str, dict], decoder: str, device_type: str, resident_scope: str,
                  decode_device: str = "cpu") -> dict:
     """The record of a finished run (see docs/result-schema.md) from its figures; the environment is read here."""
-    from .tracking import (
+    from peft_bench.track.tracking import (
         canonical_json,
         config_hash,
         describe_device,
@@ -332,9 +332,9 @@ def record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str,
 def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str, str], counts, gflops_per_view: float,
                          val_set, final: dict, splits: dict[str, dict], clip_sets: dict, input_size: int,
                          world_size: int) -> dict:
-    from .config import tracked_config
-    from .model import trainable_state_dict
-    from .tracking import TAG_PREFIX
+    from peft_bench.config import tracked_config
+    from peft_bench.method_api.model import trainable_state_dict
+    from peft_bench.track.tracking import TAG_PREFIX
 
     for split, dataset in clip_sets.items():
         splits[split]["decode_failures"] = int(getattr(dataset, "failed_count", 0))
@@ -457,7 +457,7 @@ def read_records(folder: Path) -> FoundRecords:
 
 def tracking_params(record: dict) -> dict[str, str]:
     """The params mlflow holds for the record's run: the flattened config and ``version.*``."""
-    from .tracking import flatten_config
+    from peft_bench.track.tracking import flatten_config
 
     params = flatten_config({**record["config"], "config_digest": record["config_digest"]})
     params.update({f"version.{key}": value for key, value in record["environment"]["versions"].items()})

@@ -32,18 +32,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import distributed, preemption
-from .backbones import create_backbone
-from .config import RunConfig, tracked_config
-from .data import build_dataset
-from .data.decode import decoder_provenance
-from .efficiency import apply_speed_options
-from .model import (count_parameters, load_trainable_state_dict, log_param_groups, no_weight_decay_patterns,
+from peft_bench.train import distributed
+from peft_bench.train import preemption
+from peft_bench.backbones import create_backbone
+from peft_bench.config import RunConfig, tracked_config
+from peft_bench.data import build_dataset
+from peft_bench.data.decode import decoder_provenance
+from peft_bench.train.efficiency import apply_speed_options
+from peft_bench.method_api.model import (count_parameters, load_trainable_state_dict, log_param_groups, no_weight_decay_patterns,
                     optimizer_param_groups, trainable_state_dict)
-from .method_checks import measures_time
-from .precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
-from .records import RunMeter, record_finished_run, split_summary
-from .registry import RunContext, get_method
+from peft_bench.method_api.checks import measures_time
+from peft_bench.precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
+from peft_bench.track.records import RunMeter, record_finished_run, split_summary
+from peft_bench.method_api.registry import RunContext, get_method
 
 log = logging.getLogger(__name__)
 
@@ -437,8 +438,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False,
 
 
 def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, int], None] | None) -> RunResult:
-    from .journal import JournaledTracker, unfinished_journal
-    from .tracking import check_store, default_tracking_uri
+    from peft_bench.track.journal import JournaledTracker, unfinished_journal
+    from peft_bench.track.tracking import check_store, default_tracking_uri
 
     start = time.time()
     check_store(cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir)))  # a damaged one: say so now
@@ -536,7 +537,7 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
                 "peft_bench.group": spec.group, "peft_bench.architecture": spec.architecture,
                 # The batch and lr of one optimizer step are the config's whatever the process count.
                 "peft_bench.world_size": str(world), "peft_bench.rank_batch": str(micro * accumulate),
-                "peft_bench.feature_cache": cache_tag,
+                "peft_bench.train.feature_cache": cache_tag,
                 # What decoded the clips (decoder, version, FFmpeg): every decoder gives the same frames.
                 **{f"peft_bench.{key}": value for key, value in
                    decoder_provenance(cfg.data.decoder, cfg.data.decode_device).items()},
@@ -635,7 +636,7 @@ def _measured_models_time(method: str, build, method_args: str, backbone: str) -
 def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_size: int):
     """(train set, val set, tag): cached backbone features when ``speed.feature_cache`` is on and nothing in
     the backbone trains; otherwise the clip datasets unchanged. The tag records the choice with the run."""
-    from .feature_cache import cached_datasets, feature_cache_refusal
+    from peft_bench.train.feature_cache import cached_datasets, feature_cache_refusal
 
     if not cfg.speed.feature_cache:
         return train_set, val_set, "off"
@@ -651,7 +652,7 @@ def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_s
 
 def count_gflops(model: nn.Module, num_frames: int, input_size: int) -> float:
     """GFLOPs of one view (1 multiply-add = 1 FLOP), counted on a CPU copy so the run's model is untouched."""
-    from .accounting import count_video_flops
+    from peft_bench.measure.accounting import count_video_flops
 
     counted = count_video_flops(copy.deepcopy(model).cpu().float().eval(), num_frames, input_size)
     if counted.uncounted_ops:

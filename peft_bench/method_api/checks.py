@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import NO_WEIGHTS, VideoBackbone, create_backbone
-from .model import count_parameters
-from .reference import reference_text
-from .registry import RunContext, available_methods, get_method
+from peft_bench.backbones import NO_WEIGHTS, VideoBackbone, create_backbone
+from peft_bench.method_api.model import count_parameters
+from peft_bench.reference import reference_text
+from peft_bench.method_api.registry import RunContext, available_methods, get_method
 
 # The paper's table as published and the later methods' authors' figures (package data; read here
 # without pulling in pandas and mlflow).
@@ -174,8 +174,8 @@ def merge_difference(method_name: str, backbone_name: str = "tiny") -> tuple[flo
 def frozen_after_step(method_name: str, backbone_name: str = "tiny") -> list[str]:
     """Names of parameters outside the trainable set that changed, got a gradient or optimizer state
     in one AdamW step of the shared runner's optimizer (an empty list is what a method must give)."""
-    from .config import TrainConfig
-    from .runner import make_optimizer
+    from peft_bench.config import TrainConfig
+    from peft_bench.train.runner import make_optimizer
 
     torch.manual_seed(0)
     model = build_method(method_name, create_backbone(backbone_name, NO_WEIGHTS), NUM_CLASSES)

@@ -1,0 +1,10 @@
+"""The method API: what a method in ``methods/`` builds on.
+
+- ``registry``: ``@register_method``, the method config base class, the run context a method is built for.
+- ``model``: ``VideoClassifier`` (backbone -> features -> pooling -> head) and the shared pooling heads.
+- ``layers`` and ``temporal``: building blocks several methods share (hooking into a block, temporal layers).
+- ``checks``: what every registered method claims, measured on randomly initialised backbones.
+
+May import: ``backbones``, ``reference`` and the leaf modules (``dataclass_io``, ``precision``, ``system``);
+never ``config``, ``train``, ``track``, ``report``, ``launch`` or ``cli``.
+"""
