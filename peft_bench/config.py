@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from peft_bench.dataclass_io import ConfigError, from_dict, merge, to_dict
+from peft_bench.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class TrainConfig:
         require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
         require(self.micro_batch_size >= 0, "micro_batch_size", "0 (the whole batch) or more", self.micro_batch_size)
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
-            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
+            raise UserError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
         require(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite number", self.lr)
         for name in ("min_lr", "weight_decay", "backbone_lr_scale"):
             value = getattr(self, name)
@@ -75,7 +76,7 @@ def require(ok: bool, name: str, expected: str, value: Any, verb: str = "be") ->
     """``lr must be a positive finite number, got inf``: the field, what it must be, and what it was.
     (``dataclass_io`` puts the section in front: ``train.lr ...``.)"""
     if not ok:
-        raise ValueError(f"{name} must {verb + ' ' if verb else ''}{expected}, got {value!r}")
+        raise UserError(f"{name} must {verb + ' ' if verb else ''}{expected}, got {value!r}")
 
 
 @dataclass

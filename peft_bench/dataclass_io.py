@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from peft_bench.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A malformed configuration value; the message names the key, the value and what was expected."""
 
 

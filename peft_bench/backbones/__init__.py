@@ -14,6 +14,7 @@ from peft_bench.backbones.base import BackboneInfo, Features, FrameBlock, VideoB
 from peft_bench.backbones.clip import ClipBackbone
 from peft_bench.backbones.timm_vit import TimmViTBackbone
 from peft_bench.backbones.weights import AUTO, NO_WEIGHTS, MissingWeightsError, find_in_hf_cache, load_into, load_state_dict, missing_weights, strip_prefix
+from peft_bench.errors import UserError
 
 BackboneFactory = Callable[[str], VideoBackbone]
 _BACKBONES: dict[str, BackboneFactory] = {}
@@ -33,7 +34,7 @@ def available_backbones() -> list[str]:
 
 def create_backbone(name: str, pretrained: str | Path = AUTO) -> VideoBackbone:
     if name not in _BACKBONES:
-        raise ValueError(f"unknown backbone '{name}'; available: {', '.join(available_backbones())}")
+        raise UserError(f"unknown backbone '{name}'; available: {', '.join(available_backbones())}")
     return _BACKBONES[name](str(pretrained))
 
 

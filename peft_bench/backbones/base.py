@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from peft_bench.errors import UserError
+
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """(N, L, D) -> (N, heads, L, D / heads)."""
@@ -178,12 +180,12 @@ def take_indices(indices: int | Sequence[int] | None, depth: int) -> list[int]:
         return list(range(depth))
     if isinstance(indices, int):
         if not 0 <= indices <= depth:
-            raise ValueError(f"cannot take the last {indices} blocks of a {depth}-block backbone")
+            raise UserError(f"cannot take the last {indices} blocks of a {depth}-block backbone")
         return list(range(depth - indices, depth))
     resolved = set()
     for i in indices:
         if not -depth <= i < depth:
-            raise ValueError(f"block index {i} is outside a backbone of {depth} blocks")
+            raise UserError(f"block index {i} is outside a backbone of {depth} blocks")
         resolved.add(i % depth)
     return sorted(resolved)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from peft_bench.errors import UserError
+
 NO_WEIGHTS = "none"  # the explicit request for random initialisation
 AUTO = "auto"  # look in the local caches
 
@@ -78,4 +80,4 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(ignore)]
     if missing:
-        raise ValueError(f"{source} does not fit this backbone: {len(missing)} missing keys, e.g. {missing[:5]}")
+        raise UserError(f"{source} does not fit this backbone: {len(missing)} missing keys, e.g. {missing[:5]}")

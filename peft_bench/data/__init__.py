@@ -27,6 +27,7 @@ from peft_bench.data.decode import VideoDecodeError, check_decoder, count_frames
 from peft_bench.data.recipes import load_recipe, with_settings
 from peft_bench.data.synthetic import SSV2_VIDEO_FOLDER, default_cache_dir, ensure_synthetic
 from peft_bench.data.transforms import Recipe, test_views, train_transform
+from peft_bench.errors import UserError
 
 __all__ = [
     "DATASETS",
@@ -96,9 +97,9 @@ def build_dataset(
     `classes` keeps only those classes (names as the annotations give them), e.g. Mini-Kinetics' 200 of K400.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise UserError(f"unknown split {split!r}; expected one of {SPLITS}")
     spec = DATASETS[name]
     check_decoder(decoder, decode_device)
     chosen = with_settings(load_recipe(spec.recipe), recipe or {})

@@ -14,6 +14,7 @@ from pathlib import Path
 from peft_bench.data import DATASETS, SPLITS
 from peft_bench.data.annotations import AnnotationError
 from peft_bench.data.decode import BACKENDS, DecoderUnavailableError
+from peft_bench.errors import UserError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
@@ -86,7 +87,7 @@ def _cmd_check(args) -> int:
     from peft_bench.data.check import check_dataset
 
     if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     report = check_dataset(
         args.dataset,
         Path(args.root) if args.root else None,
@@ -110,7 +111,7 @@ def _cmd_prepare(args) -> int:
     settings = EncodeSettings(short_side=args.short_side, keyframe_interval=args.keyframe_interval,
                               fast_decode=args.fast_decode, crf=args.crf)
     if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     summary = prepare_dataset(args.dataset, Path(args.root), Path(args.out), settings,
                               annotations=Path(args.annotations) if args.annotations else None,
                               workers=args.workers, progress=not args.no_progress)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peft_bench.config import RunConfig
+from peft_bench.errors import UserError
 from peft_bench.launch.progress import CommandProgress, RunState, StatusLine
 from peft_bench.system import usable_cpu_count
 
@@ -68,7 +69,7 @@ def plan_runs(configs: list[RunConfig], jobs: int | None = None, cores: int | No
 
     cores = cores or usable_cpu_count()
     if jobs is not None and jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     if jobs is None:
         small_on_cpu = all(cfg.backbone in SMALL_BACKBONES and resolve_device(cfg.device).type == "cpu"
                            for cfg in configs)

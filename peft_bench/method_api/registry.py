@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from peft_bench.dataclass_io import ConfigError, from_dict, to_dict
+from peft_bench.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -206,5 +207,5 @@ def available_methods() -> list[str]:
 def get_method(name: str) -> MethodSpec:
     discover()
     if name not in _METHODS:
-        raise ValueError(f"unknown method '{name}'; available: {', '.join(sorted(_METHODS))}")
+        raise UserError(f"unknown method '{name}'; available: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]

@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from peft_bench.errors import UserError  # noqa: E402
 from peft_bench.method_api.registry import LATER_METHODS  # noqa: E402
 from peft_bench.report.table import (  # noqa: E402
     authors_column,
@@ -153,7 +154,7 @@ def figure1(runs: pd.DataFrame, every_run: bool = False) -> Figure:
 def pareto_figure(runs: pd.DataFrame, x: str, every_run: bool = False) -> Figure:
     """Top-1 against the cost ``x`` (a key of ``PARETO_AXES``), the measured front drawn in each panel."""
     if x not in PARETO_AXES:
-        raise ValueError(f"unknown cost {x!r} for a Pareto plot; expected one of {', '.join(PARETO_AXES)}")
+        raise UserError(f"unknown cost {x!r} for a Pareto plot; expected one of {', '.join(PARETO_AXES)}")
     return accuracy_figure(runs, PARETO_AXES[x], every_run, front=True)
 
 
@@ -161,7 +162,7 @@ def accuracy_figure(runs: pd.DataFrame, cost: CostAxis, every_run: bool, front: 
     used = benchmark_runs(runs, every_run)
     panels = measured_points(used, cost.metric, cost.scale) if cost.metric in used else {}
     if not panels:
-        raise ValueError(f"no run with both a top-1 and a value for {cost.label}: nothing to plot")
+        raise UserError(f"no run with both a top-1 and a value for {cost.label}: nothing to plot")
     keys = sorted(panels)
     later = set(used.loc[used["group"] == LATER_METHODS, "method"].astype(str))
     paper = {key: cost.reported(*key) for key in keys}

@@ -26,6 +26,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from peft_bench.benchmarks import recipe_folder
+from peft_bench.errors import UserError
 from peft_bench.track.provenance import provenance
 from peft_bench.reference import reference_text
 from peft_bench.method_api.registry import LATER_METHODS
@@ -426,7 +427,7 @@ def cost_column_names(text: str | None) -> list[str]:
         for expanded in COLUMN_GROUPS.get(name, [name]):
             if expanded not in COST_COLUMNS:
                 known = ", ".join([*COST_COLUMNS, *COLUMN_GROUPS])
-                raise ValueError(f"unknown column {expanded!r} for --columns; expected some of {known}")
+                raise UserError(f"unknown column {expanded!r} for --columns; expected some of {known}")
             if expanded not in names:
                 names.append(expanded)
     return names
@@ -519,7 +520,7 @@ def date_bound(text: str, flag: str) -> pd.Timestamp:
     try:
         moment = pd.Timestamp(text)
     except (ValueError, TypeError):
-        raise ValueError(f"{flag} {text!r} is not a date; expected YYYY-MM-DD or an ISO 8601 time") from None
+        raise UserError(f"{flag} {text!r} is not a date; expected YYYY-MM-DD or an ISO 8601 time") from None
     return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
 
 
@@ -639,7 +640,7 @@ PRETRAINING_NAMES = {"clip": "CLIP", "in21k": "IN21K", "tiny": "synthetic stills
 def system_paper_table(kind: str) -> pd.DataFrame:
     """The paper's system-level comparison on K400 or SSv2, as reported (not measured here)."""
     if kind not in SYSTEM_TABLE_FILES:
-        raise ValueError(f"unknown table kind {kind!r}; expected one of {', '.join(TABLE_KINDS)}")
+        raise UserError(f"unknown table kind {kind!r}; expected one of {', '.join(TABLE_KINDS)}")
     return read_reference_csv(SYSTEM_TABLE_FILES[kind])
 
 
@@ -854,13 +855,13 @@ def selected_runs(uri: str, experiment: str | None, selection: RunSelection) -> 
     client = MlflowClient(uri)
     if experiment is not None and not experiment_names_by_id(client, experiment):
         known = sorted(experiment_names_by_id(client, None).values())
-        raise ValueError(f"no experiment '{experiment}' in {uri}; it has: {', '.join(known) or 'none'} "
+        raise UserError(f"no experiment '{experiment}' in {uri}; it has: {', '.join(known) or 'none'} "
                          "(--experiment NAME, or --all-experiments)")
     runs = load_runs(uri, experiment, finished_only=not selection.every_run)
     where = f"{uri}" + (f" (experiment '{experiment}')" if experiment else "")
     if runs.empty:
         state = "runs" if selection.every_run else "finished runs"
-        raise ValueError(f"no {state} in {where}")
+        raise UserError(f"no {state} in {where}")
     return filtered(runs, where, selection)
 
 
@@ -873,14 +874,14 @@ def selected_records(folder: Path, experiment: str | None, selection: RunSelecti
         experiments = sorted({record["run"]["experiment"] for _, record in found.records})
         hint = f"; they are of experiments {', '.join(experiments)} (--experiment NAME, or --all-experiments)" \
             if experiments else f"; {len(found.skipped)} skipped as unusable" if found.skipped else ""
-        raise ValueError(f"no result record in {where}{hint}")
+        raise UserError(f"no result record in {where}{hint}")
     return filtered(runs, where, selection)
 
 
 def filtered(runs: pd.DataFrame, where: str, selection: RunSelection) -> pd.DataFrame:
     chosen = select_runs(runs, selection)
     if chosen.empty:
-        raise ValueError(f"no run in {where} matches {selection.describe()} ({len(runs)} runs before filtering)")
+        raise UserError(f"no run in {where} matches {selection.describe()} ({len(runs)} runs before filtering)")
     return chosen
 
 

@@ -14,6 +14,8 @@ from typing import Literal, get_args
 
 import pandas as pd
 
+from peft_bench.errors import UserError
+
 TableFormat = Literal["markdown", "csv", "latex", "html", "json"]
 FORMATS: tuple[str, ...] = get_args(TableFormat)
 
@@ -64,7 +66,7 @@ def render_report(report: TableReport, fmt: str = "markdown") -> str:
         "json": to_json,
     }
     if fmt not in renderers:
-        raise ValueError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS)}")
     return renderers[fmt](report)
 
 
