@@ -115,8 +115,7 @@ def write(measurements: list[Measurement], out: Path, command_line: str, reduced
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Measurement)])
         writer.writeheader()
         writer.writerows(asdict(m) for m in measurements)
-    from peft_bench.system import usable_cpu_count
-    from peft_bench.track.tracking import cpu_model_name
+    from peft_bench.system import cpu_model_name, usable_cpu_count
 
     lines = [
         "# `peft-bench run` end to end, in a fresh process",

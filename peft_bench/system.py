@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 
 def usable_cpu_count() -> int:
@@ -12,3 +13,16 @@ def usable_cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name ("AMD EPYC 7763 ..."), or "" where the system does not say."""
+    # platform.processor() is empty on most Linux systems; /proc/cpuinfo has the marketing name.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor().strip()

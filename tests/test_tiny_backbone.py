@@ -87,7 +87,7 @@ def test_a_config_other_than_the_shipped_one_is_not_given_the_shipped_weights(tm
 @pytest.mark.skipif(not os.environ.get("PEFT_BENCH_SLOW"), reason="the whole pre-training (about a minute "
                     "on one core); set PEFT_BENCH_SLOW=1 (the CI does)")
 def test_regenerating_the_whole_pre_training_gives_the_shipped_weights():
-    from peft_bench.track.tracking import cpu_model_name
+    from peft_bench.system import cpu_model_name
 
     state, metadata = _shipped()
     again = tiny.pretrain(tiny.TinyConfig())

@@ -34,6 +34,7 @@ from torch import nn
 from peft_bench.backbones.base import BackboneInfo, VideoBackbone
 from peft_bench.backbones.clip import CLIP_MEAN, CLIP_STD, ClipBackbone
 from peft_bench.backbones.weights import AUTO, NO_WEIGHTS, load_into, load_state_dict, strip_prefix
+from peft_bench.system import cpu_model_name
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str,
 
 def make_weights_file(cfg: TinyConfig, path: Path) -> Path:
     """Pre-train and write the weights with their config and fingerprint (what the package ships)."""
-    from peft_bench.track.tracking import cpu_model_name
-
     state = pretrain(cfg)
     # Where it was made: on the same CPU model and torch version, regenerating gives these bits exactly.
     metadata = {"config": json.dumps(asdict(cfg), sort_keys=True), "fingerprint": json.dumps(fingerprint(cfg)),
