@@ -370,11 +370,13 @@ def markdown(rows: list[Row], cfg: BenchConfig, peak: float, note: str = "") -> 
     return "\n".join(lines) + "\n"
 
 
-def log_to_mlflow(rows: list[Row], cfg: BenchConfig, peak: float, tracking_uri: str) -> None:
-    from peft_bench.track.tracking import RunTracker
+def log_to_mlflow(rows: list[Row], cfg: BenchConfig, peak: float, tracking_uri: str, run_root: Path) -> None:
+    """One mlflow run per row; each one's journal in ``run_root/<run name>``."""
+    from peft_bench.track.journal import JournaledTracker
 
     for row in rows:
-        with RunTracker(tracking_uri, EXPERIMENT, f"bench-{row.method}-{row.backbone}") as tracker:
+        name = f"bench-{row.method}-{row.backbone}"
+        with JournaledTracker(run_root / name, tracking_uri, EXPERIMENT, name) as tracker:
             tracker.log_config({**dataclasses.asdict(cfg), "method": row.method, "precision": row.precision})
             tracker.set_tags({"peft_bench.kind": "bench", "peft_bench.method": row.method,
                               "peft_bench.backbone": row.backbone, "peft_bench.hardware": row.hardware,
@@ -433,7 +435,8 @@ def cmd_bench(args) -> int:
     rows, peak = run_bench(cfg, on_row=write)
     csv_path, md_path = write(rows, peak)
     if not args.no_mlflow:
-        log_to_mlflow(rows, cfg, peak, args.tracking_uri or default_tracking_uri(Path(args.results_dir)))
+        log_to_mlflow(rows, cfg, peak, args.tracking_uri or default_tracking_uri(Path(args.results_dir)),
+                      Path(args.results_dir) / "runs")
     print(md_path.read_text())
     print(f"(saved {csv_path} and {md_path})", file=sys.stderr)
     return 0

@@ -28,7 +28,8 @@ def test_a_run_lands_in_mlflow_and_comes_back_through_the_table(tmp_path, capsys
     args = ["run", "--methods", "linear_probe", "--dataset", "synthetic-appearance", "--tracking-uri", uri,
             "--output-dir", str(tmp_path / "runs"), "--no-table", *FAST]
     assert main(args) == 0
-    run = mlflow.search_runs(experiment_names=["peft-bench"], output_format="list")[0]
+    client = mlflow.MlflowClient(uri)  # this test's own store, whatever mlflow's default is
+    run = client.search_runs([client.get_experiment_by_name("peft-bench").experiment_id])[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["peft_bench.method"] == "linear_probe"
     assert run.data.tags["peft_bench.pretrained"] == "none"  # random weights are recorded as such

@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from peft_bench.cli import main
 from peft_bench.report.plot import figure1, figure_paths, save_figure1
 from peft_bench.report.table import RUN_COLUMNS, paper_table
-from peft_bench.track.tracking import RunTracker
+from peft_bench.track.journal import JournaledTracker
 
 
 def runs(*rows: dict) -> pd.DataFrame:
@@ -90,7 +90,7 @@ def test_figure_paths_and_nothing_to_plot() -> None:
 
 def test_the_table_command_draws_the_figure_from_the_store(store: str, tmp_path: Path) -> None:
     for method, top1, params in [("st_adapter", 55.0, 3e5), ("linear_probe", 17.0, 776)]:
-        with RunTracker(store, "peft-bench", method) as tracker:
+        with JournaledTracker(Path("runs") / method, store, "peft-bench", method) as tracker:
             tracker.set_tags({"method": method, "backbone": "tiny", "dataset": "synthetic-motion", "seed": "0"})
             tracker.log_metrics({"top1": top1, "trainable_params": params})
     out = tmp_path / "figure1"
@@ -162,7 +162,7 @@ def test_a_pareto_plot_draws_the_front_and_the_papers_gflops_hollow(frame: pd.Da
 
 def test_the_table_command_draws_a_pareto_plot(store: str, tmp_path: Path) -> None:
     for method, top1, memory in [("st_adapter", 55.0, 3e8), ("linear_probe", 17.0, 1e8)]:
-        with RunTracker(store, "peft-bench", method) as tracker:
+        with JournaledTracker(Path("runs") / method, store, "peft-bench", method) as tracker:
             tracker.set_tags({"method": method, "backbone": "tiny", "dataset": "synthetic-motion", "seed": "0"})
             tracker.log_metrics({"top1": top1, "trainable_params": 1e4, "peak_memory_bytes": memory})
     out = tmp_path / "pareto"

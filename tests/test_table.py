@@ -26,7 +26,7 @@ from peft_bench.report.table import (
     system_report,
     write_table,
 )
-from peft_bench.track.tracking import RunTracker
+from peft_bench.track.journal import JournaledTracker
 
 PAPER_ORDER = ["full_ft", "linear_probe", "st_adapter"]
 
@@ -56,7 +56,8 @@ def run(method: str, dataset: str = "k400", seed: int = 0, top1: float = 80.0, *
 
 
 def log_run(store: str, experiment: str, tags: dict, metrics: dict) -> str:
-    with RunTracker(store, experiment, f"{tags['method']}-{tags['seed']}") as tracker:
+    with JournaledTracker(Path("runs") / experiment / f"{tags['method']}-{tags['seed']}", store, experiment,
+                          f"{tags['method']}-{tags['seed']}") as tracker:
         tracker.set_tags(tags)
         tracker.log_config({"method": tags["method"]})
         tracker.log_environment(device="cpu")
@@ -77,7 +78,7 @@ def test_runs_come_back_through_load_runs_and_failures_are_left_out(store: str) 
     }
     finished = log_run(store, "bench", tags, {"top1": 82.1, "top5": 95.7, "trainable_params": 7.42e6})
     with pytest.raises(RuntimeError):
-        with RunTracker(store, "bench", "broken") as tracker:
+        with JournaledTracker(Path("runs") / "broken", store, "bench", "broken") as tracker:
             tracker.set_tags({**tags, "seed": 1})
             failed = tracker.run_id
             raise RuntimeError("decoder crashed")
@@ -347,7 +348,7 @@ def test_footer_warns_when_a_cell_mixes_configs_or_commits() -> None:
 
 def test_recipe_hash_ignores_seed_and_output_places_but_not_the_recipe(store: str) -> None:
     def log(seed: int, lr: float, output_dir: str) -> None:
-        with RunTracker(store, "e", f"run-{seed}") as tracker:
+        with JournaledTracker(Path("runs") / f"run-{seed}", store, "e", f"run-{seed}") as tracker:
             tracker.log_config({"method": "st_adapter", "seed": seed, "output_dir": output_dir, "train": {"lr": lr}})
             tracker.log_environment(device="cpu")
 

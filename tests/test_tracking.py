@@ -1,4 +1,4 @@
-"""RunTracker writes what the schema in peft_bench.track.tracking promises, into a throw-away sqlite store."""
+"""The tracker writes what the schema in peft_bench.track.tracking promises, into a throw-away sqlite store."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from peft_bench.track import journal
+from peft_bench.track.journal import JOURNAL, Journal, JournaledTracker, OffRankTracker, sync_run_dir
+from peft_bench.track.states import RunStatus
 from peft_bench.track.tracking import (
-    RunTracker,
     config_hash,
     default_tracking_uri,
     flatten_config,
@@ -45,7 +47,7 @@ def test_config_is_flattened_batched_and_saved_whole(store: str, tmp_path: Path)
         "long": "x" * 7000,
         "pretrained": None,
     }
-    with RunTracker(store, "exp", "run-a") as tracker:
+    with JournaledTracker(Path("runs") / "run-a", store, "exp", "run-a") as tracker:
         tracker.log_config(config)
         run_id = tracker.run_id
 
@@ -68,7 +70,7 @@ def test_config_is_flattened_batched_and_saved_whole(store: str, tmp_path: Path)
 
 
 def test_tags_and_metrics_land_in_the_store(store: str) -> None:
-    with RunTracker(store, "exp", "run-b") as tracker:
+    with JournaledTracker(Path("runs") / "run-b", store, "exp", "run-b") as tracker:
         tracker.set_tags({"method": "st_adapter", "seed": 1, "mlflow.note.content": "smoke"})
         for epoch in range(3):
             tracker.log_metrics({"val_top1": 10.0 * epoch, "train_loss": 1.0 / (epoch + 1)}, step=epoch)
@@ -90,7 +92,7 @@ def test_tags_and_metrics_land_in_the_store(store: str) -> None:
 
 
 def test_environment_is_recorded(store: str) -> None:
-    with RunTracker(store, "exp", "run-c") as tracker:
+    with JournaledTracker(Path("runs") / "run-c", store, "exp", "run-c") as tracker:
         tracker.log_environment(device="cpu")
         run_id = tracker.run_id
 
@@ -115,7 +117,7 @@ def test_git_state_outside_a_checkout_is_unknown(tmp_path: Path) -> None:
 
 def test_exception_marks_the_run_failed_and_propagates(store: str) -> None:
     with pytest.raises(ValueError, match="diverged"):
-        with RunTracker(store, "exp", "run-d") as tracker:
+        with JournaledTracker(Path("runs") / "run-d", store, "exp", "run-d") as tracker:
             run_id = tracker.run_id
             raise ValueError("loss diverged")
 
@@ -127,7 +129,7 @@ def test_exception_marks_the_run_failed_and_propagates(store: str) -> None:
 
 def test_ctrl_c_marks_the_run_killed(store: str) -> None:
     with pytest.raises(KeyboardInterrupt):
-        with RunTracker(store, "exp", "run-e") as tracker:
+        with JournaledTracker(Path("runs") / "run-e", store, "exp", "run-e") as tracker:
             run_id = tracker.run_id
             raise KeyboardInterrupt
 
@@ -136,12 +138,12 @@ def test_ctrl_c_marks_the_run_killed(store: str) -> None:
 
 def test_resume_continues_the_same_run(store: str) -> None:
     with pytest.raises(KeyboardInterrupt):
-        with RunTracker(store, "exp", "run-f") as tracker:
+        with JournaledTracker(Path("runs") / "run-f", store, "exp", "run-f") as tracker:
             run_id = tracker.run_id
             tracker.log_metrics({"val_top1": 1.0}, step=0)
             raise KeyboardInterrupt
 
-    with RunTracker(store, "exp", "run-f", resume_run_id=run_id) as resumed:
+    with JournaledTracker(Path("runs") / "run-f", store, "exp", "run-f", resume_run_id=run_id) as resumed:
         assert resumed.run_id == run_id
         resumed.log_metrics({"val_top1": 2.0}, step=1)
 
@@ -165,3 +167,75 @@ def test_tag_keys_get_the_project_prefix_unless_namespaced() -> None:
     assert tag_key("method") == "peft_bench.method"
     assert tag_key("peft_bench.method") == "peft_bench.method"
     assert tag_key("mlflow.runName") == "mlflow.runName"
+
+
+# -- the journal as the tracker's write-ahead log -------------------------------------------------------
+
+
+def tracked_run(store: str, name: str, **kwargs) -> str | None:
+    """What the runner records at a run's start and end, through the one tracker; returns its run id."""
+    with JournaledTracker(Path("runs") / name, store, "exp", name, **kwargs) as tracker:
+        tracker.log_config({"method": "st_adapter", "train": {"lr": 0.1}})
+        tracker.log_environment(device="cpu")
+        tracker.set_tags({"method": "st_adapter", "peft_bench.train.feature_cache": "off"})
+        tracker.log_metrics({"train_loss": 0.5}, step=1)
+        tracker.log_metrics({"top1": 42.0})
+        tracker.log_dict("result.json", {"top1": 42.0})
+    return tracker.run_id
+
+
+def journal_tags(run_dir: Path) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for entry in Journal(run_dir / JOURNAL).entries():
+        tags.update(entry.get("tags", {}))
+    return tags
+
+
+def test_every_tag_survives_a_sync_and_the_run_equals_one_that_reached_mlflow_live(store, monkeypatch) -> None:
+    live = MlflowClient(store).get_run(tracked_run(store, "live"))
+
+    with monkeypatch.context() as away:
+        away.setattr(journal, "tracking_answers", lambda uri: False)  # tracking away for the whole run
+        assert tracked_run(store, "later") is None
+    assert sync_run_dir(Path("runs") / "later")
+    synced = MlflowClient(store).get_run(Journal(Path("runs") / "later" / JOURNAL).sync_state()["run_id"])
+
+    written = journal_tags(Path("runs") / "later")
+    assert "peft_bench.host" in written and "peft_bench.device" in written
+    assert {k: synced.data.tags.get(k) for k in written} == written  # every tag it wrote, host included
+    assert set(synced.data.tags) == set(live.data.tags)
+    assert synced.data.params == live.data.params and synced.data.metrics == live.data.metrics
+    assert synced.info.status == live.info.status == RunStatus.FINISHED
+    artifacts = {a.path for a in MlflowClient(store).list_artifacts(synced.info.run_id)}
+    assert artifacts == {a.path for a in MlflowClient(store).list_artifacts(live.info.run_id)} == \
+        {"config.json", "result.json"}
+
+
+def test_the_run_id_is_known_inside_the_block_when_the_store_answers(store) -> None:
+    with JournaledTracker(Path("runs") / "early", store, "exp", "early") as tracker:
+        inside = tracker.run_id
+    assert inside is not None and inside == tracker.run_id
+
+
+def test_runs_started_one_after_another_in_one_folder_keep_every_journal(store) -> None:
+    ids = [tracked_run(store, "again") for _ in range(3)]  # within a second or two: one timestamp
+    assert len(set(ids)) == 3
+    assert len(list((Path("runs") / "again").glob("tracking*.jsonl"))) == 3
+    client = MlflowClient(store)
+    assert all(client.get_run(run_id).info.status == "FINISHED" for run_id in ids)
+
+
+def test_states_are_written_as_their_text() -> None:
+    journal_file = Path("runs") / "x" / JOURNAL
+    journal_file.parent.mkdir(parents=True)
+    Journal(journal_file).append({"op": journal.Op.STATUS, "status": RunStatus.KILLED})
+    assert json.loads(journal_file.read_text()) == {"op": "status", "status": "KILLED"}
+    assert Journal(journal_file).status() is RunStatus.KILLED and f"{RunStatus.KILLED}" == "KILLED"
+
+
+def test_the_tracker_of_another_rank_drops_metrics_and_refuses_the_rest() -> None:
+    with OffRankTracker() as tracker:
+        tracker.log_metrics({"train_loss": 1.0}, step=1)  # rank 0 logs the same (all-reduced) figures
+        with pytest.raises(AttributeError):
+            tracker.set_tags({"method": "x"})  # only rank 0 describes the run: a call here is a bug
+        assert tracker.run_id is None

@@ -1,4 +1,8 @@
-"""Every peft-bench run is an mlflow run; this module is the one place that writes them.
+"""Every peft-bench run is an mlflow run: the store it goes to, and what it holds.
+
+The tracker that writes them is :class:`peft_bench.track.journal.JournaledTracker` (a local journal first,
+then mlflow); this module has the store (created and checked safely, probed before use), the run's
+names and texts (tags, flattened params, the config hash) and the description of where it ran.
 
 The default store is a sqlite file inside the results folder (``default_tracking_uri``); artifacts of a
 sqlite store go to ``mlartifacts/`` beside the database file rather than to mlflow's default
@@ -37,8 +41,8 @@ total_params, wall_time_s, decode_failures (video reads that failed and were rep
 {train,val}_{missing,unreadable,short}_videos (distinct videos met in the run of each kind; short ones are
 used with repeated frames); optional gflops (all test views together, as the paper counts them).
 
-Run status: FINISHED on normal exit of ``RunTracker``, FAILED on an exception, KILLED on Ctrl-C or a stop
-signal (SIGTERM, the preemption signal).
+Run status (``states.RunStatus``): FINISHED on normal exit of the tracker's block, FAILED on an exception,
+KILLED on Ctrl-C or a stop signal (SIGTERM, the preemption signal).
 """
 from __future__ import annotations
 
@@ -54,19 +58,19 @@ import re
 import sqlite3
 import subprocess
 import threading
-import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from peft_bench.system import usable_cpu_count
+from peft_bench.errors import UserError
+from peft_bench.system import cpu_model_name, usable_cpu_count
 
 TAG_PREFIX = "peft_bench."
 
@@ -92,7 +96,7 @@ MAX_ERROR_TAG_CHARS = 2000
 PROBE_TIMEOUT_S = 3.0  # how long a tracking server may take to answer before it counts as unreachable
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """The tracking store cannot be used as it is; the message says how to recover."""
 
 
@@ -222,9 +226,6 @@ def tracking_answers(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> boo
     parsed = urlparse(tracking_uri)
     if parsed.scheme not in ("http", "https"):
         return True
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
             return True
@@ -350,18 +351,6 @@ def describe_host() -> str:
     return ", ".join(part for part in parts if part) or "unknown"
 
 
-def cpu_model_name() -> str:
-    # platform.processor() is empty on most Linux systems; /proc/cpuinfo has the marketing name.
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor().strip()
-
-
 def cuda_device_name(wanted: str | None) -> str | None:
     try:
         import torch  # deferred: importing torch costs seconds and is only needed here
@@ -396,124 +385,6 @@ def get_or_create_experiment(client: MlflowClient, tracking_uri: str, name: str)
             client.restore_experiment(existing.experiment_id)
         return existing.experiment_id
     return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri, name))
-
-
-class RunTracker:
-    """One mlflow run, as a context manager.
-
-    >>> with RunTracker(uri, "cross_modality", "st_adapter-clip_vitb16-k400-s0") as tracker:
-    ...     tracker.log_config(config)
-    ...     tracker.log_environment()
-    ...     tracker.log_metrics({"val_top1": 41.2}, step=1)
-
-    The run is also mlflow's active run while the block runs, so code inside it may call
-    ``mlflow.log_artifact`` and friends directly.
-    """
-
-    def __init__(
-        self,
-        tracking_uri: str,
-        experiment: str,
-        run_name: str,
-        *,
-        resume_run_id: str | None = None,
-    ) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
-        self.run_name = run_name
-        self.resume_run_id = resume_run_id
-        self._client: MlflowClient | None = None
-        self._run_id: str | None = None
-
-    # -- context manager -------------------------------------------------------------------------
-
-    def __enter__(self) -> RunTracker:
-        quiet_mlflow_logging()
-        mlflow.set_tracking_uri(self.tracking_uri)
-        self._client = MlflowClient(self.tracking_uri)
-        if self.resume_run_id is not None:
-            run = mlflow.start_run(run_id=self.resume_run_id)
-        else:
-            experiment_id = get_or_create_experiment(self._client, self.tracking_uri, self.experiment)
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
-        self._run_id = run.info.run_id
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool:
-        if exc_type is None:
-            status = RunStatus.to_string(RunStatus.FINISHED)
-        else:
-            status = RunStatus.to_string(
-                # Ctrl-C, or a preempted job exiting to be requeued: stopped, not broken.
-                RunStatus.KILLED if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else RunStatus.FAILED
-            )
-            self._record_error(exc_type, exc)
-        mlflow.end_run(status=status)
-        return False  # never swallow the exception
-
-    def _record_error(self, exc_type: type[BaseException], exc: BaseException | None) -> None:
-        try:
-            self.set_tags({"error": error_tag_text(exc_type, exc)})
-        except Exception:  # the original exception matters more than a lost tag
-            logging.getLogger(__name__).warning("could not record the error tag", exc_info=True)
-
-    # -- logging ---------------------------------------------------------------------------------
-
-    @property
-    def run_id(self) -> str:
-        if self._run_id is None:
-            raise RuntimeError("RunTracker has no run yet: use it as a context manager")
-        return self._run_id
-
-    @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            raise RuntimeError("RunTracker has no run yet: use it as a context manager")
-        return self._client
-
-    def log_config(self, config: Mapping[str, Any]) -> None:
-        """Flattened params (batched to mlflow's limits), ``config.json`` and the config-hash tag."""
-        params = [Param(key, value) for key, value in flatten_config(config).items()]
-        self._log_params(params)
-        self.client.log_dict(self.run_id, json.loads(canonical_json(config)), "config.json")
-        self.set_tags({"config_hash": config_hash(config)})
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Tags, under the ``peft_bench.`` prefix unless a key already carries a namespace (``mlflow.note``)."""
-        entries = [RunTag(tag_key(key), str(value)) for key, value in tags.items()]
-        for batch in chunks(entries, MAX_PARAMS_PER_BATCH):  # tags share the params' batch limit
-            self.client.log_batch(self.run_id, tags=batch)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        timestamp = int(time.time() * 1000)
-        entries = [
-            Metric(key, float(value), timestamp, step if step is not None else 0)
-            for key, value in metrics.items()
-        ]
-        for batch in chunks(entries, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=batch)
-
-    def log_environment(self, device: Any = None) -> None:
-        """Git state, device and library versions; ``device`` names the one the run uses, if known."""
-        commit, dirty = git_state()
-        self.set_tags(
-            {
-                "git_commit": commit,
-                "git_dirty": dirty,
-                "device": describe_device(device),
-                "host": describe_host(),
-            }
-        )
-        self._log_params([Param(key, value) for key, value in package_versions().items()])
-
-    def _log_params(self, params: list[Param]) -> None:
-        for batch in chunks(params, MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=batch)
 
 
 def error_tag_text(exc_type: type[BaseException], exc: BaseException | None) -> str:

@@ -362,21 +362,6 @@ def rank_batch_sizes(cfg: RunConfig, world_size: int) -> tuple[int, int]:
     return micro, per_rank // micro
 
 
-class NullTracker:
-    """What ranks other than 0 track: nothing."""
-
-    run_id = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return False
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
 def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None],
               checkpoint_path: Path | None = None) -> Callable[[EpochPosition], None]:
     """Called after every optimizer step: a checkpoint every ``checkpoint_every`` steps, and on a stop signal
@@ -438,7 +423,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False,
 
 
 def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, int], None] | None) -> RunResult:
-    from peft_bench.track.journal import JournaledTracker, unfinished_journal
+    from peft_bench.track.journal import JournaledTracker, OffRankTracker, unfinished_journal
     from peft_bench.track.tracking import check_store, default_tracking_uri
 
     start = time.time()
@@ -521,7 +506,7 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     # from the start of training (a finished run without a checkpoint is not reopened).
     continued = resuming or (resume and unfinished_journal(run_dir))
     tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=continued)
-               if rank == 0 else NullTracker())
+               if rank == 0 else OffRankTracker())
     with tracker:
         tags, flops = {}, 0.0
         if rank == 0:  # the mlflow run's tags and metrics at its start, and its result record at the end
