@@ -7,17 +7,13 @@ import contextlib
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from peft_bench.dataclass_io import ConfigError, parse_overrides
-
-EMBEDDED_DATASETS = "synthetic-appearance,synthetic-motion"  # the K400 and SSv2 stand-ins, in the paper's column order
+from peft_bench.dataclass_io import ConfigError
+from peft_bench.errors import UserError
 
 log = logging.getLogger("peft_bench")
-
-
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _add_tracking_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -35,7 +31,10 @@ def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peft-bench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error too (a bug always shows one)")
     sub = parser.add_subparsers(dest="command", required=True)
+    from peft_bench.launch.plan import EMBEDDED_DATASETS
 
     run = sub.add_parser("run", help="train and evaluate methods; with no flags, the embedded default")
     # Flags left out fall back to --config's values, then to RunConfig's defaults: hence default=None.
@@ -105,75 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_configs(args) -> list:
-    """Every run of the command, resolved and checked before any of them starts."""
-    from peft_bench.config import dataset_options, load_config, resolve_config
-    from peft_bench.dataclass_io import merge, to_dict
-    from peft_bench.method_api.registry import available_methods
-    from peft_bench.report.table import paper_method_order
-
-    base = to_dict(load_config(args.config)) if args.config else {}
-    base_method_args = base.pop("method_args", {})  # they belong to the config's method alone
-    selection = args.methods or base.get("method", "paper")
-    if selection == "all":
-        methods = _paper_order(available_methods())
-    elif selection == "paper":  # the paper's benchmark: its rows, not the methods published after it
-        methods = _paper_order([m for m in available_methods() if m in paper_method_order()])
-    else:
-        methods = _split(selection)
-    datasets = _split(args.datasets or base.get("dataset", EMBEDDED_DATASETS))
-    seeds = _seeds(args.seeds) if args.seeds else [args.seed if args.seed is not None else base.get("seed", 0)]
-    flags = {k: v for k, v in {
-        "backbone": args.backbone, "pretrained": args.pretrained, "data_root": args.data_root,
-        "annotations": args.annotations, "num_frames": args.frames, "preset": args.preset, "device": args.device,
-        "experiment": args.experiment, "tracking_uri": args.tracking_uri, "results_dir": args.results_dir,
-        "output_dir": args.output_dir,
-    }.items() if v is not None}
-    overrides = dataset_options(parse_overrides(args.set))  # `--set dataset.classes=...`: the dataset's options
-    if isinstance(overrides.get("method"), dict):  # `--set method.width=16` is about method_args; merged into
-        overrides["method_args"] = overrides.pop("method")  # "method" it would replace the method's name
-    configs = []
-    for dataset in datasets:
-        for method in methods:
-            for seed in seeds:
-                data = merge(base, flags)
-                data.update(method=method, dataset=dataset, seed=seed)
-                if method == base.get("method"):
-                    data["method_args"] = base_method_args
-                configs.append(resolve_config(merge(data, overrides)))
-    return configs
-
-
-def _seeds(text: str) -> list[int]:
-    seeds = []
-    for part in _split(text):
-        try:
-            seed = int(part)
-        except ValueError:
-            raise ConfigError(f"--seeds: {part!r} is not an integer (e.g. --seeds 0,1,2)") from None
-        if seed < 0:
-            raise ConfigError(f"--seeds: {seed} is negative")
-        seeds.append(seed)
-    if not seeds:
-        raise ConfigError("--seeds: no seed given (e.g. --seeds 0,1,2)")
-    return seeds
-
-
-def _paper_order(methods: list[str]) -> list[str]:
-    from peft_bench.report.table import registered_method_order
-
-    return registered_method_order(methods)
-
-
 def cmd_run(args) -> int:
     from peft_bench.train import distributed
     from peft_bench.train import preemption
     from peft_bench.launch.progress import StatusLine
+    from peft_bench.launch.plan import run_configs
     from peft_bench.launch.run_all import plan_runs, prepare_shared_inputs, run_all
+    from peft_bench.track.journal import sync_unsent
     from peft_bench.track.tracking import check_store, default_tracking_uri
 
     started = time.monotonic()
-    configs = _run_configs(args)
+    configs = run_configs(args)
     if not configs:
         return 0
     for uri in dict.fromkeys(cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir)) for cfg in configs):
@@ -209,23 +150,12 @@ def cmd_run(args) -> int:
         print(f"peft-bench: {stop}", file=sys.stderr)
         return 128 + stop.signum if stop.signum else 1
     if not args.no_table:
-        _sync_unsent(configs)
+        sync_unsent(cfg.run_dir() for cfg in configs)  # what a run could not send (tracking busy or away) goes now
         cfg = configs[0]
         _print_table(cfg.tracking_uri, Path(cfg.results_dir), cfg.experiment, "markdown")
     for name, err in failed:
         print(f"FAILED {name}: {err}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _sync_unsent(configs) -> None:
-    """Results a run could not send to the tracking store (it was busy or away) go now, before the table."""
-    from peft_bench.track.journal import sync_run_dir
-
-    for cfg in configs:
-        try:
-            sync_run_dir(cfg.run_dir())
-        except Exception as err:  # the table then lacks the run; `peft-bench sync` sends it later
-            log.warning("%s: results not sent to tracking yet (%s)", cfg.run_name(), err)
 
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
@@ -292,12 +222,13 @@ def cmd_methods(args) -> int:
     (the paper's for its rows, the authors' for later methods)."""
     from peft_bench.method_api.checks import measures_time, parameter_parity
     from peft_bench.method_api.registry import get_method
+    from peft_bench.report.table import registered_method_order
 
     rows = {row["method"]: row for row in parameter_parity(args.backbone, args.num_classes)}
     time_header = "models time (measured)" if args.check else "models time (declared)"
     print(f"{'method':20} {'group':20} {'arch':6} {time_header:23} {'trainable':>13} {'reported (M)':>17} "
           f"{'diff':>7}  presets")
-    for name in _paper_order(list(rows)):
+    for name in registered_method_order(list(rows)):
         row, spec = rows[name], get_method(name)
         models_time = measures_time(name) if args.check else spec.models_time
         mark = "yes" if models_time else "no"
@@ -334,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.no_table = args.no_table or rank() != 0
                 return cmd_run(args)
         return commands[args.command](args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (UserError, FileNotFoundError) as err:  # the user's to fix: one line; anything else is a bug
+        if args.debug:
+            traceback.print_exc()
         print(f"peft-bench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run: nothing to save
@@ -344,8 +277,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load_plugin(plugin: str) -> None:
     """Import a --plugin file; one that fails to import is one line naming the file, the line and the error."""
-    import traceback
-
     from peft_bench.method_api.registry import load_plugin
 
     path = Path(plugin).resolve()

@@ -56,10 +56,11 @@ FAMILIES = ["tiny", "clip_vitb16", "in21k_vitb16"]
 
 
 def test_frames_set_on_the_command_line_build_the_temporal_embedding_of_that_length():
-    from peft_bench.cli import _run_configs, build_parser
+    from peft_bench.cli import build_parser
+    from peft_bench.launch.plan import run_configs
     from peft_bench.train.runner import build_model
 
-    (cfg,) = _run_configs(build_parser().parse_args(["run", "--methods", "temporal_ft", "--dataset", "synthetic-motion",
+    (cfg,) = run_configs(build_parser().parse_args(["run", "--methods", "temporal_ft", "--dataset", "synthetic-motion",
                                                      "--set", "num_frames=16"]))
     assert cfg.method_args["num_frames"] == 16  # resolved once, recorded and hashed with the run
     model = build_model(cfg, 10, create_backbone("tiny", NO_WEIGHTS))
@@ -516,11 +517,12 @@ def test_methods_lists_later_methods_with_their_authors_figure(monkeypatch, caps
 
 
 def test_the_default_run_is_the_papers_benchmark_and_all_adds_later_methods():
-    from peft_bench.cli import _run_configs, build_parser
+    from peft_bench.cli import build_parser
+    from peft_bench.launch.plan import run_configs
     from peft_bench.report.table import paper_method_order
 
-    default = [c.method for c in _run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion"]))]
+    default = [c.method for c in run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion"]))]
     assert default == paper_method_order()
-    every = [c.method for c in _run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion",
+    every = [c.method for c in run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion",
                                                                        "--methods", "all"]))]
     assert every[:len(default)] == default and {"lora", "bitfit", "adaptformer"} <= set(every[len(default):])

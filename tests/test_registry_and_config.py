@@ -115,19 +115,20 @@ def test_cli_rejects_unknown_method_before_any_work(capsys):
 
 
 def test_a_saved_config_is_the_base_and_only_given_flags_override_it(tmp_path):
-    from peft_bench.cli import _run_configs, build_parser
+    from peft_bench.cli import build_parser
+    from peft_bench.launch.plan import run_configs
 
     saved = resolve_config({"method": "st_adapter", "backbone": "clip_vitb16", "dataset": "ssv2",
                             "pretrained": "none", "seed": 3, "method_args": {"width": 128}})
     path = tmp_path / "config.yaml"
     path.write_text(saved.to_yaml())
 
-    (again,) = _run_configs(build_parser().parse_args(["run", "--config", str(path)]))
+    (again,) = run_configs(build_parser().parse_args(["run", "--config", str(path)]))
     assert (again.method, again.backbone, again.dataset, again.pretrained, again.seed) == \
         ("st_adapter", "clip_vitb16", "ssv2", "none", 3)
     assert again.digest() == saved.digest()
 
-    (changed,) = _run_configs(build_parser().parse_args(
+    (changed,) = run_configs(build_parser().parse_args(
         ["run", "--config", str(path), "--backbone", "in21k_vitb16", "--set", "train.lr=0.01"]))
     assert changed.backbone == "in21k_vitb16" and changed.train.lr == 0.01 and changed.dataset == "ssv2"
 

@@ -15,10 +15,12 @@ which prints them above the progress line (:mod:`peft_bench.launch.progress`).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import logging.handlers
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
@@ -29,10 +31,17 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from mlflow.tracking import MlflowClient
+
 from peft_bench.config import RunConfig
+from peft_bench.data import prepare_dataset
 from peft_bench.errors import UserError
 from peft_bench.launch.progress import CommandProgress, RunState, StatusLine
 from peft_bench.system import usable_cpu_count
+from peft_bench.track.tracking import default_tracking_uri, get_or_create_experiment, quiet_mlflow_logging
+from peft_bench.train import distributed, preemption
+from peft_bench.train.runner import resolve_device, run
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +73,6 @@ class Outcome:
 def plan_runs(configs: list[RunConfig], jobs: int | None = None, cores: int | None = None,
               memory_bytes: float | None = None) -> Plan:
     """How many runs at once (``jobs`` when given) and how many threads each."""
-    from peft_bench.train import distributed
-    from peft_bench.train.runner import resolve_device
-
     cores = cores or usable_cpu_count()
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
@@ -90,8 +96,6 @@ def available_memory() -> float | None:
 
 def prepare_shared_inputs(configs: list[RunConfig], plan: Plan) -> None:
     """Make what several runs read before any of them starts (the first would, but two at once race)."""
-    from peft_bench.data import prepare_dataset
-
     stores = []
     if plan.jobs > 1:  # SQLite files only (a server creates its own tables), in children while the videos are written
         stores = [_start_tracking_store(uri, experiment)
@@ -106,8 +110,6 @@ def prepare_shared_inputs(configs: list[RunConfig], plan: Plan) -> None:
 
 
 def _tracking_uri(cfg: RunConfig) -> str:
-    from peft_bench.track.tracking import default_tracking_uri
-
     return cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
 
 
@@ -121,10 +123,6 @@ def _start_tracking_store(uri: str, experiment: str):
 
 
 def _create_store(uri: str, experiment: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    from peft_bench.track.tracking import get_or_create_experiment, quiet_mlflow_logging
-
     quiet_mlflow_logging()
     get_or_create_experiment(MlflowClient(uri), uri, experiment)
 
@@ -153,9 +151,6 @@ def run_all(configs: list[RunConfig], plan: Plan, *, resume: bool, status: Statu
 
 
 def _one_after_another(configs, resume, progress: CommandProgress, status: StatusLine, on_outcome) -> None:
-    from peft_bench.train import preemption
-    from peft_bench.train.runner import run
-
     for index, cfg in enumerate(configs):
         if preemption.requested():  # a stop signal between two runs: the next one does not start
             raise preemption.Preempted(f"stopped by {preemption.received().name} before {cfg.run_name()}",
@@ -270,8 +265,6 @@ def _stop_workers(pool: ProcessPoolExecutor, stop) -> None:
 
 
 def _handle_events(events, progress: CommandProgress, timeout: float) -> None:
-    import queue
-
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -294,8 +287,6 @@ _stop = None  # set by the parent when the command is interrupted
 
 
 def _start_worker(events, stop, threads: int, log_level: int) -> None:
-    import torch
-
     global _events, _stop
     _events, _stop = events, stop
     _die_with_parent()
@@ -310,16 +301,12 @@ def _die_with_parent() -> None:
     """Linux: a worker whose command was killed outright (SIGKILL) gets SIGTERM instead of training on."""
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
 
 
 def _run_in_worker(index: int, cfg: RunConfig, resume: bool):
-    from peft_bench.train.runner import run
-
     if _stop.is_set():  # the command is stopping: no new run
         return None
     _events.put(("start", index))

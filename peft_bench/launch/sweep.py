@@ -21,28 +21,62 @@ import json
 import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import submitit
+from mlflow.tracking import MlflowClient
+
+from peft_bench.config import resolve_config
+from peft_bench.dataclass_io import to_dict
+from peft_bench.errors import UserError
+from peft_bench.launch.plan import run_configs
+from peft_bench.method_api.registry import load_plugin
+from peft_bench.track.journal import read_record, sync_unsent
+from peft_bench.track.states import RunStatus, TextEnum
+from peft_bench.track.tracking import default_tracking_uri, prepare_store, quiet_mlflow_logging
+from peft_bench.train.distributed import distributed_from_environment
+from peft_bench.train.preemption import PreemptionGuard
+from peft_bench.train import runner
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "sweep.json"
-JOB_OUTCOME = "job-outcome.json"  # in the run folder: {"job_id", "state": running|done|failed, "error"}
+JOB_OUTCOME = "job-outcome.json"  # in the run folder: {"job_id", "state": a State, "error"}
 LOG_TAIL_LINES = 20
+
+
+class State(TextEnum):
+    """What `sweep status` says of a combination; a job's outcome file holds RUNNING, DONE or FAILED."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Submission(TextEnum):
+    """What a submit did with a combination (the manifest's ``submitted``)."""
+
+    SUBMITTED = "submitted"
+    SKIPPED_FINISHED = "skipped (finished)"  # a FINISHED run of its config digest exists
+    SKIPPED_QUEUED = "skipped (queued)"  # its job is still pending or running
+
+
 # Scheduler states (sacct's, and submitit's local ones) -> what `sweep status` says.
 SCHEDULER_STATES = {
-    "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
-    "CONFIGURING": "pending", "SUSPENDED": "pending", "RESIZING": "pending",
-    "RUNNING": "running", "COMPLETING": "running", "STAGE_OUT": "running", "SIGNALING": "running",
-    "COMPLETED": "done", "FINISHED": "done",
-    "FAILED": "failed", "CANCELLED": "failed", "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed",
-    "NODE_FAIL": "failed", "PREEMPTED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed",
-    "INTERRUPTED": "failed",
+    **dict.fromkeys(["PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING"],
+                    State.PENDING),
+    **dict.fromkeys(["RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"], State.RUNNING),
+    **dict.fromkeys(["COMPLETED", "FINISHED"], State.DONE),
+    **dict.fromkeys(["FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+                     "DEADLINE", "INTERRUPTED"], State.FAILED),
 }
 
 
@@ -61,29 +95,23 @@ class SweepTask(submitit.helpers.Checkpointable):
         self.config, self.plugins, self.resume, self.run_dir = config, list(plugins or []), resume, run_dir
 
     def __call__(self) -> dict:
-        from peft_bench.config import resolve_config
-        from peft_bench.train.distributed import distributed_from_environment
-        from peft_bench.train.preemption import PreemptionGuard
-        from peft_bench.method_api.registry import load_plugin
-        from peft_bench.train.runner import run
-
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._write_outcome("running")
+        self._write_outcome(State.RUNNING)
         try:
             for plugin in self.plugins:
                 load_plugin(plugin)
             cfg = resolve_config(base=self.config)
             with distributed_from_environment(), PreemptionGuard():
-                result = run(cfg, progress=False, resume=self.resume)
+                result = runner.run(cfg, progress=False, resume=self.resume)
         except SystemExit:
             raise  # preempted: requeued by submitit (or stopped); the scheduler says which, the outcome stays
         except BaseException as err:
-            self._write_outcome("failed", f"{type(err).__name__}: {err}")
+            self._write_outcome(State.FAILED, f"{type(err).__name__}: {err}")
             raise
-        self._write_outcome("done")
+        self._write_outcome(State.DONE)
         return {"run_id": result.run_id, "top1": result.top1, "top5": result.top5, "run_dir": str(result.run_dir)}
 
-    def _write_outcome(self, state: str, error: str | None = None) -> None:
+    def _write_outcome(self, state: State, error: str | None = None) -> None:
         run_dir = getattr(self, "run_dir", None)  # tasks pickled before this existed have none
         if run_dir is None:
             return
@@ -115,7 +143,7 @@ class Combination:
     run_dir: str
     config: dict
     job_id: str | None = None
-    submitted: str | None = None  # "submitted", "skipped (finished)", "skipped (queued)"
+    submitted: Submission | None = None
     finished_run_id: str | None = None
 
 
@@ -154,28 +182,14 @@ class Manifest:
 
 def grid_configs(args) -> list:
     """Every combination, resolved and checked before anything is submitted."""
-    from peft_bench.cli import _run_configs
-
-    configs = []
-    for backbone in _split(args.backbones):
-        one = argparse.Namespace(**{**vars(args), "backbone": backbone, "seed": None})
-        configs.extend(_run_configs(one))
-    return [_absolute_paths(cfg) for cfg in configs]
+    return [_absolute_paths(cfg) for cfg in run_configs(args)]
 
 
 def _absolute_paths(cfg):
     """Jobs may start in another folder: every place a run writes is made absolute, the store pinned."""
-    from dataclasses import replace
-
-    from peft_bench.track.tracking import default_tracking_uri
-
     uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
     return replace(cfg, output_dir=str(Path(cfg.output_dir).resolve()),
                    results_dir=str(Path(cfg.results_dir).resolve()), tracking_uri=uri)
-
-
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def parse_timeout_minutes(text: str) -> int:
@@ -189,9 +203,9 @@ def parse_timeout_minutes(text: str) -> int:
         h, m, s = (int(x) for x in text.split(":"))
         minutes = h * 60 + m + s / 60
     else:
-        raise ValueError(f"--timeout '{text}': expected minutes, '90m', '24h', '2d' or 'H:MM:SS'")
+        raise UserError(f"--timeout '{text}': expected minutes, '90m', '24h', '2d' or 'H:MM:SS'")
     if minutes < 1:
-        raise ValueError(f"--timeout '{text}' is under a minute")
+        raise UserError(f"--timeout '{text}' is under a minute")
     return int(round(minutes))
 
 
@@ -202,7 +216,7 @@ def parse_sbatch_options(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not key:
-            raise ValueError(f"--sbatch '{item}': expected OPTION=VALUE, e.g. qos=high")
+            raise UserError(f"--sbatch '{item}': expected OPTION=VALUE, e.g. qos=high")
         options[key.replace("-", "_")] = value
     return options
 
@@ -211,10 +225,6 @@ def parse_sbatch_options(items: list[str]) -> dict[str, str]:
 
 def tracked_runs(tracking_uri: str, experiment: str) -> dict[str, tuple[str, str]]:
     """digest -> (run id, status) of the experiment's runs; a FINISHED run wins over any other."""
-    from mlflow.tracking import MlflowClient
-
-    from peft_bench.track.tracking import prepare_store, quiet_mlflow_logging
-
     prepare_store(tracking_uri)  # created safely if new; a damaged one stops the command, saying how to recover
     quiet_mlflow_logging()
     client = MlflowClient(tracking_uri)
@@ -227,7 +237,7 @@ def tracked_runs(tracking_uri: str, experiment: str) -> dict[str, tuple[str, str
         page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
         for run in page:
             digest = run.data.params.get("config_digest")
-            if digest and (digest not in runs or run.info.status == "FINISHED"):
+            if digest and (digest not in runs or run.info.status == RunStatus.FINISHED):
                 runs[digest] = (run.info.run_id, run.info.status)
         token = page.token
         if not token:
@@ -236,10 +246,8 @@ def tracked_runs(tracking_uri: str, experiment: str) -> dict[str, tuple[str, str
 
 def local_record_finished(run_dir: Path) -> str | None:
     """The run id a run's local record says FINISHED (written before tracking is reached), else None."""
-    from peft_bench.track.journal import read_record
-
     record = read_record(run_dir)
-    if record and record.get("status") == "FINISHED":
+    if record and record.get("status") == RunStatus.FINISHED:
         return record.get("run_id") or "(not yet synced)"
     return None
 
@@ -247,8 +255,6 @@ def local_record_finished(run_dir: Path) -> str | None:
 # --- executors -------------------------------------------------------------------------------------
 
 def make_executor(args, folder: Path):
-    import submitit
-
     _export_code_location()
     if args.executor == "local":
         executor = submitit.LocalExecutor(folder=folder)
@@ -309,21 +315,19 @@ def run_local(executor, tasks: list[SweepTask], combos: list[Combination], max_p
 @dataclass
 class CombinationStatus:
     name: str
-    state: str  # pending, running, done, failed, skipped
+    state: State
     run_id: str | None
     job_id: str | None
     log_tail: str = ""
 
 
 def job_object(manifest: Manifest, job_id: str):
-    import submitit
-
     if manifest.executor == "slurm":
         return submitit.SlurmJob(folder=manifest.folder, job_id=job_id)
     return submitit.LocalJob(folder=manifest.folder, job_id=job_id)
 
 
-def job_outcome(combo: Combination) -> tuple[str, str | None] | None:
+def job_outcome(combo: Combination) -> tuple[State, str | None] | None:
     """(state, error) that this combination's job wrote into its run folder (JSON: nothing here is
     unpickled), or None when it wrote nothing (not started, or killed before it could)."""
     path = Path(combo.run_dir) / JOB_OUTCOME
@@ -333,20 +337,23 @@ def job_outcome(combo: Combination) -> tuple[str, str | None] | None:
         return None
     if not isinstance(data, dict) or str(data.get("job_id")) != str(combo.job_id):
         return None  # an earlier job's outcome
-    return str(data.get("state")), data.get("error")
+    try:
+        return State(data.get("state")), data.get("error")
+    except ValueError:  # not a state this version knows: as if it wrote nothing
+        return None
 
 
-def scheduler_state(manifest: Manifest, job) -> str:
+def scheduler_state(manifest: Manifest, job) -> State:
     if manifest.executor == "slurm":
-        return SCHEDULER_STATES.get(job.state.split()[0].upper(), "pending")
+        return SCHEDULER_STATES.get(job.state.split()[0].upper(), State.PENDING)
     if job.paths.stdout.exists():
         pid = int(job.job_id)
         try:
             os.kill(pid, 0)
-            return "running"
+            return State.RUNNING
         except OSError:
-            return "failed"  # the process is gone without a result file
-    return "pending"
+            return State.FAILED  # the process is gone without a result file
+    return State.PENDING
 
 
 def log_tail(job, lines: int = LOG_TAIL_LINES) -> str:
@@ -359,21 +366,22 @@ def log_tail(job, lines: int = LOG_TAIL_LINES) -> str:
 
 def combination_status(manifest: Manifest, combo: Combination, tracked: dict) -> CombinationStatus:
     run_id, status = tracked.get(combo.digest, (None, None))
-    if combo.submitted and combo.submitted.startswith("skipped (finished)"):
-        return CombinationStatus(combo.name, "skipped", combo.finished_run_id or run_id, combo.job_id)
+    if combo.submitted and combo.submitted.startswith(Submission.SKIPPED_FINISHED):
+        return CombinationStatus(combo.name, State.SKIPPED, combo.finished_run_id or run_id, combo.job_id)
     local_finished = local_record_finished(Path(combo.run_dir))
-    if status == "FINISHED" or local_finished:
-        return CombinationStatus(combo.name, "done", run_id if status == "FINISHED" else local_finished, combo.job_id)
+    if status == RunStatus.FINISHED or local_finished:
+        return CombinationStatus(combo.name, State.DONE, run_id if status == RunStatus.FINISHED else local_finished,
+                                 combo.job_id)
     if combo.job_id is None:
-        return CombinationStatus(combo.name, "pending", run_id, None)
+        return CombinationStatus(combo.name, State.PENDING, run_id, None)
     job = job_object(manifest, combo.job_id)
     outcome, _ = job_outcome(combo) or (None, None)
-    if outcome == "failed":
-        return CombinationStatus(combo.name, "failed", run_id, combo.job_id, log_tail(job))
-    state = "done" if outcome == "done" else scheduler_state(manifest, job)
-    if state == "done" and status != "FINISHED":
-        state = "failed"  # the job ended but no finished run exists: say so, with its log
-    return CombinationStatus(combo.name, state, run_id, combo.job_id, log_tail(job) if state == "failed" else "")
+    if outcome is State.FAILED:
+        return CombinationStatus(combo.name, State.FAILED, run_id, combo.job_id, log_tail(job))
+    state = State.DONE if outcome is State.DONE else scheduler_state(manifest, job)
+    if state is State.DONE and status != RunStatus.FINISHED:
+        state = State.FAILED  # the job ended but no finished run exists: say so, with its log
+    return CombinationStatus(combo.name, state, run_id, combo.job_id, log_tail(job) if state is State.FAILED else "")
 
 
 def sweep_status(sweep_dir: Path) -> list[CombinationStatus]:
@@ -385,17 +393,7 @@ def sweep_status(sweep_dir: Path) -> list[CombinationStatus]:
 
 def sync_journals(manifest: Manifest) -> tuple[int, int]:
     """Send every combination's unsynced local record to mlflow: (synced, still unsynced)."""
-    from peft_bench.track.journal import sync_run_dir
-
-    done = left = 0
-    for combo in manifest.combinations:
-        try:
-            if sync_run_dir(Path(combo.run_dir)):
-                done += 1
-        except Exception as err:  # tracking still unreachable: the record stays, to be synced later
-            log.warning("%s: not synced yet: %s", combo.name, err)
-            left += 1
-    return done, left
+    return sync_unsent(Path(combo.run_dir) for combo in manifest.combinations)
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -445,7 +443,7 @@ def default_sweep_dir(args) -> Path:
 
 def cmd_sweep(args) -> int:
     if args.max_parallel < 1:
-        raise ValueError("--max-parallel must be at least 1")
+        raise UserError("--max-parallel must be at least 1")
     parse_timeout_minutes(args.timeout)  # bad options are refused before anything is planned or written
     parse_sbatch_options(args.sbatch)
     if args.executor == "slurm" and args.action == "submit" and not args.dry_run:
@@ -461,25 +459,20 @@ def cmd_sweep(args) -> int:
 
 
 def _check_slurm_reachable() -> None:
-    import shutil
-    import subprocess
-
     if shutil.which("sbatch") is None:
-        raise ValueError("--executor slurm: no sbatch on PATH (is this a SLURM login node?)")
+        raise UserError("--executor slurm: no sbatch on PATH (is this a SLURM login node?)")
     if subprocess.run(["squeue", "-h", "-u", str(os.getuid())], capture_output=True).returncode != 0:
-        raise ValueError("--executor slurm: squeue fails; is slurmctld up?")
+        raise UserError("--executor slurm: squeue fails; is slurmctld up?")
 
 
 def plan(args, sweep_dir: Path) -> tuple[Manifest, list[Combination]]:
-    from peft_bench.dataclass_io import to_dict
-
     configs = grid_configs(args)
     first = configs[0]
     previous = Manifest.load(sweep_dir) if (sweep_dir / MANIFEST).is_file() else None
     manifest = Manifest(args.executor, str(sweep_dir / "logs"), first.tracking_uri, first.experiment)
     if previous is not None:
         if previous.executor != args.executor:  # its job ids mean nothing to the other executor
-            raise ValueError(f"{sweep_dir} holds a sweep submitted with --executor {previous.executor}; "
+            raise UserError(f"{sweep_dir} holds a sweep submitted with --executor {previous.executor}; "
                              f"use that executor or another --sweep-dir")
         manifest.combinations = previous.combinations
     tracked = tracked_runs(first.tracking_uri, first.experiment)
@@ -490,13 +483,13 @@ def plan(args, sweep_dir: Path) -> tuple[Manifest, list[Combination]]:
         run_id, status = tracked.get(combo.digest, (None, None))
         local = local_record_finished(cfg.run_dir())
         before = earlier.get((combo.name, combo.digest))
-        if not args.rerun and (status == "FINISHED" or local):
-            combo.submitted, combo.finished_run_id = "skipped (finished)", run_id or local
+        if not args.rerun and (status == RunStatus.FINISHED or local):
+            combo.submitted, combo.finished_run_id = Submission.SKIPPED_FINISHED, run_id or local
             if before is not None:
                 combo.job_id = before.job_id
         elif not args.rerun and before is not None and before.job_id and previous is not None and \
-                combination_status(previous, before, tracked).state in ("pending", "running"):
-            combo.submitted, combo.job_id = "skipped (queued)", before.job_id
+                combination_status(previous, before, tracked).state in (State.PENDING, State.RUNNING):
+            combo.submitted, combo.job_id = Submission.SKIPPED_QUEUED, before.job_id
         combos.append(combo)
     return manifest, combos
 
@@ -515,7 +508,7 @@ def submit(args, sweep_dir: Path) -> int:
     tasks = [SweepTask(c.config, [str(Path(p).resolve()) for p in args.plugin], not args.rerun, c.run_dir)
              for c in todo]
     for combo in todo:
-        combo.submitted = "submitted"
+        combo.submitted = Submission.SUBMITTED
     manifest.merge(combos)
     manifest.save(sweep_dir)
     if not todo:
@@ -540,8 +533,8 @@ def print_status(statuses: list[CombinationStatus]) -> int:
     for s in statuses:
         print(f"{s.name:{width}}  {s.state:8}  {s.job_id or '-':12}  {s.run_id or '-'}")
     for s in statuses:
-        if s.state == "failed" and s.log_tail:
+        if s.state == State.FAILED and s.log_tail:
             print(f"\n--- {s.name} (job {s.job_id}) failed; end of its log:\n{s.log_tail}")
-    counts = {state: sum(s.state == state for s in statuses) for state in ("pending", "running", "done", "failed", "skipped")}
+    counts = {state: sum(s.state == state for s in statuses) for state in State}
     print("\n" + ", ".join(f"{n} {state}" for state, n in counts.items() if n), file=sys.stderr)
-    return 1 if counts["failed"] else 0
+    return 1 if counts[State.FAILED] else 0
