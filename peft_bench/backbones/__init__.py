@@ -47,15 +47,16 @@ _OPEN_CLIP_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"
 
 def _open_clip_visual(arch: str):
     """Build only the vision tower (the text tower is never used) with OpenAI's QuickGELU."""
+    # open_clip takes seconds to import: only the CLIP backbones need it, not tiny or the timm ones.
     import open_clip
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower  # (the same reason)
 
     cfg = open_clip.get_model_config(arch)
     return _build_vision_tower(cfg["embed_dim"], CLIPVisionCfg(**cfg["vision_cfg"]), quick_gelu=True)
 
 
 def _find_openai_clip(name: str, arch: str) -> Path:
-    import open_clip
+    import open_clip  # seconds to import: see _open_clip_visual
 
     cfg = open_clip.get_pretrained_cfg(arch, "openai") or {}
     repo = (cfg.get("hf_hub") or "").strip("/")
@@ -104,7 +105,7 @@ def _make_timm(name: str):
     model_name = _TIMM_ARCHS[name]
 
     def factory(pretrained: str) -> VideoBackbone:
-        import timm
+        import timm  # seconds to import: only the timm backbones need it
 
         vit = timm.create_model(model_name, pretrained=False, num_classes=0)
         if pretrained != NO_WEIGHTS:

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load, save_file
 from torch import nn
 
 from peft_bench.backbones.base import BackboneInfo, VideoBackbone
 from peft_bench.backbones.clip import CLIP_MEAN, CLIP_STD, ClipBackbone
 from peft_bench.backbones.weights import AUTO, NO_WEIGHTS, load_into, load_state_dict, strip_prefix
+from peft_bench.data.synthetic import STILL_ATTRIBUTE_BINS, STILL_CLASSES, random_still_images
 from peft_bench.system import cpu_model_name
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def cache_dir() -> Path:
 
 
 def build_visual(cfg: TinyConfig) -> nn.Module:
-    from open_clip.model import VisionTransformer
+    from open_clip.model import VisionTransformer  # heavy (seconds): only building the model needs it
 
     return VisionTransformer(
         image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.width, layers=cfg.depth,
@@ -81,8 +83,6 @@ def build_visual(cfg: TinyConfig) -> nn.Module:
 def still_images(cfg: TinyConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised still images at the backbone's input size, and their targets (N, 5): shape, then the
     hue, size, x and y bins of ``STILL_ATTRIBUTE_BINS``."""
-    from peft_bench.data.synthetic import random_still_images
-
     images, labels, _, attributes = random_still_images(cfg.pretrain_images, cfg.render_size, seed=cfg.seed,
                                                         with_attributes=True)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
@@ -94,8 +94,6 @@ def still_images(cfg: TinyConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def target_sizes() -> list[int]:
-    from peft_bench.data.synthetic import STILL_ATTRIBUTE_BINS, STILL_CLASSES
-
     return [len(STILL_CLASSES), *STILL_ATTRIBUTE_BINS]
 
 
@@ -171,8 +169,6 @@ def fingerprint(cfg: TinyConfig, steps: int = FINGERPRINT_STEPS) -> dict:
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """safetensors, written atomically: a killed pre-training never leaves half a file."""
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
@@ -197,8 +193,6 @@ def shipped_weights():
 
 def read_shipped(cfg: TinyConfig) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """(state dict, metadata) of the shipped weights when they were made with ``cfg``, else None."""
-    from safetensors.torch import load
-
     resource = shipped_weights()
     if resource is None:
         return None
@@ -257,6 +251,7 @@ def cmd_tiny(args) -> int:
 
 
 def _register() -> None:
+    # The package imports this module to register tiny: by the time this runs, its registry exists.
     from peft_bench.backbones import register_backbone
 
     register_backbone("tiny")(create_tiny)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from peft_bench.errors import UserError
 
@@ -23,14 +24,14 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def hf_cache_dir() -> Path:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy-ish, and only finding weights in its cache needs it
 
     return Path(constants.HF_HUB_CACHE)
 
 
 def find_in_hf_cache(repo_id: str, filenames: list[str]) -> Path | None:
     """The first of ``filenames`` present in the local Hugging Face cache for ``repo_id``, or None."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # as above
 
     for filename in filenames:
         found = try_to_load_from_cache(repo_id=repo_id, filename=filename)
@@ -55,8 +56,6 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MissingWeightsError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

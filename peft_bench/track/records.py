@@ -32,6 +32,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import torch
+
+from peft_bench.config import tracked_config
+from peft_bench.data.decode import decoder_provenance
+from peft_bench.method_api.model import trainable_state_dict
+from peft_bench.track.tracking import (
+    TAG_PREFIX,
+    canonical_json,
+    config_hash,
+    describe_device,
+    describe_host,
+    flatten_config,
+    git_state,
+    package_versions,
+)
+
 log = logging.getLogger(__name__)
 
 SCHEMA_ID = "peft-bench/result"
@@ -125,8 +142,6 @@ class RunMeter:
     def _peaks(self) -> dict[str, int]:
         peaks = {"resident": peak_resident_bytes()}
         if self.device_type == "cuda":
-            import torch
-
             peaks["allocated"] = int(torch.cuda.max_memory_allocated(self.device))
             peaks["reserved"] = int(torch.cuda.max_memory_reserved(self.device))
         return peaks
@@ -144,8 +159,6 @@ def reset_peak_memory(device: Any) -> bool:
     ``/proc/self/clear_refs``; elsewhere the record says the figure covers the whole process.
     """
     if str(getattr(device, "type", device)).startswith("cuda"):
-        import torch
-
         torch.cuda.reset_peak_memory_stats(device)
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
@@ -202,8 +215,6 @@ def decoder_description(requested: str, device: str = "cpu", tags: dict[str, str
     """The decoder the run asked for, the one that decodes (``auto``'s choice), the device, and the versions
     of the libraries behind it. The run's tags already hold what decoded (the runner's ``decoder_provenance``):
     taken from there, so the record says what mlflow says."""
-    from peft_bench.data.decode import decoder_provenance
-
     keys = ("decoder", "decoder_version", "ffmpeg")
     provenance = ({key: tags[key] for key in keys} if tags and all(key in tags for key in keys)
                   else decoder_provenance(requested, device))
@@ -229,15 +240,6 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
                  splits: dict[str, dict], decoder: str, device_type: str, resident_scope: str,
                  decode_device: str = "cpu") -> dict:
     """The record of a finished run (see docs/result-schema.md) from its figures; the environment is read here."""
-    from peft_bench.track.tracking import (
-        canonical_json,
-        config_hash,
-        describe_device,
-        describe_host,
-        git_state,
-        package_versions,
-    )
-
     logged_config = {**config, "config_digest": config_digest}  # what log_config sends to mlflow
     commit, dirty = git_state()
     views = protocol["views"]
@@ -332,10 +334,6 @@ def record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str,
 def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str, str], counts, gflops_per_view: float,
                          val_set, final: dict, splits: dict[str, dict], clip_sets: dict, input_size: int,
                          world_size: int) -> dict:
-    from peft_bench.config import tracked_config
-    from peft_bench.method_api.model import trainable_state_dict
-    from peft_bench.track.tracking import TAG_PREFIX
-
     for split, dataset in clip_sets.items():
         splits[split]["decode_failures"] = int(getattr(dataset, "failed_count", 0))
     recipe = getattr(val_set, "recipe", None)
@@ -356,8 +354,6 @@ def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str
 
 
 def _torch_cuda() -> str | None:
-    import torch
-
     return torch.version.cuda
 
 
@@ -393,8 +389,6 @@ def schema() -> dict:
 
 def validation_errors(record: Any) -> list[str]:
     """What is wrong with ``record`` against the schema ("path: message"); empty when it is valid."""
-    import jsonschema
-
     validator = jsonschema.Draft202012Validator(schema())
     return [f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
             for error in sorted(validator.iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))]
@@ -457,8 +451,6 @@ def read_records(folder: Path) -> FoundRecords:
 
 def tracking_params(record: dict) -> dict[str, str]:
     """The params mlflow holds for the record's run: the flattened config and ``version.*``."""
-    from peft_bench.track.tracking import flatten_config
-
     params = flatten_config({**record["config"], "config_digest": record["config_digest"]})
     params.update({f"version.{key}": value for key, value in record["environment"]["versions"].items()})
     return params

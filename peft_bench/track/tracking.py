@@ -181,8 +181,9 @@ def _store_problem(path: Path) -> str | None:
 @functools.lru_cache(maxsize=1)
 def _schema_head() -> str | None:
     try:
+        # mlflow's internals, which a release may move: imported here, where the fallback below catches that
         from alembic.script import ScriptDirectory
-        from mlflow.store.db.utils import _get_alembic_config
+        from mlflow.store.db.utils import _get_alembic_config  # (the same reason)
 
         return ScriptDirectory.from_config(_get_alembic_config("")).get_current_head()
     except Exception:  # mlflow moved its internals: the leftover-table check above still stands
@@ -209,6 +210,7 @@ def _migrate_new_store(path: Path) -> None:
     quiet_mlflow_logging()
     uri = f"sqlite:///{path}"
     try:
+        # mlflow's internals, which a release may move: the fallback below then creates the tables
         from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
     except ImportError:  # mlflow moved them: let its client create the tables (it caches an engine for this file)
         MlflowClient(uri).search_experiments()
