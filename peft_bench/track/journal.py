@@ -435,7 +435,7 @@ class JournaledTracker:
         a reachable store gives the id from the start, as mlflow's own ``start_run`` would.
         """
         run_id = self.journal.sync_state()["run_id"]
-        if run_id is None and self._sender is not None and not self._first_try.is_set():
+        if run_id is None and self._sender is not None and not self._closing and not self._first_try.is_set():
             self._first_try.wait(FIRST_CONTACT_S)
             run_id = self.journal.sync_state()["run_id"]
         return run_id

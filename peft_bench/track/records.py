@@ -38,6 +38,7 @@ import torch
 from peft_bench.config import tracked_config
 from peft_bench.data.decode import decoder_provenance
 from peft_bench.method_api.model import trainable_state_dict
+from peft_bench.track.states import RunStatus
 from peft_bench.track.tracking import (
     TAG_PREFIX,
     canonical_json,
@@ -256,7 +257,7 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
             "started_at": iso_time(meter.started_at),
             "finished_at": iso_time(time.time()),
             "segments": meter.segments,
-            "status": "FINISHED",
+            "status": RunStatus.FINISHED,
         },
         "config": json.loads(canonical_json(config)),
         "config_digest": config_digest,
