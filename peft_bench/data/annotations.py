@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from peft_bench.errors import UserError
+
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """A malformed annotation file or an unknown label; the message names the file and the line."""
 
     def __init__(self, path: str | Path, line: int | None, problem: str) -> None:

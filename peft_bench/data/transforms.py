@@ -32,6 +32,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode, RandAugment, RandomResizedCrop
 
 from peft_bench.data.sampling import FRAME_INDEX_FORMULAS
+from peft_bench.errors import UserError
 
 REFERENCE_INPUT_SIZE = 224
 SAMPLINGS = ("dense", "segment")
@@ -47,7 +48,7 @@ RANDAUGMENT_MAGNITUDE_BINS = 11
 ClipTransform = Callable[[Tensor], Tensor]
 
 
-class RecipeValueError(ValueError):
+class RecipeValueError(UserError):
     """A recipe field has a bad value; `key` names the field."""
 
     def __init__(self, key: str, problem: str) -> None:
