@@ -16,8 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_FOLDERS = ("peft_bench", "methods", "benchmarks")
-# cli.py loads each subcommand's module inside the subcommand, so that `peft-bench --help` and `peft-bench table`
-# start without importing torch; its module docstring says so. Everywhere else an import sits at the top.
+# cli.py loads each subcommand's modules inside the subcommand, so that a command loads what it uses and no more
+# (`peft-bench table` needs neither the runner nor fvcore). Everywhere else an import sits at the top.
 LAZY_SUBCOMMANDS = Path("peft_bench/cli.py")
 
 
