@@ -89,7 +89,7 @@ def available_memory() -> float | None:
 
 def prepare_shared_inputs(configs: list[RunConfig], plan: Plan) -> None:
     """Make what several runs read before any of them starts (the first would, but two at once race)."""
-    from peft_bench.data import prepare_dataset
+    from peft_bench.data.build import prepare_dataset
 
     stores = []
     if plan.jobs > 1:  # SQLite files only (a server creates its own tables), in children while the videos are written

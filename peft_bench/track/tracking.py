@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -66,6 +65,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from peft_bench.config import config_digest
 from peft_bench.system import usable_cpu_count
 
 TAG_PREFIX = "peft_bench."
@@ -251,8 +251,8 @@ def quiet_mlflow_logging() -> None:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """First 12 hex digits of the sha256 of the config as canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:12]
+    """The ``config_hash`` tag: the config digest (``peft_bench.config``) of the config as logged, compact."""
+    return config_digest(config, compact=True)
 
 
 def canonical_json(config: Mapping[str, Any]) -> str:
