@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from peft_bench.data.specs import embedded_datasets
 from peft_bench.dataclass_io import ConfigError, parse_overrides
 
-EMBEDDED_DATASETS = "synthetic-appearance,synthetic-motion"  # the K400 and SSv2 stand-ins, in the paper's column order
+EMBEDDED_DATASETS = ",".join(embedded_datasets())  # the K400 and SSv2 stand-ins, in the paper's column order
 
 log = logging.getLogger("peft_bench")
 
@@ -110,7 +111,7 @@ def _run_configs(args) -> list:
     from peft_bench.config import dataset_options, load_config, resolve_config
     from peft_bench.dataclass_io import merge, to_dict
     from peft_bench.method_api.registry import available_methods
-    from peft_bench.report.table import paper_method_order
+    from peft_bench.reference import paper_method_order
 
     base = to_dict(load_config(args.config)) if args.config else {}
     base_method_args = base.pop("method_args", {})  # they belong to the config's method alone
@@ -160,7 +161,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _paper_order(methods: list[str]) -> list[str]:
-    from peft_bench.report.table import registered_method_order
+    from peft_bench.report.aggregate import registered_method_order
 
     return registered_method_order(methods)
 
@@ -229,7 +230,8 @@ def _sync_unsent(configs) -> None:
 
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
-    from peft_bench.report.table import cross_modality_report, load_runs, render, write_table
+    from peft_bench.report.gather import load_runs
+    from peft_bench.report.table import cross_modality_report, render, write_table
     from peft_bench.track.tracking import default_tracking_uri, sqlite_path
 
     uri = tracking_uri or default_tracking_uri(results_dir)
@@ -249,7 +251,8 @@ def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | 
 
 
 def cmd_table(args) -> int:
-    from peft_bench.report.table import store_uri, table_command
+    from peft_bench.report.gather import store_uri
+    from peft_bench.report.table import table_command
     from peft_bench.track.tracking import check_store
 
     if not getattr(args, "records", None):  # records are read from their folder, not the store
