@@ -1,9 +1,2 @@
-"""The benchmark's recipes and speed benchmarks; installed as ``peft_bench.benchmarks``."""
-
-from importlib.resources import files
-from importlib.resources.abc import Traversable
-
-
-def recipe_folder() -> Traversable:
-    """The packaged data recipes (``recipes/<dataset>.yaml``), read through importlib.resources."""
-    return files(__name__) / "recipes"
+"""The benchmark's speed and recipe benchmarks; installed as ``peft_bench.benchmarks``. (The data recipes are
+the datasets', in ``peft_bench/data/recipes/``.)"""

@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from peft_bench.config import resolve_config
+from peft_bench.data.specs import embedded_datasets
 from peft_bench.train.runner import run
 
 METHODS = ("attentional_pooling", "linear_probe")  # paper order, as `peft-bench run` runs them
-DATASETS = ("synthetic-appearance", "synthetic-motion")
+DATASETS = tuple(embedded_datasets())  # the K400 and SSv2 stand-ins: synthetic-appearance, synthetic-motion
 
 
 @dataclass

@@ -313,7 +313,7 @@ def run_bench(cfg: BenchConfig, on_row=None) -> tuple[list[Row], float]:
 
 
 def paper_order(methods: list[str]) -> list[str]:
-    from peft_bench.report.table import paper_method_order
+    from peft_bench.reference import paper_method_order
 
     order = paper_method_order()
     return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from peft_bench.config import resolve_config
+from peft_bench.data.specs import embedded_datasets
 from peft_bench.train.runner import run
 
-DATASETS = ("synthetic-appearance", "synthetic-motion")
+DATASETS = tuple(embedded_datasets())  # the K400 and SSv2 stand-ins: synthetic-appearance, synthetic-motion
 METHODS = ("adapter", "st_adapter")
 SEEDS = (0, 1, 2)
 RELEASED_RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"

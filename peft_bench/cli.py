@@ -159,7 +159,8 @@ def cmd_run(args) -> int:
 
 
 def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | None, fmt: str) -> None:
-    from peft_bench.report.table import cross_modality_report, load_runs, render, write_table
+    from peft_bench.report.gather import load_runs
+    from peft_bench.report.table import cross_modality_report, render, write_table
     from peft_bench.track.tracking import default_tracking_uri, sqlite_path
 
     uri = tracking_uri or default_tracking_uri(results_dir)
@@ -179,7 +180,8 @@ def _print_table(tracking_uri: str | None, results_dir: Path, experiment: str | 
 
 
 def cmd_table(args) -> int:
-    from peft_bench.report.table import store_uri, table_command
+    from peft_bench.report.gather import store_uri
+    from peft_bench.report.table import table_command
     from peft_bench.track.tracking import check_store
 
     if not getattr(args, "records", None):  # records are read from their folder, not the store
@@ -222,7 +224,7 @@ def cmd_methods(args) -> int:
     (the paper's for its rows, the authors' for later methods)."""
     from peft_bench.method_api.checks import measures_time, parameter_parity
     from peft_bench.method_api.registry import get_method
-    from peft_bench.report.table import registered_method_order
+    from peft_bench.report.aggregate import registered_method_order
 
     rows = {row["method"]: row for row in parameter_parity(args.backbone, args.num_classes)}
     time_header = "models time (measured)" if args.check else "models time (declared)"

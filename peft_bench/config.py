@@ -11,14 +11,20 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from peft_bench.data.specs import DatasetSpec, available_datasets, get_dataset
 from peft_bench.dataclass_io import ConfigError, from_dict, merge, to_dict
+from peft_bench.method_api.registry import RunContext, available_methods, get_method
 from peft_bench.errors import UserError
+
+# The backbones, the recipes, the decoders and the precisions import torch: they are imported where a config is
+# resolved or checked, so that the tracker and the tables can import this module (for its digest) without it.
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,7 @@ class TrainConfig:
                 self.checkpoint_every)
         require(math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0, "grad_clip_norm",
                 "0 (no clipping) or a positive finite number", self.grad_clip_norm)
+        # heavy (torch): see the note at the imports
         from peft_bench.precision import PRECISIONS
 
         require(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
@@ -109,43 +116,6 @@ class DataConfig:
     decode_device: str = "cpu"  # "cuda": torchcodec decodes on the GPU, in the training process
 
 
-# The released ST-Adapter code's optimisation (linziyi96/st-adapter at b914b38: scripts/train_*.sh and main.py:
-# --blr 1e-3 per 256 clips at 64 clips x 3 GPUs (K400) or x 4 (SSv2), AdamW with weight decay 0.01, warm-up
-# from lr 0, cosine to 0, no clipping, fp16 autocast with a gradient scaler over fp16 frozen weights), and
-# cheap settings for the embedded default. The data side is benchmarks/recipes/<dataset>.yaml.
-TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "k400": dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4, precision="fp16"),
-    "ssv2": dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3, precision="fp16"),
-    # No loader worker: the runs of a command go side by side on the cores (run_all.py), and in the run's
-    # own process each video is decoded once for all the runs it takes part in (data/dataset.py, DECODED);
-    # eight runs of two epochs took 41-46 s of CPU against 57-60 s with one worker (two repeats each).
-    # Pre-trained weights that a method trains move 10x slower: at the new layers' rate they are wrecked.
-    # Appearance saturates (97-99% top-1 for every method after 4 epochs), so two suffice.
-    # No head dropout on tiny's 96-wide features: at the paper's 0.5, temporal_ft lost 7.5 points of
-    # motion top-1 (34.4 against 41.9, seed 0) within the 12 epochs.
-    # The stand-ins keep the optimisation they were tuned with, not the released one: with warm-up from lr 0
-    # and no clipping, temporal_ft's motion top-1 fell from 41.9 to 36.9 (seed 0), below the 20-point margin
-    # over the order-blind methods that the embedded default exists to show.
-    "synthetic-appearance": dict(epochs=2, warmup_epochs=0.5, batch_size=16, lr=2e-3, backbone_lr_scale=0.1,
-                                 head_dropout=0.0, num_workers=0, warmup_from_zero=False, grad_clip_norm=1000.0),
-    "synthetic-motion": dict(epochs=12, warmup_epochs=1, batch_size=16, lr=2e-3, backbone_lr_scale=0.1,
-                             head_dropout=0.0, num_workers=0, warmup_from_zero=False, grad_clip_norm=1000.0),
-}
-
-# Methods trained from the frozen-feature cache by default, per dataset: where it was measured to keep
-# top-1 (results/feature_cache.md, three seeds). The linear probe on both synthetic datasets and attentional
-# pooling on appearance kept it within a point; attentional pooling on motion lost 5.6 points (12 epochs
-# over one fixed draw of segments and crops), so it trains on clips there. `--set speed.feature_cache=false`
-# turns it off.
-FEATURE_CACHE_DEFAULTS: dict[str, tuple[str, ...]] = {
-    "synthetic-appearance": ("linear_probe", "attentional_pooling"),
-    "synthetic-motion": ("linear_probe",),
-}
-
-# Which of a method's presets (the released K400 / SSv2 configurations) a dataset uses.
-METHOD_PRESET_FOR_DATASET = {"k400": "k400", "ssv2": "ssv2", "synthetic-appearance": "k400", "synthetic-motion": "ssv2"}
-
-
 @dataclass
 class RunConfig:
     method: str = "st_adapter"
@@ -180,7 +150,7 @@ class RunConfig:
             require(not repeated, "classes", "names without repeats", repeated)
 
     def digest(self) -> str:
-        """Hash of everything that changes a result (not where outputs go)."""
+        """The config digest of everything that changes a result (not where outputs go)."""
         data = to_dict(self)
         for key in ("experiment", "tracking_uri", "results_dir", "output_dir", "device", "data"):
             data.pop(key)
@@ -193,7 +163,7 @@ class RunConfig:
         changed = {k: v for k, v in data.pop("speed").items() if v != defaults[k]}
         if changed:
             data["speed"] = changed
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+        return config_digest(data)
 
     def dataset_label(self) -> str:
         """The dataset as tables show it: with a class subset, its size too, so that a Mini-Kinetics-style run
@@ -210,30 +180,45 @@ class RunConfig:
         return yaml.safe_dump(to_dict(self), sort_keys=False)
 
 
+def config_digest(config: Mapping[str, Any], *, compact: bool = False) -> str:
+    """The one config digest: the first 12 hex digits of the sha256 of ``config`` as JSON with sorted keys.
+
+    It names a run (``RunConfig.digest``: its folder, the ``config_digest`` param a sweep skips finished runs
+    by), tags it in the tracking store and its result record (``config_hash``, of the config as logged), and
+    tells a table's cells apart (``recipe_hash``, of the logged config without the seed). ``compact`` leaves
+    out the spaces after separators, as the ``config_hash`` tag was always written: both spellings stay,
+    because finished runs carry their values and resuming and skipping compare them.
+    """
+    separators = (",", ":") if compact else (", ", ": ")
+    # default=str: a logged config may hold Paths or other simple objects; their text is what identifies them.
+    text = json.dumps(config, sort_keys=True, separators=separators, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
 def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> RunConfig:
     """Build a complete, checked RunConfig from a saved config (``base``) and overrides.
 
     Unknown method, backbone or dataset names and malformed values raise ConfigError here, before any
     work, with what is available.
     """
+    # heavy (torch): see the note at the imports
     from peft_bench.backbones import available_backbones
-    from peft_bench.data import DATASETS
-    from peft_bench.method_api.registry import RunContext, available_methods, get_method
 
     data = merge(_moved_decoder_key(base or {}), dataset_options(_moved_decoder_key(overrides or {})))
     if isinstance(data.get("method"), dict):  # `--set method.width=256` lands here
         data["method_args"] = merge(data.get("method_args", {}), data.pop("method"))
     dataset = data.get("dataset", RunConfig.dataset)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset '{dataset}'; available: {', '.join(sorted(DATASETS))}")
+    if dataset not in available_datasets():
+        raise ConfigError(f"unknown dataset '{dataset}'; available: {', '.join(sorted(available_datasets()))}")
+    dataset_spec = get_dataset(dataset)
     if not isinstance(data.get("train", {}), dict):
         raise ConfigError(f"train: expected a mapping, got {data['train']!r}")
-    data["train"] = merge(TRAINING_DEFAULTS.get(dataset, {}), data.get("train", {}))
+    data["train"] = merge(dict(dataset_spec.training), data.get("train", {}))
     if isinstance(data.get("classes"), (str, Path)):
         data["classes"] = read_class_names(data["classes"])
-    if data.get("method", RunConfig.method) in FEATURE_CACHE_DEFAULTS.get(dataset, ()):
+    if data.get("method", RunConfig.method) in dataset_spec.feature_cache_methods:
         data["speed"] = merge({"feature_cache": True}, data.get("speed", {}))
-    data["recipe"] = _resolved_recipe(dataset, data.get("recipe") or {})
+    data["recipe"] = _resolved_recipe(dataset_spec, data.get("recipe") or {})
     cfg = from_dict(RunConfig, data)
     if cfg.method not in available_methods():
         raise ConfigError(f"unknown method '{cfg.method}'; available: {', '.join(available_methods())}")
@@ -241,7 +226,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
         raise ConfigError(f"unknown backbone '{cfg.backbone}'; available: {', '.join(available_backbones())}")
     _check_data_config(cfg)
     spec = get_method(cfg.method)
-    preset = cfg.preset or METHOD_PRESET_FOR_DATASET.get(cfg.dataset)
+    preset = cfg.preset or dataset_spec.method_preset
     if cfg.preset is not None and cfg.preset not in spec.presets:
         raise ConfigError(f"method '{cfg.method}' has no preset '{cfg.preset}'; it has: {', '.join(spec.presets) or 'none'}")
     # The dataset's preset, then the backbone's (how the method scales to it), then the user's values;
@@ -266,6 +251,7 @@ def _moved_decoder_key(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_data_config(cfg: RunConfig) -> None:
+    # heavy (av, numpy): see the note at the imports
     from peft_bench.data.decode import BACKENDS, DECODE_DEVICES
 
     if cfg.data.decoder not in BACKENDS:
@@ -311,16 +297,16 @@ def read_class_names(value: str | Path) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _resolved_recipe(dataset: str, changes: dict[str, Any]) -> dict[str, Any]:
-    """The dataset's recipe (benchmarks/recipes/) with ``--set recipe.KEY=VALUE`` changes, as plain data: the
-    run saves and hashes the sampling and augmentation it used, not only the recipe's name."""
-    from peft_bench.data import DATASETS
+def _resolved_recipe(dataset: DatasetSpec, changes: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's recipe (peft_bench/data/recipes/) with ``--set recipe.KEY=VALUE`` changes, as plain data:
+    the run saves and hashes the sampling and augmentation it used, not only the recipe's name."""
+    # heavy (torch): see the imports
     from peft_bench.data.recipes import load_recipe, recipe_settings, with_settings
 
     if not isinstance(changes, dict):
         raise ConfigError(f"recipe: expected a mapping of recipe keys, got {changes!r}")
     try:
-        return recipe_settings(with_settings(load_recipe(DATASETS[dataset].recipe), changes))
+        return recipe_settings(with_settings(load_recipe(dataset.recipe), changes))
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

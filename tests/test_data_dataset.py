@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from peft_bench.data import DATASETS, build_dataset
+from peft_bench.data import available_datasets, get_dataset
+from peft_bench.data.build import build_dataset
 from peft_bench.data.annotations import Annotations, VideoSample
 from peft_bench.data.dataset import DataError, VideoClipDataset
 from peft_bench.data.sampling import dense_indices, segment_indices
@@ -200,9 +201,9 @@ def test_no_videos_at_all_is_a_data_error(tmp_path):
 
 
 def test_registry_lists_the_benchmark_datasets():
-    assert DATASETS["k400"].num_classes == 400 and DATASETS["ssv2"].num_classes == 174
-    assert DATASETS["ssv2"].recipe == "ssv2" and DATASETS["k400"].layout == "kinetics"
-    assert {"synthetic-motion", "synthetic-appearance", "list"} <= DATASETS.keys()
+    assert get_dataset("k400").num_classes == 400 and get_dataset("ssv2").num_classes == 174
+    assert get_dataset("ssv2").recipe == "ssv2" and get_dataset("k400").layout == "kinetics"
+    assert {"synthetic-motion", "synthetic-appearance", "list"} <= set(available_datasets())
 
 
 def test_unknown_dataset_lists_the_available_ones():

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peft_bench.data import DataError, annotation_folder, build_dataset
+from peft_bench.data.build import build_dataset
+from peft_bench.data.dataset import DataError
+from peft_bench.data.layouts import annotation_folder
 from peft_bench.data.check import check_dataset
 from peft_bench.data.cli import add_data_parser, cmd_data
 from peft_bench.data.synthetic import write_video

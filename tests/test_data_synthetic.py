@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peft_bench.data import build_dataset
+from peft_bench.data.build import build_dataset
 from peft_bench.data import synthetic
 from peft_bench.data.annotations import read_kinetics, read_ssv2
 from peft_bench.data.decode import count_frames, read_frames

@@ -388,7 +388,7 @@ def test_packed_features_give_the_heads_logits_and_carry_intermediates_and_qk():
 
 def test_the_cache_stores_and_keys_on_what_the_head_reads(tmp_path):
     from peft_bench.train import feature_cache
-    from peft_bench.data import build_dataset
+    from peft_bench.data.build import build_dataset
 
     backbone = create_backbone("tiny", NO_WEIGHTS).requires_grad_(False)
     data = torch.utils.data.Subset(build_dataset("synthetic-appearance", "val", root=None, input_size=32,
@@ -519,7 +519,7 @@ def test_methods_lists_later_methods_with_their_authors_figure(monkeypatch, caps
 def test_the_default_run_is_the_papers_benchmark_and_all_adds_later_methods():
     from peft_bench.cli import build_parser
     from peft_bench.launch.plan import run_configs
-    from peft_bench.report.table import paper_method_order
+    from peft_bench.reference import paper_method_order
 
     default = [c.method for c in run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion"]))]
     assert default == paper_method_order()

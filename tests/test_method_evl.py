@@ -175,7 +175,7 @@ def test_frames_of_the_run_size_the_position_embeddings():
 
 
 def clip_set(count: int):
-    from peft_bench.data import build_dataset
+    from peft_bench.data.build import build_dataset
 
     backbone = create_backbone("tiny", NO_WEIGHTS)
     data = build_dataset("synthetic-appearance", "val", root=None, input_size=backbone.input_size,

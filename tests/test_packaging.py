@@ -133,7 +133,7 @@ def test_the_wheel_carries_the_data_and_nothing_at_the_top_level(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"peft_bench"}, sorted(tops)
-    for needed in ["peft_bench/methods/st_adapter.py", "peft_bench/benchmarks/recipes/k400.yaml",
+    for needed in ["peft_bench/methods/st_adapter.py", "peft_bench/data/recipes/k400.yaml",
                    "peft_bench/benchmarks/loader_speed.py", "peft_bench/reference/paper_cross_modality.csv",
                    "peft_bench/reference/paper_k400_comparison.csv", "peft_bench/backbones/shipped.safetensors"]:
         assert needed in names, f"{needed} is not in the wheel"

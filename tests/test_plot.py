@@ -10,7 +10,8 @@ from matplotlib.lines import Line2D
 
 from peft_bench.cli import main
 from peft_bench.report.plot import figure1, figure_paths, save_figure1
-from peft_bench.report.table import RUN_COLUMNS, paper_table
+from peft_bench.reference import followups_table, paper_table
+from peft_bench.report.gather import RUN_COLUMNS
 from peft_bench.track.journal import JournaledTracker
 
 
@@ -102,7 +103,6 @@ def test_the_table_command_draws_the_figure_from_the_store(store: str, tmp_path:
 
 def test_later_methods_are_drawn_with_their_authors_figures_and_labelled() -> None:
     from peft_bench.method_api.registry import LATER_METHODS
-    from peft_bench.report.table import followups_table
 
     frame = runs(
         {**run("aim", "clip_vitb16", "k400", top1=80.0, params=1.1e7), "group": LATER_METHODS},

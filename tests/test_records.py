@@ -25,13 +25,8 @@ from peft_bench.track.records import (
     split_summary,
     validation_errors,
 )
-from peft_bench.report.table import (
-    COST_COLUMNS,
-    PARETO_COSTS,
-    cost_column_names,
-    format_bytes,
-    format_duration,
-)
+from peft_bench.report.cells import COST_COLUMNS, cost_column_names, format_bytes, format_duration
+from peft_bench.report.table import PARETO_COSTS
 
 
 def record_files(runs: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from peft_bench.train import feature_cache
 from peft_bench.backbones import create_backbone
 from peft_bench.cli import main
 from peft_bench.config import SpeedConfig, TrainConfig, resolve_config
-from peft_bench.data import build_dataset
+from peft_bench.data.build import build_dataset
 from peft_bench.train.efficiency import enable_activation_checkpointing, hold_frozen_in_bf16
 from peft_bench.method_api.checks import build_method
 

@@ -10,19 +10,14 @@ import pandas as pd
 import pytest
 
 from peft_bench.cli import main
-from peft_bench.reference import reference_text
+from peft_bench.reference import followups_table, paper_table, reference_text
+from peft_bench.report.aggregate import latest_per_key, seed_statistics
+from peft_bench.report.gather import RUN_COLUMNS, RunSelection, load_runs, select_runs
+from peft_bench.report.paper import paper_column
 from peft_bench.report.table import (
-    RUN_COLUMNS,
-    RunSelection,
     cross_modality_report,
     cross_modality_table,
-    latest_per_key,
-    load_runs,
-    paper_column,
-    paper_table,
     render,
-    seed_statistics,
-    select_runs,
     system_report,
     write_table,
 )
@@ -465,7 +460,6 @@ def test_table_command_filters_writes_formats_and_refuses_bad_input(store: str, 
 
 def test_later_methods_come_after_the_papers_groups_with_their_authors_figures_labelled() -> None:
     from peft_bench.method_api.registry import LATER_METHODS
-    from peft_bench.report.table import followups_table
 
     later = {"group": LATER_METHODS}
     frame = runs(
@@ -495,7 +489,6 @@ def test_later_methods_come_after_the_papers_groups_with_their_authors_figures_l
 
 
 def test_the_authors_reference_cites_the_repositories_readmes() -> None:
-    from peft_bench.report.table import followups_table
 
     followups = followups_table()
     assert {"aim", "evl", "dist", "zeroi2v"} <= set(followups["method"])

@@ -32,17 +32,6 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-# The private helpers below are the ones `build_dataset` and the readers use, so that the check resolves
-# exactly the paths and class lists that training will (flat vs per-label folders, split folders, ...).
-from peft_bench.data import (
-    DATASETS,
-    SPLITS,
-    _list_annotations,
-    _split_video_root,
-    _ssv2_video_root,
-    annotation_folder,
-    split_files,
-)
 from peft_bench.data.annotations import (
     AnnotationError,
     DirectoryListing,
@@ -54,7 +43,19 @@ from peft_bench.data.annotations import (
     ssv2_label_of_template,
 )
 from peft_bench.data.decode import VideoDecodeError, check_decoder, read_clip
+
+# The helpers below are the ones `build_dataset` and the readers use, so that the check resolves exactly
+# the paths and class lists that training will (flat vs per-label folders, split folders, ...).
+from peft_bench.data.layouts import (
+    SPLITS,
+    annotation_folder,
+    list_annotations,
+    split_files,
+    split_video_root,
+    ssv2_video_root,
+)
 from peft_bench.data.recipes import load_recipe
+from peft_bench.data.specs import available_datasets, get_dataset
 from peft_bench.data.synthetic import default_cache_dir, ensure_synthetic
 from peft_bench.data.transforms import Recipe
 from peft_bench.system import usable_cpu_count
@@ -62,10 +63,7 @@ from peft_bench.system import usable_cpu_count
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("ok", "missing", "unreadable", "too_short", "unlabelled")
-PROBLEM_CATEGORIES = CATEGORIES[1:]
 REPORT_COLUMNS = ("split", "category", "path", "label", "frames", "detail")
-# Synthetic datasets are read with the layout of the real dataset they stand in for.
-SYNTHETIC_LAYOUTS = {"synthetic-motion": "ssv2", "synthetic-appearance": "kinetics"}
 
 
 # ------------------------------------------------------------------------------------------- entries
@@ -181,11 +179,7 @@ def list_videos(
     dataset: str, split: str, root: Path, annotation_folder: Path
 ) -> tuple[list[ListedVideo], int]:
     """Every entry of one split, unknown labels included, and the number of classes the split is read with."""
-    return _LISTERS[_layout(dataset)](split, root, annotation_folder)
-
-
-def _layout(dataset: str) -> str:
-    return SYNTHETIC_LAYOUTS.get(dataset, DATASETS[dataset].layout)
+    return _LISTERS[get_dataset(dataset).layout](split, root, annotation_folder)
 
 
 def _kinetics_videos(split: str, root: Path, annotation_folder: Path) -> tuple[list[ListedVideo], int]:
@@ -197,7 +191,7 @@ def _kinetics_videos(split: str, root: Path, annotation_folder: Path) -> tuple[l
     else:
         class_names = sorted({label for _, label, _ in rows})
     known = set(class_names)
-    video_root, listing = _split_video_root(root, split), DirectoryListing()
+    video_root, listing = split_video_root(root, split), DirectoryListing()
     videos = []
     for line, label, file_name in rows:
         unlabelled = None
@@ -213,7 +207,7 @@ def _kinetics_videos(split: str, root: Path, annotation_folder: Path) -> tuple[l
 def _ssv2_videos(split: str, root: Path, annotation_folder: Path) -> tuple[list[ListedVideo], int]:
     files = split_files("ssv2", split, annotation_folder)
     labels_json, split_json = files.class_file, files.split_file
-    video_root = _ssv2_video_root(root)
+    video_root = ssv2_video_root(root)
     class_names = _ssv2_class_names(labels_json)
     known = set(class_names)
     videos = []
@@ -230,7 +224,7 @@ def _ssv2_videos(split: str, root: Path, annotation_folder: Path) -> tuple[list[
 
 def _list_file_videos(split: str, root: Path, annotation_folder: Path) -> tuple[list[ListedVideo], int]:
     # Labels of list files are indices: every one is a class, so the reader itself will do.
-    annotations = _list_annotations(split, root, annotation_folder)
+    annotations = list_annotations(split, root, annotation_folder)
     videos = [ListedVideo(split, sample.path, str(sample.label)) for sample in annotations.samples]
     return videos, annotations.num_classes
 
@@ -293,16 +287,17 @@ def check_dataset(
     `num_frames` overrides the recipe's frame count, as `build_dataset` does; synthetic datasets are read
     from their cache (generated first if needed) and `root` is ignored for them.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; available: {', '.join(DATASETS)}")
+    if dataset not in available_datasets():
+        raise ValueError(f"unknown dataset {dataset!r}; available: {', '.join(available_datasets())}")
+    spec = get_dataset(dataset)
     check_decoder(backend)
     root, annotation_folder = _dataset_folders(dataset, root, annotations, cache_dir)
-    recipe = load_recipe(DATASETS[dataset].recipe)
+    recipe = load_recipe(spec.recipe)
     if num_frames is not None:
         recipe = dataclasses.replace(recipe, num_frames=num_frames)
     span = clip_span(recipe)
     videos, notes, files = [], [], []
-    layout = _layout(dataset)
+    layout = spec.layout
     for split in splits:
         if layout != "list" or annotation_folder.is_dir():
             files += [path for path in split_files(layout, split, annotation_folder).paths if path not in files]
@@ -310,7 +305,7 @@ def check_dataset(
             files.append(annotation_folder)  # one list file given directly
         split_videos, num_classes = list_videos(dataset, split, root, annotation_folder)
         videos += split_videos
-        expected = DATASETS[dataset].num_classes
+        expected = spec.num_classes
         if expected is not None and num_classes != expected:
             notes.append(f"the {split} split is read with {num_classes} classes, but {dataset} has {expected}: "
                          "build_dataset will refuse it")
@@ -322,7 +317,7 @@ def check_dataset(
 def _dataset_folders(
     dataset: str, root: Path | None, annotations: Path | None, cache_dir: Path | None
 ) -> tuple[Path, Path]:
-    if dataset in SYNTHETIC_LAYOUTS:
+    if get_dataset(dataset).synthetic:
         folder = ensure_synthetic(dataset, Path(cache_dir) if cache_dir else default_cache_dir())
         return folder, folder
     if root is None:
@@ -330,7 +325,7 @@ def _dataset_folders(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"video root {root} does not exist")
-    return root, annotation_folder(_layout(dataset), root, annotations)
+    return root, annotation_folder(get_dataset(dataset).layout, root, annotations)
 
 
 def _inspect_all(

@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from peft_bench.data import DATASETS, SPLITS
 from peft_bench.data.annotations import AnnotationError
 from peft_bench.data.decode import BACKENDS, DecoderUnavailableError
+from peft_bench.data.layouts import SPLITS
+from peft_bench.data.specs import available_datasets, get_dataset
 from peft_bench.errors import UserError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
@@ -33,7 +34,7 @@ def _add_check_parser(commands) -> None:
         description="Open every listed video in parallel, count its frames and decode its first, middle and "
                     "last frames; report each problem. Exit 0 when all is well, 1 when there are problems, "
                     "2 when an annotation file is malformed.")
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--dataset", required=True, choices=sorted(available_datasets()))
     p.add_argument("--data-root", "--root", dest="root",
                    help="folder holding the videos (not needed for synthetic datasets), as for `peft-bench run`")
     p.add_argument("--annotations", help="folder holding the annotation files (default: --data-root, or where the "
@@ -54,7 +55,7 @@ def _add_prepare_parser(commands) -> None:
                     "annotation files copied, the source never touched. Resumable: finished videos are "
                     "skipped. Exit 0 when every video was prepared, 1 when some failed.")
     # Synthetic datasets are generated small already: nothing to prepare.
-    p.add_argument("--dataset", required=True, choices=[n for n in DATASETS if not n.startswith("synthetic")])
+    p.add_argument("--dataset", required=True, choices=[n for n in available_datasets() if not get_dataset(n).synthetic])
     p.add_argument("--data-root", "--root", dest="root", required=True,
                    help="folder holding the source videos (read only)")
     p.add_argument("--out", required=True, help="folder for the prepared copy (outside --root)")
@@ -84,6 +85,7 @@ def _error(args, message: str) -> int:
 
 
 def _cmd_check(args) -> int:
+    # heavy (torch, through the transforms): only when run
     from peft_bench.data.check import check_dataset
 
     if args.workers is not None and args.workers < 1:
@@ -106,6 +108,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
+    # heavy, as check: only when run
     from peft_bench.data.prepare import EncodeSettings, prepare_dataset
 
     settings = EncodeSettings(short_side=args.short_side, keyframe_interval=args.keyframe_interval,

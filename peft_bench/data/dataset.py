@@ -13,14 +13,15 @@ import logging
 import multiprocessing
 import os
 import random
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from peft_bench.data.annotations import Annotations, DirectoryListing, VideoSample
+from peft_bench.data.check import clip_span
 from peft_bench.data.decode import VideoDecodeError, read_clip
 from peft_bench.data.sampling import dense_indices, segment_indices
 from peft_bench.data.transforms import Recipe, test_views, train_transform
@@ -118,8 +119,6 @@ class VideoClipDataset(Dataset):
         self._failure_slots = multiprocessing.RawArray("q", _COUNTER_SLOTS)
         self._shared_epoch = multiprocessing.RawValue("q", 0)
         self._problems = multiprocessing.RawArray("b", max(1, len(self.samples)))
-        from peft_bench.data.check import clip_span  # here: check.py imports this package
-
         self.min_frames = clip_span(recipe).frames  # fewer, and the sampler repeats frames: counted as short
         self._warned_paths: set[str] = set()
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import av  # before decord, always: see below
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 # decord bundles its own FFmpeg libraries; when they are loaded before PyAV's, PyAV's VP9 encoder fails
 # to open ("avcodec_open2(libvpx-vp9) returned 22"). Loading PyAV first, here, in the module every decord
@@ -153,7 +154,7 @@ def check_decoder(backend: str, device: str = "cpu") -> None:
     if device == "cuda":
         if backend not in ("auto", "torchcodec"):
             raise DecoderUnavailableError(f"decoding on the GPU needs torchcodec, not {backend}")
-        import torch
+        import torch  # heavy, and only for GPU decoding: `peft-bench data` and --help load this module
 
         if not torch.cuda.is_available():
             raise DecoderUnavailableError("decoding on the GPU was asked for, but torch sees no CUDA device")
@@ -209,6 +210,7 @@ def _ffmpeg_description(name: str) -> str:
             codec = ".".join(map(str, av.library_versions["libavcodec"]))
             return f"FFmpeg {av.ffmpeg_version_info} (libavcodec {codec}), bundled with PyAV"
         if name == "torchcodec":
+            # optional: the torchcodec extra
             from torchcodec._core import get_ffmpeg_library_versions
 
             versions = get_ffmpeg_library_versions()
@@ -265,7 +267,7 @@ def _in_asked_order(batch: np.ndarray, unique: list[int], wanted: list[int]) -> 
 
 
 def _read_with_torchcodec(path: Path, choose_indices: IndexChooser, device: str = "cpu"):
-    from torchcodec.decoders import VideoDecoder
+    from torchcodec.decoders import VideoDecoder  # optional: the torchcodec extra
 
     try:
         # Exact seeking: the file is scanned once on opening, so frame i is the i-th in display order. One
@@ -296,7 +298,7 @@ def _read_with_torchcodec(path: Path, choose_indices: IndexChooser, device: str 
 
 
 def _read_with_decord(path: Path, choose_indices: IndexChooser, device: str = "cpu") -> tuple[np.ndarray, list[int]]:
-    import decord
+    import decord  # optional: the decord extra (and imported after av, always: see the top)
 
     try:
         # One thread per reader: parallelism comes from DataLoader workers, not from inside one decode.
@@ -480,8 +482,6 @@ def _read_by_decoding_everything(path: Path, container, stream, choose_indices: 
 
 
 def _frames_to_rgb(frames: list) -> list[np.ndarray]:
-    from av.video.reformatter import VideoReformatter
-
     # One reformatter for the clip reuses its conversion context (to_ndarray would build one per frame).
     reformatter = VideoReformatter()
     return [reformatter.reformat(frame, format="rgb24").to_ndarray() for frame in frames]

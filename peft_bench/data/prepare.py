@@ -36,8 +36,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from peft_bench.data import DATASETS
+import av
+from av.video.reformatter import VideoReformatter
+
 from peft_bench.data.check import default_workers, parallel_map
+from peft_bench.data.specs import available_datasets, get_dataset
 from peft_bench.data.synthetic import process_alive
 
 log = logging.getLogger(__name__)
@@ -99,9 +102,6 @@ def transcode(source: Path, target: Path, settings: EncodeSettings, suffix: str)
 
     Returns the number of frames written; raises PrepareError (or PyAV's errors) on failure.
     """
-    import av
-    from av.video.reformatter import VideoReformatter
-
     codec, options = settings.encoder(suffix)
     container_format = CONTAINER_FORMATS.get(suffix.lower(), "matroska")
     container_options = {"movflags": "+faststart"} if container_format in ("mp4", "mov") else {}
@@ -238,15 +238,15 @@ def prepare_dataset(
     folder go to the top of `out`, so `out` alone serves as both --data-root and --annotations. They are
     copied after the videos, so an interrupted copy does not look like a complete dataset.
     """
-    if dataset not in DATASETS or DATASETS[dataset].layout not in ANNOTATION_SUFFIXES:
-        preparable = [name for name, spec in DATASETS.items() if spec.layout in ANNOTATION_SUFFIXES]
+    preparable = [name for name in available_datasets() if not get_dataset(name).synthetic]
+    if dataset not in preparable:
         raise ValueError(f"cannot prepare dataset {dataset!r}; preparable: {', '.join(preparable)} "
                          "(synthetic datasets are generated small already)")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"video root {root} does not exist")
     summary = prepare_videos(root, Path(out).expanduser(), settings, workers=workers, progress=progress)
-    suffixes = ANNOTATION_SUFFIXES[DATASETS[dataset].layout]
+    suffixes = ANNOTATION_SUFFIXES[get_dataset(dataset).layout]
     sources = [(path, summary.out / path.relative_to(root)) for path in _files_under(root, suffixes)]
     if annotations is not None and Path(annotations).expanduser().resolve() != root.resolve():
         folder = Path(annotations).expanduser()

@@ -18,6 +18,7 @@ import colorsys
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from peft_bench.system import usable_cpu_count
@@ -345,8 +347,6 @@ def write_video(
 
     `codec` is "libx264" (for .mp4) or "libvpx-vp9" (for .webm); H and W must be even.
     """
-    import av
-
     if codec not in VIDEO_OPTIONS:
         raise ValueError(f"unsupported codec {codec!r}; choose one of {', '.join(VIDEO_OPTIONS)}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] % 2 or frames.shape[2] % 2:
@@ -560,8 +560,6 @@ def process_alive(pid: int) -> bool:
 
 
 def _default_workers() -> int:
-    import multiprocessing
-
     if multiprocessing.current_process().daemon:  # e.g. inside a DataLoader worker: no child processes allowed
         return 1
     return usable_cpu_count()  # videos are independent and the output does not depend on the count
@@ -576,8 +574,6 @@ class _JobRunner:
 
     def __enter__(self) -> Callable[[list[_VideoJob]], list[str]]:
         if self.workers > 1:
-            import multiprocessing
-
             # fork is cheap and needs no re-import; the jobs touch only numpy and PyAV.
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
         return self.run

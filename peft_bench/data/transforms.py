@@ -4,7 +4,7 @@ By default these are the released ST-Adapter code's (linziyi96/st-adapter at b91
 and ``video_dataset/transform.py``): RandAugment through timm on the full frames before the crop, short-side
 jitter or a random resized crop with bicubic resizing and no antialias, a horizontal flip after the crop.
 Each choice is a recipe field, so the earlier peft-bench behaviour (and the fix of a released bug) stays one
-setting away; ``benchmarks/recipes/*.yaml`` say which the released code used and where.
+setting away; ``peft_bench/data/recipes/*.yaml`` say which the released code used and where.
 
 Every transform works on a whole clip at once, so one random draw (crop box, flip, RandAugment ops and
 magnitudes) applies to every frame: per-frame draws would add fake motion. Randomness comes from torch's
@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+from PIL import Image
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, RandAugment, RandomResizedCrop
 
@@ -174,6 +175,7 @@ def _randaugment_settings(config: object, library: str) -> dict[str, int]:
     if not isinstance(config, str) or not config.startswith("rand"):
         raise RecipeValueError("randaugment", f"must be a string like 'rand-m7-n4-mstd0.5-inc1', got {config!r}")
     if library == "timm":
+        # heavy (timm): only for a timm RandAugment
         from timm.data.auto_augment import rand_augment_transform
 
         try:
@@ -324,7 +326,7 @@ def timm_randaugment_clip(frames: np.ndarray, config: str, seed: int, interpolat
     45% of the short side, the recipe's interpolation, timm's grey fill. Histogram ops (AutoContrast,
     Equalize) read each frame's own histogram, as there, so they can change from frame to frame.
     """
-    from PIL import Image
+    # heavy (timm): only for a timm RandAugment
     from timm.data.auto_augment import rand_augment_transform
 
     height, width = frames.shape[1:3]

@@ -8,9 +8,11 @@ import argparse
 from peft_bench.config import RunConfig, dataset_options, load_config, resolve_config
 from peft_bench.dataclass_io import ConfigError, merge, parse_overrides, to_dict
 from peft_bench.method_api.registry import available_methods
-from peft_bench.report.table import paper_method_order, registered_method_order
+from peft_bench.data.specs import embedded_datasets
+from peft_bench.reference import paper_method_order
+from peft_bench.report.aggregate import registered_method_order
 
-EMBEDDED_DATASETS = "synthetic-appearance,synthetic-motion"  # the K400 and SSv2 stand-ins, in the paper's column order
+EMBEDDED_DATASETS = ",".join(embedded_datasets())  # the K400 and SSv2 stand-ins, in the paper's column order
 
 
 def split_list(value: str) -> list[str]:

@@ -35,7 +35,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from peft_bench.config import RunConfig
-from peft_bench.data import prepare_dataset
+from peft_bench.data.build import prepare_dataset
 from peft_bench.errors import UserError
 from peft_bench.launch.progress import CommandProgress, RunState, StatusLine
 from peft_bench.system import usable_cpu_count

@@ -40,6 +40,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
+from peft_bench.data.specs import available_datasets, get_dataset
+from peft_bench.method_api.registry import RunContext, available_methods, get_method
+from peft_bench.reference import ordered_methods
+
 if TYPE_CHECKING:  # torch and fvcore are imported where used: `peft-bench --help` should not wait for them
     import torch
     from torch import nn
@@ -233,7 +237,7 @@ def flop_analysis(model: nn.Module, inputs: tuple[torch.Tensor, ...], convention
 
 def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...], convention: Convention = "all") -> FlopCount:
     """Trace ``model(*inputs)`` once and count. The model is put in eval mode (dropout off, fused paths on)."""
-    import torch
+    import torch  # heavy: imported where used (see the TYPE_CHECKING note at the top)
 
     model.eval()
     start = time.perf_counter()
@@ -251,7 +255,7 @@ def count_video_flops(model: nn.Module, frames: int, input_size: int, convention
     The trace runs the model once, so its speed is the model's: bf16 matrix products run about 2.5x faster
     than fp32 on AVX-512 CPUs, and counts depend on shapes only. fp32 if an op refuses bf16.
     """
-    import torch
+    import torch  # heavy: imported where used (see the TYPE_CHECKING note at the top)
 
     def count_in(dtype: torch.dtype) -> FlopCount:
         clip = torch.zeros(1, frames, 3, input_size, input_size, dtype=dtype)
@@ -288,8 +292,8 @@ def build_for_counting(method: str, backbone: str, num_classes: int, preset: str
     """The method on a frozen backbone with random weights, as the runner builds it (for ``frames``-frame
     clips), and the preset applied (None when the method has no such preset: a linear probe is the same
     on every dataset)."""
+    # heavy (torch, open_clip, timm): when counting
     from peft_bench.backbones import NO_WEIGHTS, create_backbone
-    from peft_bench.method_api.registry import RunContext, get_method
 
     spec = get_method(method)
     applied = preset if preset in spec.presets else None
@@ -300,6 +304,7 @@ def build_for_counting(method: str, backbone: str, num_classes: int, preset: str
 def account(method: str, backbone: str, *, num_classes: int, frames: int = 8, views: int = 3,
             preset: str | None = None, input_size: int | None = None, convention: Convention = "all") -> Account:
     """Parameters and GFLOPs of ``method`` on ``backbone`` (random weights; 1 multiply-add = 1 FLOP)."""
+    # heavy (torch): when counting
     from peft_bench.method_api.model import count_parameters
 
     model, applied = build_for_counting(method, backbone, num_classes, preset, frames)
@@ -364,17 +369,17 @@ def render(accounts: list[Account], fmt: str = "markdown") -> str:
 
 # --- command --------------------------------------------------------------------------------------------
 
-# Class counts of the benchmark's datasets; the method preset follows the dataset as in a run.
-DATASET_CLASSES = {"k400": 400, "ssv2": 174, "synthetic-appearance": 8, "synthetic-motion": 10}
+def counted_datasets() -> list[str]:
+    """The registered datasets with a fixed number of classes (a list file's depends on the file)."""
+    return [name for name in available_datasets() if get_dataset(name).num_classes is not None]
 
 
 def dataset_setting(dataset: str) -> tuple[int, str]:
-    """(number of classes, method preset) for a dataset name."""
-    from peft_bench.config import METHOD_PRESET_FOR_DATASET
-
-    if dataset not in DATASET_CLASSES:
-        raise ValueError(f"unknown dataset '{dataset}'; available: {', '.join(DATASET_CLASSES)}")
-    return DATASET_CLASSES[dataset], METHOD_PRESET_FOR_DATASET[dataset]
+    """(number of classes, method preset) for a dataset name; the method preset follows the dataset as in a run."""
+    if dataset not in counted_datasets():
+        raise ValueError(f"unknown dataset '{dataset}'; available: {', '.join(counted_datasets())}")
+    spec = get_dataset(dataset)
+    return spec.num_classes, spec.method_preset
 
 
 def parse_views(text: str) -> int:
@@ -393,7 +398,7 @@ def add_account_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("account", help="trainable parameters and GFLOPs of methods (random weights, CPU)")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
     p.add_argument("--backbone", default="clip_vitb16", help="clip_vitb16 (default), clip_vitl14, in21k_vitb16, tiny")
-    p.add_argument("--dataset", default="k400", choices=sorted(DATASET_CLASSES),
+    p.add_argument("--dataset", default="k400", choices=sorted(counted_datasets()),
                    help="decides the number of classes and the method preset (default k400)")
     p.add_argument("--preset", help="method preset (default: the dataset's)")
     p.add_argument("--frames", type=int, default=8, help="frames per view (default 8)")
@@ -409,11 +414,9 @@ def add_account_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _method_names(selection: str) -> list[str]:
-    from peft_bench.method_api.registry import available_methods
-    from peft_bench.report.table import registered_method_order
-
     if selection == "all":
-        return registered_method_order(available_methods())
+        methods = available_methods()
+        return ordered_methods(methods, later={m for m in methods if get_method(m).later})
     return [m.strip() for m in selection.split(",") if m.strip()]
 
 

@@ -25,22 +25,26 @@ from pathlib import Path
 from unittest import mock
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from peft_bench.track.records import RECORD_NAME, SCHEMA_VERSION
-from peft_bench.report.table import (
+from peft_bench.report.aggregate import benchmark_runs
+from peft_bench.report.cells import (
     COST_COLUMNS,
-    PARETO_COSTS,
-    add_selection_arguments,
-    benchmark_runs,
-    cross_modality_report,
     first_present,
     format_gflops,
     format_millions,
     format_top1,
+)
+from peft_bench.report.gather import store_uri
+from peft_bench.report.table import (
+    PARETO_COSTS,
+    add_selection_arguments,
+    cross_modality_report,
     runs_for,
     selection_from,
-    store_uri,
 )
+from peft_bench.track.records import RECORD_NAME, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +213,7 @@ def run_links(runs: pd.DataFrame, links: dict[str, str]) -> str:
 
 
 def plot_images(runs: pd.DataFrame, out: Path, every_run: bool) -> str:
+    # matplotlib is slow to import: only when drawing
     from peft_bench.report.plot import PARETO_AXES, save_pareto
 
     parts = []
@@ -258,9 +263,6 @@ def record_files(runs: pd.DataFrame, uri: str | None, scratch: Path) -> dict[str
     """
     if "record_path" in runs:
         return {str(run_id): Path(path) for run_id, path in zip(runs["run_id"], runs["record_path"])}
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(uri)
     found = {}
     with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # one bar per run

@@ -27,21 +27,18 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from peft_bench.errors import UserError  # noqa: E402
+from peft_bench.data.specs import paper_dataset  # noqa: E402
 from peft_bench.method_api.registry import LATER_METHODS  # noqa: E402
-from peft_bench.report.table import (  # noqa: E402
-    authors_column,
-    benchmark_runs,
-    column_name,
+from peft_bench.reference import (  # noqa: E402
     followups_table,
-    is_k400,
-    is_ssv2,
     ordered_methods,
-    paper_column,
     paper_method_order,
     paper_table,
     system_paper_table,
 )
+from peft_bench.report.aggregate import benchmark_runs, column_name  # noqa: E402
+from peft_bench.report.paper import authors_column, paper_column  # noqa: E402
+from peft_bench.errors import UserError
 
 MARKERS = "osD^v<>pP*Xh"
 PANEL_SIZE = (4.2, 3.4)  # inches
@@ -112,7 +109,7 @@ PAPER_SYSTEM_ROWS = {
 
 def paper_gflops_points(backbone: str, dataset: str) -> list[Point]:
     """The paper's (GFLOPs of all views, top-1) of the methods its K400 / SSv2 system tables hold."""
-    kind = "k400" if is_k400(dataset) else "ssv2" if is_ssv2(dataset) else None
+    kind = paper_dataset(dataset)
     if kind is None:
         return []
     rows = system_paper_table(kind).set_index("model")

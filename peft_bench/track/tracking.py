@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -69,6 +68,7 @@ from urllib.parse import unquote, urlparse
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from peft_bench.config import config_digest
 from peft_bench.errors import UserError
 from peft_bench.system import cpu_model_name, usable_cpu_count
 
@@ -254,8 +254,8 @@ def quiet_mlflow_logging() -> None:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """First 12 hex digits of the sha256 of the config as canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:12]
+    """The ``config_hash`` tag: the config digest (``peft_bench.config``) of the config as logged, compact."""
+    return config_digest(config, compact=True)
 
 
 def canonical_json(config: Mapping[str, Any]) -> str:

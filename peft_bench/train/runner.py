@@ -36,7 +36,7 @@ from peft_bench.train import distributed
 from peft_bench.train import preemption
 from peft_bench.backbones import create_backbone
 from peft_bench.config import RunConfig, tracked_config
-from peft_bench.data import build_dataset
+from peft_bench.data.build import build_dataset
 from peft_bench.data.decode import decoder_provenance
 from peft_bench.train.efficiency import apply_speed_options
 from peft_bench.method_api.model import (count_parameters, load_trainable_state_dict, log_param_groups, no_weight_decay_patterns,

@@ -1,21 +1,22 @@
-"""Loading data recipes (frame sampling + augmentation) from `benchmarks/recipes/*.yaml` (package data of
-`peft_bench.benchmarks`) or a given file, and changing one for a run (`--set recipe.KEY=VALUE`)."""
+"""Data recipes (frame sampling + augmentation): the YAML files beside this module (package data, one per
+dataset spec's `recipe`) or a given file, and changing one for a run (`--set recipe.KEY=VALUE`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from peft_bench.benchmarks import recipe_folder
+from peft_bench.data.specs import recipe_file
 from peft_bench.data.transforms import Recipe, RecipeValueError, recipe_field_names
 
 
 def available_recipes() -> list[str]:
-    return sorted(entry.name[: -len(".yaml")] for entry in recipe_folder().iterdir() if entry.name.endswith(".yaml"))
+    return sorted(entry.name[: -len(".yaml")] for entry in files(__name__).iterdir() if entry.name.endswith(".yaml"))
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -86,7 +87,7 @@ def _recipe_text(name_or_path: str | Path) -> tuple[str, str]:
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
         return str(path), path.read_text(encoding="utf-8")
-    resource = recipe_folder() / f"{name_or_path}.yaml"
+    resource = recipe_file(str(name_or_path))
     if not resource.is_file():
         raise ValueError(f"unknown recipe {name_or_path!r}; available: {', '.join(available_recipes())}")
     return str(resource), resource.read_text(encoding="utf-8")
