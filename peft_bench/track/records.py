@@ -33,11 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import torch
 
 from peft_bench.config import tracked_config
-from peft_bench.data.decode import decoder_provenance
-from peft_bench.method_api.model import trainable_state_dict
 from peft_bench.track.states import RunStatus
 from peft_bench.track.tracking import (
     TAG_PREFIX,
@@ -143,6 +140,8 @@ class RunMeter:
     def _peaks(self) -> dict[str, int]:
         peaks = {"resident": peak_resident_bytes()}
         if self.device_type == "cuda":
+            import torch  # torch only where a run is measured: the tables read records without it
+
             peaks["allocated"] = int(torch.cuda.max_memory_allocated(self.device))
             peaks["reserved"] = int(torch.cuda.max_memory_reserved(self.device))
         return peaks
@@ -160,6 +159,8 @@ def reset_peak_memory(device: Any) -> bool:
     ``/proc/self/clear_refs``; elsewhere the record says the figure covers the whole process.
     """
     if str(getattr(device, "type", device)).startswith("cuda"):
+        import torch  # torch only where a run is measured: the tables read records without it
+
         torch.cuda.reset_peak_memory_stats(device)
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
@@ -217,8 +218,12 @@ def decoder_description(requested: str, device: str = "cpu", tags: dict[str, str
     of the libraries behind it. The run's tags already hold what decoded (the runner's ``decoder_provenance``):
     taken from there, so the record says what mlflow says."""
     keys = ("decoder", "decoder_version", "ffmpeg")
-    provenance = ({key: tags[key] for key in keys} if tags and all(key in tags for key in keys)
-                  else decoder_provenance(requested, device))
+    if tags and all(key in tags for key in keys):
+        provenance = {key: tags[key] for key in keys}
+    else:
+        from peft_bench.data.decode import decoder_provenance  # it loads torch: the tables read records without
+
+        provenance = decoder_provenance(requested, device)
     libraries = {"av": _version("av"), "torchcodec": _version("torchcodec"), "decord": _version("decord"),
                  "ffmpeg": provenance["ffmpeg"]}
     return {"requested": requested, "used": provenance["decoder"], "version": provenance["decoder_version"],
@@ -340,6 +345,8 @@ def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str
     recipe = getattr(val_set, "recipe", None)
     protocol = {"frames": cfg.num_frames, "crops": int(getattr(recipe, "test_crops", 1)),
                 "clips": int(getattr(recipe, "test_clips", 1)), "views": int(getattr(val_set, "num_views", 1))}
+    from peft_bench.method_api.model import trainable_state_dict  # torch: see decoder_description
+
     state_bytes = sum(t.numel() * t.element_size() for t in trainable_state_dict(model).values())
     record = build_record(
         config=tracked_config(cfg), config_digest=cfg.digest(), run_name=cfg.run_name(), mlflow_run_id=tracker.run_id,
@@ -355,6 +362,8 @@ def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str
 
 
 def _torch_cuda() -> str | None:
+    import torch  # torch only where a run is measured: the tables read records without it
+
     return torch.version.cuda
 
 
