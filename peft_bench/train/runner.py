@@ -39,8 +39,8 @@ from peft_bench.config import RunConfig, tracked_config
 from peft_bench.data import build_dataset
 from peft_bench.data.decode import decoder_provenance
 from peft_bench.train.efficiency import apply_speed_options
-from peft_bench.method_api.model import (count_parameters, load_trainable_state_dict, log_param_groups, no_weight_decay_patterns,
-                    optimizer_param_groups, trainable_state_dict)
+from peft_bench.method_api.model import count_parameters, load_trainable_state_dict, trainable_state_dict
+from peft_bench.method_api.optim import make_optimizer
 from peft_bench.method_api.checks import measures_time
 from peft_bench.precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
 from peft_bench.track.records import RunMeter, record_finished_run, split_summary
@@ -95,17 +95,6 @@ def build_model(cfg: RunConfig, num_classes: int, backbone=None, class_names=Non
     spec = get_method(cfg.method)
     backbone = backbone if backbone is not None else create_backbone(cfg.backbone, cfg.pretrained)
     return spec.create(backbone, run_context(cfg, num_classes, class_names), cfg.method_args)
-
-
-def make_optimizer(model: nn.Module, cfg, pretrained: set[int] | frozenset[int] = frozenset()) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only, in the groups ``model.optimizer_param_groups`` makes:
-    no weight decay on biases, norms and other 1-D tensors, nor on what the model's modules declare in
-    ``no_weight_decay()``; the backbone's own weights (``pretrained``, their ids) at ``lr *
-    backbone_lr_scale``; a method's declared ``param_groups()`` with their multipliers. The groups are logged.
-    """
-    groups = optimizer_param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale, pretrained)
-    log_param_groups(groups, no_weight_decay_patterns(model))
-    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float, from_zero: bool = True):
