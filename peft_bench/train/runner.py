@@ -44,9 +44,7 @@ from peft_bench.method_api.model import (ParameterCount, VideoClassifier, count_
 from peft_bench.method_api.optim import make_optimizer
 from peft_bench.method_api.registry import MethodSpec, RunContext, get_method
 from peft_bench.precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
-from peft_bench.track.journal import JournaledTracker, unfinished_journal
 from peft_bench.track.records import RunMeter, record_finished_run, split_summary
-from peft_bench.track.tracking import check_store, default_tracking_uri
 from peft_bench.train import distributed, preemption
 from peft_bench.train.efficiency import apply_speed_options
 from peft_bench.train.feature_cache import CachedFeatures, HeadOnCachedFeatures, cached_datasets, feature_cache_refusal
@@ -437,6 +435,11 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False,
 
 
 def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, int], None] | None) -> RunResult:
+    # mlflow (and pandas with it) loads when a run starts tracking, not with this module: a process that only
+    # builds and steps models (benchmarks/method_speed.py's measured ones) keeps it out of its memory.
+    from peft_bench.track.journal import JournaledTracker, unfinished_journal
+    from peft_bench.track.tracking import check_store, default_tracking_uri  # (the same)
+
     start = time.time()
     uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
     check_store(uri)  # a damaged store: say so now, before any work
