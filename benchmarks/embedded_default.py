@@ -30,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from peft_bench.system import cpu_model_name, usable_cpu_count
+
 CASES = {"default": [], "all": ["--methods", "all"]}
 TARGETS_S = {("default", "cold"): 300, ("default", "warm"): 180, ("all", "cold"): 600}
 
@@ -115,7 +117,6 @@ def write(measurements: list[Measurement], out: Path, command_line: str, reduced
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Measurement)])
         writer.writeheader()
         writer.writerows(asdict(m) for m in measurements)
-    from peft_bench.system import cpu_model_name, usable_cpu_count
 
     lines = [
         "# `peft-bench run` end to end, in a fresh process",

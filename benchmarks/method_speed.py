@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Row:
 # --- the device ---------------------------------------------------------------------------------------
 
 def resolve_device(name: str) -> torch.device:
-    from peft_bench.train.runner import resolve_device as resolve
+    from peft_bench.train.runner import resolve_device as resolve  # loads the runner: see build()
 
     return resolve(name)
 
@@ -188,10 +189,12 @@ class ResidentSetPeak:
 # --- one method ---------------------------------------------------------------------------------------
 
 def build(cfg: BenchConfig, method: str, device: torch.device):
+    # peft_bench's training modules (data, backbones: torchvision, open_clip) load when a benchmark runs, not when
+    # the CLI builds `bench`'s parser from this module on every command.
     from peft_bench.backbones import create_backbone
-    from peft_bench.config import SpeedConfig
-    from peft_bench.train.efficiency import apply_speed_options
-    from peft_bench.method_api.registry import RunContext, get_method
+    from peft_bench.config import SpeedConfig  # (the same)
+    from peft_bench.method_api.registry import RunContext, get_method  # (the same)
+    from peft_bench.train.efficiency import apply_speed_options  # (the same)
 
     backbone = create_backbone(cfg.backbone, cfg.pretrained)
     resolution = cfg.resolution or backbone.input_size
@@ -210,17 +213,17 @@ def build(cfg: BenchConfig, method: str, device: torch.device):
 
 def step_flops(step) -> float:
     """FLOPs one call of ``step`` performs, as dispatched (forward and backward)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         step()
     return float(counter.get_total_flops())
 
 
 def measure_method(cfg: BenchConfig, method: str, peak_flops: float) -> Row:
-    from peft_bench.method_api.model import count_parameters
-    from peft_bench.train.runner import make_optimizer
+    # peft_bench's training modules (data, backbones: torchvision, open_clip) load when a benchmark runs, not when
+    # the CLI builds `bench`'s parser from this module on every command.
     from peft_bench.config import TrainConfig
+    from peft_bench.method_api.model import count_parameters  # (the same)
+    from peft_bench.method_api.optim import make_optimizer  # (the same)
 
     device = resolve_device(cfg.device)
     precision = cfg.resolved_precision(device)
@@ -294,7 +297,7 @@ def measure_in_fresh_process(cfg: BenchConfig, method: str, peak_flops: float) -
 
 def run_bench(cfg: BenchConfig, on_row=None) -> tuple[list[Row], float]:
     """Every method's row, and the measured peak matrix rate (FLOP/s) they are compared with."""
-    from peft_bench.method_api.registry import available_methods
+    from peft_bench.method_api.registry import available_methods  # imports every method: see build()
 
     device = resolve_device(cfg.device)
     precision = cfg.resolved_precision(device)
@@ -313,6 +316,7 @@ def run_bench(cfg: BenchConfig, on_row=None) -> tuple[list[Row], float]:
 
 
 def paper_order(methods: list[str]) -> list[str]:
+    # pandas comes with the reference tables: not in a measured process's resident set, not at `--help`
     from peft_bench.reference import paper_method_order
 
     order = paper_method_order()
@@ -372,7 +376,7 @@ def markdown(rows: list[Row], cfg: BenchConfig, peak: float, note: str = "") -> 
 
 def log_to_mlflow(rows: list[Row], cfg: BenchConfig, peak: float, tracking_uri: str, run_root: Path) -> None:
     """One mlflow run per row; each one's journal in ``run_root/<run name>``."""
-    from peft_bench.track.journal import JournaledTracker
+    from peft_bench.track.journal import JournaledTracker  # mlflow: only once the results are in (see paper_order)
 
     for row in rows:
         name = f"bench-{row.method}-{row.backbone}"
@@ -423,7 +427,7 @@ def config_from_args(args) -> BenchConfig:
 
 
 def cmd_bench(args) -> int:
-    from peft_bench.track.tracking import default_tracking_uri
+    from peft_bench.track.tracking import default_tracking_uri  # mlflow: see paper_order
 
     cfg = config_from_args(args)
     device = resolve_device(cfg.device)

@@ -40,7 +40,7 @@ VARIANTS = [  # (what is compared, option name, method, BenchConfig changes, aut
 
 def measure_variant(cfg: BenchConfig, method: str, peak: float, frozen_autograd: bool) -> Row:
     if frozen_autograd:  # the behaviour before: the frozen backbone's graph is built and kept
-        from peft_bench.method_api.model import VideoClassifier
+        from peft_bench.method_api.model import VideoClassifier  # in the measured process: see method_speed.build
 
         VideoClassifier.backbone_is_frozen = lambda self: False
     return measure_method(cfg, method, peak)

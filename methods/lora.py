@@ -58,7 +58,7 @@ def target_module_names(backbone: VideoBackbone, layers: list[int], targets: tup
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every LoRA update into its base layer and put the base layer back in the wrapper's place."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft loads with a LoRA model only: see build()
 
     for name, module in list(model.named_modules()):
         if isinstance(module, BaseTunerLayer):
@@ -71,6 +71,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
 @register_method("lora", config=LoRAConfig, group=LATER_METHODS, architecture="SA", models_time=False,
                  merge=merge_lora)
 def build(backbone: VideoBackbone, context: RunContext, cfg: LoRAConfig) -> VideoClassifier:
+    # peft (and the transformers it imports) loads when a LoRA model is built, not whenever the registry
+    # imports every method.
     from peft import LoraConfig, inject_adapter_in_model
 
     names = target_module_names(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.targets)

@@ -155,7 +155,7 @@ def test_ssv2_preset_scales_the_joint_adapter_by_one():
 
 
 def test_temporal_embedding_is_exempt_from_weight_decay():
-    from peft_bench.method_api.model import no_weight_decay_patterns
+    from peft_bench.method_api.optim import no_weight_decay_patterns
 
     assert "backbone.before_pre_norm.table" in no_weight_decay_patterns(build_tiny())
 

@@ -20,7 +20,8 @@ from peft_bench.backbones import NO_WEIGHTS, Features, create_backbone
 from peft_bench.backbones.base import take_indices
 from peft_bench.config import TrainConfig, resolve_config
 from peft_bench.method_api.layers import SITES, HookedBlock, LinearAdapter, hook_blocks, merge_modules
-from peft_bench.method_api.model import FeatureRequest, ParamGroup, VideoClassifier
+from peft_bench.method_api.model import FeatureRequest, VideoClassifier
+from peft_bench.method_api.optim import ParamGroup
 from peft_bench.method_api.registry import RunContext, get_method, load_plugin
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -355,7 +356,7 @@ def test_a_method_declares_parameter_groups_and_the_optimizer_logs_them(caplog):
 
     model = VideoClassifier(create_backbone("tiny", NO_WEIGHTS).requires_grad_(False), RunContext(num_classes=3),
                             pool=Slow(96))
-    with caplog.at_level("INFO", logger="peft_bench.method_api.model"):
+    with caplog.at_level("INFO", logger="peft_bench.method_api.optim"):
         optimizer = make_optimizer(model, TrainConfig(lr=1.0, weight_decay=0.01))
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     assert (groups[id(model.pool.proj.weight)]["lr"], groups[id(model.pool.proj.weight)]["weight_decay"]) == (0.1, 0.02)

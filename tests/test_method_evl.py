@@ -13,7 +13,8 @@ import torch
 
 from peft_bench.method_api import checks as method_checks
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
-from peft_bench.method_api.model import count_parameters, optimizer_param_groups
+from peft_bench.method_api.model import count_parameters
+from peft_bench.method_api.optim import optimizer_param_groups
 from peft_bench.method_api.registry import RunContext, get_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

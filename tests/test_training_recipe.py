@@ -117,7 +117,7 @@ def test_fp16_checkpoints_keep_the_loss_scale(tmp_path):
     model, scaler = train("linear_probe", {"precision": "fp16"}, frozen_dtype=torch.float16)
     optimizer = runner.make_optimizer(model, resolve_config({"method": "linear_probe"}).train)
     scheduler = runner.warmup_cosine(optimizer, 0, 2, 0.0)
-    runner.save_checkpoint(tmp_path / "c.pt", model, optimizer, scheduler, runner.EpochPosition(), None, "d", scaler)
+    runner.save_checkpoint(tmp_path / "c.pt", model, optimizer, scheduler, runner.EpochPosition(), None, scaler)
     assert runner.load_checkpoint(tmp_path / "c.pt")["grad_scaler"]["scale"] == scaler.get_scale()
 
 

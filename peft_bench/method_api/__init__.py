@@ -2,6 +2,7 @@
 
 - ``registry``: ``@register_method``, the method config base class, the run context a method is built for.
 - ``model``: ``VideoClassifier`` (backbone -> features -> pooling -> head) and the shared pooling heads.
+- ``optim``: the optimizer's view of a model (weight-decay exemptions, parameter groups) and ``make_optimizer``.
 - ``layers`` and ``temporal``: building blocks several methods share (hooking into a block, temporal layers).
 - ``checks``: what every registered method claims, measured on randomly initialised backbones.
 

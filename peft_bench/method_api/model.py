@@ -4,15 +4,12 @@ The default is the released ST-Adapter code's: temporal mean of the per-frame [C
 backbone's frozen final norm, the run's head dropout, a new linear head. A method replaces what it
 changes: ``pool`` (any module reading a :class:`~peft_bench.backbones.base.Features`, of any output
 width), ``head`` (after the run's dropout), and what the backbone hands over (intermediate blocks'
-outputs, their attention q/k, the clip itself). The optimizer side lives here too: which parameters a
-method exempts from weight decay (``no_weight_decay()`` on any submodule) and which optimizer groups it
-declares (``param_groups()`` on any submodule), collected with their paths as open_clip does.
+outputs, their attention q/k, the clip itself). The optimizer's view of a model (weight-decay exemptions,
+parameter groups) is ``optim.py``'s.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,8 +19,6 @@ from torch import Tensor, nn
 from peft_bench.backbones import VideoBackbone
 from peft_bench.backbones.base import Features, take_indices
 from peft_bench.method_api.registry import RunContext
-
-log = logging.getLogger(__name__)
 
 
 class ClsTemporalMean(nn.Module):
@@ -170,85 +165,6 @@ def split_frame_heads(x: Tensor, num_heads: int) -> Tensor:
     return x.view(b, t, length, num_heads, dim // num_heads).transpose(2, 3)
 
 
-# --- optimizer groups and weight-decay exemptions ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParamGroup:
-    """A method's optimizer group: the trainable parameters matching ``patterns`` (fnmatch, relative to
-    the module that declares it) learn at ``lr * lr_mult`` with ``weight_decay * decay_mult``."""
-
-    name: str
-    patterns: tuple[str, ...]
-    lr_mult: float = 1.0
-    decay_mult: float = 1.0
-
-
-def _declared(model: nn.Module, method: str):
-    """(path prefix, value) of every submodule's ``method()`` (open_clip's collect_no_weight_decay): a
-    declaration nested at ``backbone.blocks.3.inner`` is not lost, and its names stay relative to it."""
-    for path, module in model.named_modules():
-        declare = getattr(module, method, None)
-        if callable(declare):
-            yield (f"{path}." if path else ""), declare()
-
-
-def no_weight_decay_patterns(model: nn.Module) -> set[str]:
-    """Every ``no_weight_decay()`` name or fnmatch pattern in ``model``, prefixed with its module's path."""
-    return {prefix + name for prefix, names in _declared(model, "no_weight_decay") for name in names}
-
-
-def declared_param_groups(model: nn.Module) -> list[ParamGroup]:
-    return [ParamGroup(group.name, tuple(prefix + p for p in group.patterns), group.lr_mult, group.decay_mult)
-            for prefix, groups in _declared(model, "param_groups") for group in groups]
-
-
-def matches(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0,
-                           pretrained: set[int] | frozenset[int] = frozenset()) -> list[dict]:
-    """AdamW parameter groups over the trainable parameters of ``model``, each named (and logged).
-
-    Weight decay goes to tensors of 2 or more dimensions (not biases, norms or other 1-D tensors) that no
-    module exempts with ``no_weight_decay()``; the ndim rule beats name matching (open_clip's reasoning:
-    it does not depend on how a library names its norms). Parameters in ``pretrained`` (ids of the
-    backbone's own weights) learn at ``lr * backbone_lr_scale``: what a method adds starts from scratch,
-    what it fine-tunes should not be pushed as hard. A method's ``param_groups()`` multiply both.
-    """
-    exempt = no_weight_decay_patterns(model)
-    declared = declared_param_groups(model)
-    buckets: dict[tuple[str, bool, bool], list[nn.Parameter]] = {}
-    multipliers = {"": (1.0, 1.0), **{g.name: (g.lr_mult, g.decay_mult) for g in declared}}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        group = next((g.name for g in declared if matches(name, g.patterns)), "")
-        decays = p.ndim > 1 and not matches(name, exempt) and multipliers[group][1] > 0
-        buckets.setdefault((group, decays, id(p) in pretrained), []).append(p)
-    if not buckets:
-        raise ValueError("the method left no trainable parameters")
-    groups = []
-    for (group, decays, is_pretrained), params in sorted(buckets.items()):
-        lr_mult, decay_mult = multipliers[group]
-        label = " ".join(part for part in (group or "default", "pretrained" if is_pretrained else "new",
-                                           "decay" if decays else "no-decay"))
-        groups.append({"params": params, "name": label,
-                       "lr": lr * lr_mult * (backbone_lr_scale if is_pretrained else 1.0),
-                       "weight_decay": weight_decay * decay_mult if decays else 0.0})
-    return groups
-
-
-def log_param_groups(groups: list[dict], exempt: set[str]) -> None:
-    for group in groups:
-        log.info("optimizer group %-28s %4d tensors %12s parameters  lr %.3g  weight decay %.3g", group["name"],
-                 len(group["params"]), f"{sum(p.numel() for p in group['params']):,}", group["lr"],
-                 group["weight_decay"])
-    if exempt:
-        log.info("no weight decay by declaration: %s", ", ".join(sorted(exempt)))
-
-
 # --- counting and trainable state -------------------------------------------------------------------
 
 
@@ -256,10 +172,6 @@ def log_param_groups(groups: list[dict], exempt: set[str]) -> None:
 class ParameterCount:
     trainable: int
     total: int
-
-    @property
-    def trainable_m(self) -> float:
-        return self.trainable / 1e6
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from peft_bench.dataclass_io import ConfigError, from_dict, to_dict
+from peft_bench.dataclass_io import ConfigError, from_dict
 from peft_bench.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,6 @@ class MethodSpec:
             return cfg if context is None else resolve_from_context(cfg, context)
         except (ConfigError, TypeError, ValueError) as err:
             raise ConfigError(f"method '{self.name}': {err}") from None
-
-    def default_config_dict(self, preset: str | None = None) -> dict[str, Any]:
-        return to_dict(self.make_config(preset))
 
     def create(self, backbone, context: RunContext, cfg: Any = None):
         """The method on ``backbone`` for ``context``: the backbone frozen, ``cfg`` (a config, a dict of

@@ -1,10 +1,13 @@
 """Data-parallel training across the processes of one job: torchrun's or submitit's (one per GPU).
 
-The runner stays a single-process program with a few collective points: gradients are averaged over the
-ranks before each optimizer step (only what the method trains: small for parameter-efficient methods,
-and no wrapper changes the model's parameter names), the epoch's clips are split between ranks
-(``EpochSampler``), and training and evaluation counts are summed over ranks, so the logged metrics are
-those of the whole data. ``train.batch_size`` stays the global batch of one optimizer step and ``lr``
+The runner stays a single-process program with a few collective points. The training steps call the model
+through ``DistributedDataParallel`` (:func:`data_parallel`), which averages the gradients of what the method
+trains over the ranks during the backward pass, overlapping the communication with it; the frozen backbone
+has no gradient and stays out of DDP's reducer. With gradient accumulation only a step's last backward pass
+communicates (:func:`gradient_sync`). Evaluation, checkpoints and state dicts use the unwrapped model, so
+their names are those of a single-process run (no ``module.`` prefix). The epoch's clips are split between
+ranks (``EpochSampler``), and training and evaluation counts are summed over ranks, so the logged metrics
+are those of the whole data. ``train.batch_size`` stays the global batch of one optimizer step and ``lr``
 is for that batch: a run on 8 GPUs optimises exactly as one on 1. Only rank 0 tracks and checkpoints.
 NCCL on GPU, gloo on CPU.
 """
@@ -18,6 +21,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ def local_rank() -> int:
 def _submitit_environment() -> dict[str, str] | None:
     """torchrun-style variables from submitit's job environment, when a submitit job has several tasks."""
     try:
-        import submitit
+        import submitit  # only a SLURM job launched by submitit has its environment; heavy otherwise
 
         env = submitit.JobEnvironment()
     except (ImportError, RuntimeError):  # not inside a submitit job
@@ -90,18 +95,18 @@ def any_rank(flag: bool) -> bool:
     return sum_over_ranks([1.0 if flag else 0.0])[0] > 0 if is_distributed() else flag
 
 
-def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
-    """Mean of the gradients over ranks, as one flat all-reduce (a parameter without a gradient counts 0)."""
-    if not is_distributed() or not parameters:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
-    for p, g in zip(parameters, grads):
-        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
-        offset += g.numel()
+def data_parallel(module: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """``module`` in DDP over the job's processes, reducing only its trainable parameters (DDP leaves out those
+    without ``requires_grad``: the frozen backbone). Every method gives each trainable parameter a gradient in
+    every step (tests/test_methods.py checks it), so none needs ``find_unused_parameters``."""
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def gradient_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Where a forward and backward pass runs: DDP's ``no_sync`` unless ``sync`` (a step's last micro-batch,
+    whose backward pass then reduces the gradients accumulated so far); nothing for an unwrapped module."""
+    no_sync = getattr(module, "no_sync", None)  # a compiled DDP module passes it on
+    return contextlib.nullcontext() if sync or no_sync is None else no_sync()
 
 
 def _collective_device() -> torch.device:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from peft_bench.method_api.model import VideoClassifier
 from peft_bench.precision import autocast, resolve_precision
 from peft_bench.system import usable_cpu_count
 
@@ -63,8 +64,6 @@ def default_feature_cache_dir() -> Path:
 def feature_cache_refusal(model: nn.Module) -> str | None:
     """Why the cache cannot serve ``model`` (None when it can): it must be a VideoClassifier whose backbone
     has no trainable parameter (detected, not listed) and whose head reads nothing but backbone features."""
-    from peft_bench.method_api.model import VideoClassifier
-
     if not isinstance(model, VideoClassifier):
         return f"{type(model).__name__} is not a VideoClassifier"
     if not model.backbone_is_frozen():
@@ -76,6 +75,19 @@ def feature_cache_refusal(model: nn.Module) -> str | None:
 
 def supports_feature_cache(model: nn.Module) -> bool:
     return feature_cache_refusal(model) is None
+
+
+class HeadOnCachedFeatures(nn.Module):
+    """What follows the backbone (``VideoClassifier.head_from_tokens``) as a module whose forward reads cached
+    features: what DDP wraps for a run trained from the cache, as DDP reduces gradients only for what runs
+    through its forward."""
+
+    def __init__(self, model: VideoClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        return self.model.head_from_tokens(packed)
 
 
 # --- keys --------------------------------------------------------------------------------------------

@@ -30,21 +30,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from peft_bench.train import distributed
-from peft_bench.train import preemption
-from peft_bench.backbones import create_backbone
+from peft_bench.backbones import VideoBackbone, create_backbone
 from peft_bench.config import RunConfig, tracked_config
 from peft_bench.data.build import build_dataset
 from peft_bench.data.decode import decoder_provenance
-from peft_bench.train.efficiency import apply_speed_options
-from peft_bench.method_api.model import (count_parameters, load_trainable_state_dict, log_param_groups, no_weight_decay_patterns,
-                    optimizer_param_groups, trainable_state_dict)
+from peft_bench.measure.accounting import count_video_flops
 from peft_bench.method_api.checks import measures_time
+from peft_bench.method_api.model import (ParameterCount, VideoClassifier, count_parameters, load_trainable_state_dict,
+                                         trainable_state_dict)
+from peft_bench.method_api.optim import make_optimizer
+from peft_bench.method_api.registry import MethodSpec, RunContext, get_method
 from peft_bench.precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
 from peft_bench.track.records import RunMeter, record_finished_run, split_summary
-from peft_bench.method_api.registry import RunContext, get_method
+from peft_bench.train import distributed, preemption
+from peft_bench.train.efficiency import apply_speed_options
+from peft_bench.train.feature_cache import CachedFeatures, HeadOnCachedFeatures, cached_datasets, feature_cache_refusal
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +100,6 @@ def build_model(cfg: RunConfig, num_classes: int, backbone=None, class_names=Non
     return spec.create(backbone, run_context(cfg, num_classes, class_names), cfg.method_args)
 
 
-def make_optimizer(model: nn.Module, cfg, pretrained: set[int] | frozenset[int] = frozenset()) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only, in the groups ``model.optimizer_param_groups`` makes:
-    no weight decay on biases, norms and other 1-D tensors, nor on what the model's modules declare in
-    ``no_weight_decay()``; the backbone's own weights (``pretrained``, their ids) at ``lr *
-    backbone_lr_scale``; a method's declared ``param_groups()`` with their multipliers. The groups are logged.
-    """
-    groups = optimizer_param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale, pretrained)
-    log_param_groups(groups, no_weight_decay_patterns(model))
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: float, from_zero: bool = True):
     """Linear warm-up over ``warmup_steps``, then cosine to ``min_ratio`` of the lr at ``total_steps``.
 
@@ -151,15 +143,15 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progres
 def _progress(iterable, enabled: bool, desc: str):
     if not enabled:
         return iterable
-    from tqdm import tqdm
-
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def model_inputs(model: nn.Module, batch: dict):
-    """(what to call, its input): the model on clips, or only what follows the backbone on cached tokens."""
-    if "tokens" in batch:  # from the feature cache: the backbone already ran
-        return model.head_from_tokens, batch["tokens"]
+    """(what to call, its input): the model on clips; on cached features (the backbone already ran) only what
+    follows the backbone: a classifier's ``head_from_tokens``, or the module itself when it is only that part
+    already (``HeadOnCachedFeatures``, as DDP wraps it: see ``training_module``)."""
+    if "tokens" in batch:
+        return getattr(model, "head_from_tokens", model), batch["tokens"]
     return model, batch["video"]
 
 
@@ -221,7 +213,9 @@ class EpochPosition:
 # --- checkpoints -------------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosition, run_id: str | None,
-                    digest: str, scaler: torch.amp.GradScaler | None = None) -> None:
+                    scaler: torch.amp.GradScaler | None = None) -> None:
+    """The trainable state, optimizer, schedule, random streams and position of a run, written atomically. (Which
+    config it belongs to is its folder's name: ``RunConfig.run_dir`` holds the config digest.)"""
     state = {
         "trainable": trainable_state_dict(model),
         "optimizer": optimizer.state_dict(),
@@ -230,7 +224,6 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosi
         "step_in_epoch": position.step,  # optimizer steps into the next epoch (0 at an epoch's end)
         "epoch_sums": [position.loss_sum, position.correct, position.seen],
         "mlflow_run_id": run_id,
-        "config_digest": digest,
         "rng_torch": torch.get_rng_state(),
         "rng_python": random.getstate(),
     }
@@ -411,6 +404,10 @@ def video_problem_metrics(datasets: dict) -> dict[str, int]:
 
 
 # --- the run -----------------------------------------------------------------------------------------
+#
+# run() reads top to bottom as its stages: build (the backbone, the data, the method's model), prepare the
+# training (feature cache, loaders, optimizer, the data-parallel wrapper), restore a checkpoint, then, tracked:
+# start (tags, GFLOPs), train, evaluate and record. Each stage is a function of what the ones before gave.
 
 def run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         report: Callable[[int, int], None] | None = None) -> RunResult:
@@ -423,11 +420,14 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False,
 
 
 def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, int], None] | None) -> RunResult:
+    # mlflow (and pandas with it) loads when a run starts tracking, not with this module: a process that only
+    # builds and steps models (benchmarks/method_speed.py's measured ones) keeps it out of its memory.
     from peft_bench.track.journal import JournaledTracker, OffRankTracker, unfinished_journal
-    from peft_bench.track.tracking import check_store, default_tracking_uri
+    from peft_bench.track.tracking import check_store, default_tracking_uri  # (the same)
 
     start = time.time()
-    check_store(cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir)))  # a damaged one: say so now
+    uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
+    check_store(uri)  # a damaged store: say so now, before any work
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     run_dir = cfg.run_dir()
@@ -435,6 +435,40 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     meter = RunMeter.open(run_dir, device, resuming=resume and (run_dir / CHECKPOINT_NAME).is_file(), since=start)
     spec = get_method(cfg.method)
     backbone = create_backbone(cfg.backbone, cfg.pretrained)  # the datasets need its input size and normalisation
+    data = build_data(cfg, backbone)
+    built = build_run_model(cfg, spec, backbone, data.train_set, device)
+    loop = prepare_training(cfg, built, data)
+    open_run_dir(cfg, run_dir)
+    restored = restore_checkpoint(cfg, run_dir, built, loop) if resume else None
+    position, run_id = restored if restored is not None else (EpochPosition(), None)
+    # --resume continues the run folder's mlflow run: from its checkpoint, or, killed before it saved one,
+    # from the start of training (a finished run without a checkpoint is not reopened).
+    continued = restored is not None or (resume and unfinished_journal(run_dir))
+    tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=continued)
+               if distributed.rank() == 0 else OffRankTracker())
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    with tracker:
+        tags, flops = start_tracking(cfg, tracker, built, data, loop, fresh=restored is None)
+        position = train_epochs(cfg, built, loop, tracker, meter, position, checkpoint_path, progress, report)
+        final, wall = evaluate_and_record(cfg, built, data, loop, tracker, meter, position, checkpoint_path,
+                                          progress, tags, flops)
+    run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
+    return RunResult(run_id, final["top1"], final["top5"], built.counts.trainable, built.counts.total, wall, run_dir)
+
+
+@dataclass
+class RunData:
+    """The data stage's datasets: the clips, the ones evaluated, and what the result record says of them."""
+
+    train_set: Dataset
+    val_set: Dataset
+    val_items: Dataset  # val_set, or its first train.val_subset clips
+    splits: dict[str, dict]
+    clip_sets: dict[str, Dataset]  # their counts of missing, unreadable and short videos
+
+
+def build_data(cfg: RunConfig, backbone: VideoBackbone) -> RunData:
+    """The run's training and validation clips, read and transformed for ``backbone``."""
     data_kwargs = dict(root=Path(cfg.data_root) if cfg.data_root else None,
                        annotations=Path(cfg.annotations) if cfg.annotations else None,
                        input_size=backbone.input_size, mean=backbone.mean, std=backbone.std,
@@ -446,10 +480,28 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     if cfg.train.val_subset:
         val_items = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
     splits = {"train": split_summary(train_set), "val": split_summary(val_set, len(val_items))}
-    # Their counts of missing, unreadable and short videos (the feature cache may stand in for them below).
-    clip_sets = {"train": train_set, "val": val_set}
+    return RunData(train_set, val_set, val_items, splits, {"train": train_set, "val": val_set})
 
-    pretrained = backbone.info.pretrained
+
+@dataclass
+class BuiltModel:
+    """The build stage's model: the method on the frozen backbone, and how its steps compute."""
+
+    spec: MethodSpec
+    backbone: VideoBackbone
+    model: VideoClassifier
+    step_model: nn.Module  # the model, or its compiled wrapper (speed.compile): what one process steps and evaluates
+    counts: ParameterCount
+    device: torch.device
+    precision: str  # train.precision made concrete for the device
+    scaler: torch.amp.GradScaler  # on for fp16 only
+    pretrained_ids: set[int]  # the backbone's own weights (lr * backbone_lr_scale, where a method trains them)
+
+
+def build_run_model(cfg: RunConfig, spec: MethodSpec, backbone: VideoBackbone, train_set: Dataset,
+                    device: torch.device) -> BuiltModel:
+    """The method's model on ``backbone`` for the training set's classes, on ``device``, in the run's precision and
+    with its speed options."""
     pretrained_ids = {id(p) for p in backbone.parameters()}
     model = build_model(cfg, train_set.num_classes, backbone, getattr(train_set, "class_names", None)).to(device)
     counts = count_parameters(model)
@@ -463,10 +515,33 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     step_model, applied = apply_speed_options(model, cfg.speed, device)  # step_model: compiled, if asked
     if applied:
         log.info("speed options: %s", ", ".join(applied))
+    return BuiltModel(spec, backbone, model, step_model, counts, device, precision, scaler, pretrained_ids)
 
+
+@dataclass
+class TrainingLoop:
+    """The training stage's inputs besides the model: batches, optimizer, schedule, and what one step calls."""
+
+    train_set: Dataset  # the clips, or the feature cache's copies of their backbone features
+    train_loader: DataLoader
+    val_loader: DataLoader  # this process's share of the evaluated clips (or of their cached features)
+    sampler: EpochSampler
+    micro: int  # clips per forward pass
+    accumulate: int  # forward passes per optimizer step
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    cache_tag: str  # the feature cache's choice, as the run's tag records it
+    train_module: nn.Module  # what a training step calls (training_module)
+
+
+def prepare_training(cfg: RunConfig, built: BuiltModel, data: RunData) -> TrainingLoop:
+    """Loaders over this process's share of the clips (or of their cached features), the optimizer and its
+    schedule, and the module the steps call."""
     rank, world = distributed.rank(), distributed.world_size()
     micro, accumulate = rank_batch_sizes(cfg, world)
-    train_set, val_items, cache_tag = use_feature_cache(model, train_set, val_items, cfg, device, micro)
+    train_set, val_items, cache_tag = use_feature_cache(built.model, data.train_set, data.val_items, cfg,
+                                                        built.device, micro)
     sampler = EpochSampler(len(train_set), cfg.seed, rank, world)
     train_loader = _loader(train_set, micro, cfg, sampler)
     if world > 1:  # each rank evaluates a share; evaluate() sums the counts
@@ -475,125 +550,169 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     steps_per_epoch = max(1, len(train_loader) // accumulate)
     if len(train_loader) < accumulate:
         raise ValueError(f"the training set ({len(train_set)} clips) is smaller than one batch ({cfg.train.batch_size})")
-    optimizer = make_optimizer(model, cfg.train, pretrained_ids)
+    optimizer = make_optimizer(built.model, cfg.train, built.pretrained_ids)
     scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
                               cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr,
                               from_zero=cfg.train.warmup_from_zero)
+    module = training_module(built, isinstance(train_set, CachedFeatures), cfg.speed.compile)
+    return TrainingLoop(train_set, train_loader, val_loader, sampler, micro, accumulate, steps_per_epoch, optimizer,
+                        scheduler, cache_tag, module)
 
+
+def training_module(built: BuiltModel, cached: bool, compile_steps: bool) -> nn.Module:
+    """What the training steps call. One process: the model (compiled, if asked). Several: DDP over the model,
+    or over what follows the backbone when the steps read cached features, compiled over the wrapper if
+    asked; DDP reduces only what trains, and evaluation and checkpoints keep the unwrapped model."""
+    if distributed.world_size() == 1:
+        return built.step_model
+    wrapped = distributed.data_parallel(HeadOnCachedFeatures(built.model) if cached else built.model, built.device)
+    return torch.compile(wrapped) if compile_steps else wrapped
+
+
+def open_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    """The run folder, with the config it runs; what a process killed mid-save left is removed (rank 0)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if distributed.rank() == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         remove_stale_temporaries(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    position, run_id = EpochPosition(), None
-    found = resume_state(run_dir) if resume else None  # a damaged latest checkpoint: the previous one
-    resuming = found is not None
-    if resuming:
-        state, _ = found
-        load_trainable_state_dict(model, state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "grad_scaler" in state:
-            scaler.load_state_dict(state["grad_scaler"])
-        torch.set_rng_state(state["rng_torch"])
-        random.setstate(_as_python_rng_state(state["rng_python"]))
-        position, run_id = checkpoint_position(state), state["mlflow_run_id"]
-        log.info("resuming %s from epoch %d, step %d (mlflow run %s)", cfg.run_name(), position.epoch,
-                 position.step, run_id)
 
-    uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
-    # --resume continues the run folder's mlflow run: from its checkpoint, or, killed before it saved one,
-    # from the start of training (a finished run without a checkpoint is not reopened).
-    continued = resuming or (resume and unfinished_journal(run_dir))
-    tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=continued)
-               if rank == 0 else OffRankTracker())
-    with tracker:
-        tags, flops = {}, 0.0
-        if rank == 0:  # the mlflow run's tags and metrics at its start, and its result record at the end
-            with torch.random.fork_rng():  # the check must not shift this run's random stream
-                models_time = _measured_models_time(cfg.method, spec.build, json.dumps(cfg.method_args, sort_keys=True),
-                                                    cfg.backbone)
-            tags = {
-                "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
-                "peft_bench.dataset": cfg.dataset_label(), "peft_bench.seed": str(cfg.seed),
-                # Measured (frame-shuffle test on a random tiny backbone), not taken from the declaration.
-                "peft_bench.models_time": "yes" if models_time else "no",
-                "peft_bench.pretrained": pretrained,
-                "peft_bench.group": spec.group, "peft_bench.architecture": spec.architecture,
-                # The batch and lr of one optimizer step are the config's whatever the process count.
-                "peft_bench.world_size": str(world), "peft_bench.rank_batch": str(micro * accumulate),
-                "peft_bench.train.feature_cache": cache_tag,
-                # What decoded the clips (decoder, version, FFmpeg): every decoder gives the same frames.
-                **{f"peft_bench.{key}": value for key, value in
-                   decoder_provenance(cfg.data.decoder, cfg.data.decode_device).items()},
-            }
-            if cfg.classes:  # a subset of the dataset's classes (Mini-Kinetics style), as asked for
-                tags["peft_bench.classes"] = f"{len(cfg.classes)} of {train_set.source_num_classes}"
-            flops = count_gflops(model, cfg.num_frames, backbone.input_size)
-        if not resuming and rank == 0:
+
+def restore_checkpoint(cfg: RunConfig, run_dir: Path, built: BuiltModel,
+                       loop: TrainingLoop) -> tuple[EpochPosition, str | None] | None:
+    """(position, mlflow run id) after loading the run folder's checkpoint into the model, optimizer, schedule,
+    scaler and random streams; None when there is none. A damaged latest checkpoint: the previous one."""
+    found = resume_state(run_dir)
+    if found is None:
+        return None
+    state, _ = found
+    load_trainable_state_dict(built.model, state["trainable"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    if "grad_scaler" in state:
+        built.scaler.load_state_dict(state["grad_scaler"])
+    torch.set_rng_state(state["rng_torch"])
+    random.setstate(_as_python_rng_state(state["rng_python"]))
+    position, run_id = checkpoint_position(state), state["mlflow_run_id"]
+    log.info("resuming %s from epoch %d, step %d (mlflow run %s)", cfg.run_name(), position.epoch, position.step,
+             run_id)
+    return position, run_id
+
+
+def start_tracking(cfg: RunConfig, tracker, built: BuiltModel, data: RunData, loop: TrainingLoop,
+                   fresh: bool) -> tuple[dict[str, str], float]:
+    """(the run's tags, GFLOPs of one view), both measured on rank 0 (empty and 0 elsewhere); a fresh run logs
+    them with its config and environment."""
+    tags, flops = {}, 0.0
+    if distributed.rank() == 0:
+        tags = run_tags(cfg, built, data, loop)
+        flops = count_gflops(built.model, cfg.num_frames, built.backbone.input_size)
+        if fresh:
             tracker.log_config(_config_for_tracking(cfg))
             tracker.log_environment()
             tracker.set_tags(tags)
-            views = getattr(val_set, "num_views", 1)
-            tracker.log_metrics({"trainable_params": counts.trainable, "total_params": counts.total,
+            views = getattr(data.val_set, "num_views", 1)
+            tracker.log_metrics({"trainable_params": built.counts.trainable, "total_params": built.counts.total,
                                  "gflops_per_view": flops, "gflops": flops * views})
-        log.info("%s: %s trainable of %s parameters", cfg.run_name(), f"{counts.trainable:,}", f"{counts.total:,}")
+    log.info("%s: %s trainable of %s parameters", cfg.run_name(), f"{built.counts.trainable:,}",
+             f"{built.counts.total:,}")
+    return tags, flops
 
-        def save(at: EpochPosition) -> None:
-            # Every rank takes part in the sum; rank 0 alone writes.
-            at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
-            if rank == 0:
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler, at, tracker.run_id, cfg.digest(),
-                                scaler)
-                meter.save()
 
-        after_step = step_hook(cfg, save, checkpoint_path)
-        total_steps = cfg.train.epochs * steps_per_epoch
-        if report is not None:
-            after_step = reporting(after_step, report, steps_per_epoch, total_steps)
-            report(position.epoch * steps_per_epoch + position.step, total_steps)
-        for epoch in range(position.epoch, cfg.train.epochs):
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
-            # The epoch's shuffle depends on (seed, epoch) alone, so a resumed run sees the same order.
-            sampler.set_position(epoch, position.step * accumulate * micro)
-            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # loader workers' seeds
-            with meter.timing("train"):
-                stats = train_one_epoch(step_model, train_loader, optimizer, scheduler, device, cfg, accumulate,
-                                        progress, desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
-                                        position=position, after_step=after_step, scaler=scaler)
-            meter.count("train", stats["clips"])  # the whole epoch's, a resumed epoch's earlier part included
-            metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
-                       "lr": scheduler.get_last_lr()[0]}
-            if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-                metrics.update({f"val_{k}": v for k, v in evaluate(step_model, val_loader, device,
-                                                                      precision=precision).items()
-                                if k != "clips"})
-            tracker.log_metrics(metrics, step=epoch + 1)
-            position = EpochPosition(epoch + 1)
-            save(position)
-            if distributed.any_rank(preemption.requested()):  # signalled during this epoch's evaluation
-                preemption.hand_over(resume_hint(position, checkpoint_path))
+def run_tags(cfg: RunConfig, built: BuiltModel, data: RunData, loop: TrainingLoop) -> dict[str, str]:
+    """The mlflow run's tags: what ran, how, and what was measured of the method."""
+    with torch.random.fork_rng():  # the check must not shift this run's random stream
+        models_time = _measured_models_time(cfg.method, built.spec.build, json.dumps(cfg.method_args, sort_keys=True),
+                                            cfg.backbone)
+    tags = {
+        "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
+        "peft_bench.dataset": cfg.dataset_label(), "peft_bench.seed": str(cfg.seed),
+        # Measured (frame-shuffle test on a random tiny backbone), not taken from the declaration.
+        "peft_bench.models_time": "yes" if models_time else "no",
+        "peft_bench.pretrained": built.backbone.info.pretrained,
+        "peft_bench.group": built.spec.group, "peft_bench.architecture": built.spec.architecture,
+        # The batch and lr of one optimizer step are the config's whatever the process count.
+        "peft_bench.world_size": str(distributed.world_size()),
+        "peft_bench.rank_batch": str(loop.micro * loop.accumulate),
+        "peft_bench.train.feature_cache": loop.cache_tag,
+        # What decoded the clips (decoder, version, FFmpeg): every decoder gives the same frames.
+        **{f"peft_bench.{key}": value for key, value in
+           decoder_provenance(cfg.data.decoder, cfg.data.decode_device).items()},
+    }
+    if cfg.classes:  # a subset of the dataset's classes (Mini-Kinetics style), as asked for
+        tags["peft_bench.classes"] = f"{len(cfg.classes)} of {data.train_set.source_num_classes}"
+    return tags
 
-        if report is not None:
-            report(total_steps, total_steps)
-        # A signal now stops the evaluation: the checkpoint of the last epoch's end is what a resume needs.
-        final_loader = val_loader if world > 1 else _StopOnSignal(val_loader, position, checkpoint_path)
-        with meter.timing("eval"):
-            final = evaluate(step_model, final_loader, device, progress, precision)
-        meter.count("eval", final["clips"])
-        wall = meter.snapshot().wall_s  # every segment's, for a resumed run
-        failures = getattr(train_set, "failed_count", 0) + getattr(val_set, "failed_count", 0)
-        tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
-        tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
-                             "decode_failures": failures, "eval_clips": final["clips"],
-                             **video_problem_metrics(clip_sets)})
+
+def train_epochs(cfg: RunConfig, built: BuiltModel, loop: TrainingLoop, tracker, meter: RunMeter,
+                 position: EpochPosition, checkpoint_path: Path, progress: bool,
+                 report: Callable[[int, int], None] | None) -> EpochPosition:
+    """From ``position`` to the last epoch's end: each epoch's metrics logged, a checkpoint at each epoch's end
+    and every ``train.checkpoint_every`` steps, the hand-over on a stop signal. Returns where training ended."""
+    rank = distributed.rank()
+
+    def save(at: EpochPosition) -> None:
+        # Every rank takes part in the sum; rank 0 alone writes.
+        at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
         if rank == 0:
-            record_finished_run(tracker, meter, cfg, model=model, tags=tags, counts=counts, gflops_per_view=flops,
-                                val_set=val_set, final=final, splits=splits, clip_sets=clip_sets,
-                                input_size=backbone.input_size, world_size=world)
-    run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
-    return RunResult(run_id, final["top1"], final["top5"], counts.trainable, counts.total, wall, run_dir)
+            save_checkpoint(checkpoint_path, built.model, loop.optimizer, loop.scheduler, at, tracker.run_id,
+                            built.scaler)
+            meter.save()
+
+    after_step = step_hook(cfg, save, checkpoint_path)
+    total_steps = cfg.train.epochs * loop.steps_per_epoch
+    if report is not None:
+        after_step = reporting(after_step, report, loop.steps_per_epoch, total_steps)
+        report(position.epoch * loop.steps_per_epoch + position.step, total_steps)
+    for epoch in range(position.epoch, cfg.train.epochs):
+        if hasattr(loop.train_set, "set_epoch"):
+            loop.train_set.set_epoch(epoch)
+        # The epoch's shuffle depends on (seed, epoch) alone, so a resumed run sees the same order.
+        loop.sampler.set_position(epoch, position.step * loop.accumulate * loop.micro)
+        loop.train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # loader workers' seeds
+        with meter.timing("train"):
+            stats = train_one_epoch(loop.train_module, loop.train_loader, loop.optimizer, loop.scheduler,
+                                    built.device, cfg, loop.accumulate, progress,
+                                    desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
+                                    position=position, after_step=after_step, scaler=built.scaler)
+        meter.count("train", stats["clips"])  # the whole epoch's, a resumed epoch's earlier part included
+        metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
+                   "lr": loop.scheduler.get_last_lr()[0]}
+        if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
+            metrics.update({f"val_{k}": v for k, v in evaluate(built.step_model, loop.val_loader, built.device,
+                                                                  precision=built.precision).items()
+                            if k != "clips"})
+        tracker.log_metrics(metrics, step=epoch + 1)
+        position = EpochPosition(epoch + 1)
+        save(position)
+        if distributed.any_rank(preemption.requested()):  # signalled during this epoch's evaluation
+            preemption.hand_over(resume_hint(position, checkpoint_path))
+    if report is not None:
+        report(total_steps, total_steps)
+    return position
+
+
+def evaluate_and_record(cfg: RunConfig, built: BuiltModel, data: RunData, loop: TrainingLoop, tracker,
+                        meter: RunMeter, position: EpochPosition, checkpoint_path: Path, progress: bool,
+                        tags: dict[str, str], flops: float) -> tuple[dict[str, float], float]:
+    """(the final multi-view evaluation, the run's wall time over all its segments), logged, and the result record
+    written (rank 0)."""
+    world = distributed.world_size()
+    # A signal now stops the evaluation: the checkpoint of the last epoch's end is what a resume needs.
+    final_loader = loop.val_loader if world > 1 else _StopOnSignal(loop.val_loader, position, checkpoint_path)
+    with meter.timing("eval"):
+        final = evaluate(built.step_model, final_loader, built.device, progress, built.precision)
+    meter.count("eval", final["clips"])
+    wall = meter.snapshot().wall_s  # every segment's, for a resumed run
+    failures = getattr(loop.train_set, "failed_count", 0) + getattr(data.val_set, "failed_count", 0)
+    tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
+    tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
+                         "decode_failures": failures, "eval_clips": final["clips"],
+                         **video_problem_metrics(data.clip_sets)})
+    if distributed.rank() == 0:
+        record_finished_run(tracker, meter, cfg, model=built.model, tags=tags, counts=built.counts,
+                            gflops_per_view=flops, val_set=data.val_set, final=final, splits=data.splits,
+                            clip_sets=data.clip_sets, input_size=built.backbone.input_size, world_size=world)
+    return final, wall
 
 
 def reporting(after_step: Callable[[EpochPosition], None], report: Callable[[int, int], None],
@@ -621,8 +740,6 @@ def _measured_models_time(method: str, build, method_args: str, backbone: str) -
 def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_size: int):
     """(train set, val set, tag): cached backbone features when ``speed.feature_cache`` is on and nothing in
     the backbone trains; otherwise the clip datasets unchanged. The tag records the choice with the run."""
-    from peft_bench.train.feature_cache import cached_datasets, feature_cache_refusal
-
     if not cfg.speed.feature_cache:
         return train_set, val_set, "off"
     refusal = feature_cache_refusal(model)
@@ -637,8 +754,6 @@ def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_s
 
 def count_gflops(model: nn.Module, num_frames: int, input_size: int) -> float:
     """GFLOPs of one view (1 multiply-add = 1 FLOP), counted on a CPU copy so the run's model is untouched."""
-    from peft_bench.measure.accounting import count_video_flops
-
     counted = count_video_flops(copy.deepcopy(model).cpu().float().eval(), num_frames, input_size)
     if counted.uncounted_ops:
         log.warning("GFLOPs leave out ops with no counter: %s", ", ".join(sorted(counted.uncounted_ops)))
@@ -660,17 +775,20 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
     optimizer.zero_grad(set_to_none=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for i, batch in enumerate(_progress(loader, progress, desc), start=position.step * accumulate):
+        ends_step = (i + 1) % accumulate == 0
         forward, video = model_inputs(model, batch)
         video = video[:, 0].to(device, non_blocking=True)  # training clips carry one view
         labels = batch["label"].to(device, non_blocking=True)
-        with autocast(device, cfg.train.precision):
-            logits = forward(video)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()}: lower train.lr or check the data")
-        scaler.scale(loss / accumulate).backward()
-        if (i + 1) % accumulate == 0:
-            distributed.average_gradients(trainable)
+        # Under DDP the gradients are averaged over the processes in the backward pass of a step's last forward
+        # pass; those before it accumulate locally.
+        with distributed.gradient_sync(model, ends_step):
+            with autocast(device, cfg.train.precision):
+                logits = forward(video)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {loss.item()}: lower train.lr or check the data")
+            scaler.scale(loss / accumulate).backward()
+        if ends_step:
             if cfg.train.grad_clip_norm:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, max_norm=cfg.train.grad_clip_norm)
@@ -681,7 +799,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig,
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += len(labels)
-        if (i + 1) % accumulate == 0 and after_step is not None:
+        if ends_step and after_step is not None:
             after_step(EpochPosition(position.epoch, (i + 1) // accumulate, total_loss, correct, seen))
     total_loss, correct, seen = distributed.sum_over_ranks([total_loss, correct, seen])
     return {"loss": total_loss / max(seen, 1), "top1": 100.0 * correct / max(seen, 1), "clips": seen}

@@ -50,7 +50,7 @@ def save_two(run_dir: Path) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     run_dir.mkdir(parents=True, exist_ok=True)
     for step in (1, 2):
-        save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, EpochPosition(0, step), "run", "d")
+        save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, EpochPosition(0, step), "run")
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=lambda f: f.__name__)
