@@ -56,14 +56,14 @@ multiple of ``spatial_stride``.
 to ViT-B's 768, D/2 = 48 for the branch and D/8 = 12 for the temporal encoder, with heads of 24 channels
 (2 heads); all four blocks are read, and at the embedded default's 8 frames CLIP's stand-in sees 4 of them.
 Trainable parameters: 302,984 on synthetic-appearance (K400 preset, 4 pooling layers, 8 classes) and
-189,610 on synthetic-motion (SSv2 preset, 2 pooling layers, 10 classes). Measured at commit be7a69a with
-the shared recipe (``peft-bench run --methods dist --seeds 0``, CPU): top-1 99.4 on synthetic-appearance
-and 38.1 on synthetic-motion, seed 0 only (seeds 1 and 2 had not finished when this was written). The
-best order-blind row is adapter's 19.4 (mean of three seeds, ``results/embedded_default.md``), so seed 0
-is 18.7 points above it, 1.3 short of the 20-point bar. Its training top-1 was still rising in the last
-epochs (44, 45, 47, 49 for epochs 9-12): the side network starts from random weights, and 12 epochs are
-few for it. Not yet tried: a wider temporal encoder, or ``spatial_stride=1`` so that the frozen
-encoder sees all 8 frames.
+189,610 on synthetic-motion (SSv2 preset, 2 pooling layers, 10 classes). Measured at commit 5ff01db
+(``peft-bench run --methods dist --seeds 0,1,2``, CPU, ``results/embedded_default.md``): top-1 99.0 ± 0.7
+on synthetic-appearance and 36.7 ± 5.1 on synthetic-motion (seeds 31.2, 37.5, 41.2). The best
+order-blind row is adapter's 19.2, so DiST is 17.5 points above it, 2.5 short of the 20-point bar: the side
+network starts from random weights, and its training top-1 is still rising in the last of the embedded
+default's 12 epochs. Tried on synthetic-motion, same seeds: a temporal encoder of 24 channels (D/4) gave
+39.4, 31.2, 41.2 (mean 37.3), no clear gain; ``spatial_stride=1`` (the frozen encoder sees all 8 frames)
+gave 35.0 at seed 0. The preset keeps the released ratios.
 
 **Differences from the released code.** (1) The head: DiST projects the feature into CLIP's joint space
 (384 x 512, no bias) and classifies by cosine similarity with CLIP's frozen text embeddings of the class
