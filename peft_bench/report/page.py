@@ -5,7 +5,7 @@ fetched from the network: the cross-modality table with one row per cell (method
 sortable by every column and filtered by backbone, dataset, group and commit; the Pareto plots
 (``plot.py``) beside it as SVG files; every run's result record copied under ``records/`` and linked
 from its row; and the table's provenance footer. The same runs give the same cells as ``peft-bench
-table`` (``table.py`` computes both).
+table`` (``report/table.py`` computes both).
 """
 from __future__ import annotations
 
