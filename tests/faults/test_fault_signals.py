@@ -18,9 +18,7 @@ from peft_bench.cli import main
 from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
 
 EPOCHS = 3  # room for the signal to land inside training, not in the final evaluation
-# Clips, not the feature cache the embedded default gives the linear probe: from cached features three epochs
-# take well under a second, and on a loaded machine the run had finished before the signal arrived.
-ARGS = with_sets(FAST, train__epochs=EPOCHS, train__num_workers=1, speed__feature_cache="false")
+ARGS = with_sets(FAST, train__epochs=EPOCHS, train__num_workers=1)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2], ids=lambda s: s.name)
