@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,9 +36,16 @@ def cli_env() -> dict[str, str]:
 
 
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    """``peft-bench ARGS`` as its own process group (so a test can Ctrl-C it as a terminal would)."""
+    """``peft-bench ARGS`` as its own process group (so a test can Ctrl-C it as a terminal would). Ctrl-C is
+    restored to its default in the child: a suite started in the background (``pytest &``, nohup) inherits
+    SIGINT ignored, as every background job does, and the command would then rightly not hear it."""
     return subprocess.Popen([sys.executable, "-m", "peft_bench.cli", *args], cwd=cwd, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_ctrl_c)
+
+
+def _default_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_dirs(root: Path) -> list[Path]:
