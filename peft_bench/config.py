@@ -189,10 +189,14 @@ def config_digest(config: Mapping[str, Any], *, compact: bool = False) -> str:
     out the spaces after separators, as the ``config_hash`` tag was always written: both spellings stay,
     because finished runs carry their values and resuming and skipping compare them.
     """
+    return hashlib.sha256(canonical_json(config, compact=compact).encode("utf-8")).hexdigest()[:12]
+
+
+def canonical_json(config: Mapping[str, Any], *, compact: bool = True) -> str:
+    """``config`` as JSON with sorted keys: what a digest hashes and what a run's logged config.json holds."""
     separators = (",", ":") if compact else (", ", ": ")
     # default=str: a logged config may hold Paths or other simple objects; their text is what identifies them.
-    text = json.dumps(config, sort_keys=True, separators=separators, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return json.dumps(config, sort_keys=True, separators=separators, default=str)
 
 
 def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> RunConfig:

@@ -33,11 +33,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from peft_bench.config import canonical_json
 from peft_bench.track.states import RunStatus, TextEnum
 from peft_bench.track.tracking import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_PER_BATCH,
-    canonical_json,
     chunks,
     config_hash,
     describe_device,

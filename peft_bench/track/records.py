@@ -34,11 +34,10 @@ from typing import Any
 
 import jsonschema
 
-from peft_bench.config import tracked_config
+from peft_bench.config import canonical_json, tracked_config
 from peft_bench.track.states import RunStatus
 from peft_bench.track.tracking import (
     TAG_PREFIX,
-    canonical_json,
     config_hash,
     describe_device,
     describe_host,

@@ -258,11 +258,6 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return config_digest(config, compact=True)
 
 
-def canonical_json(config: Mapping[str, Any]) -> str:
-    # default=str: configs may hold Paths or other simple objects; their text is what identifies them.
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested dicts become dotted keys; lists and other values become their JSON (or str) text."""
     flat: dict[str, str] = {}
