@@ -35,6 +35,7 @@ VIT_L_PARITY = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,backbone,preset,classes,paper,reference", VIT_B_PARITY)
 def test_vit_b16_gflops_match_the_paper(method, backbone, preset, classes, paper, reference):
     a = account(method, backbone, num_classes=classes, preset=preset, frames=8, views=3)
@@ -56,6 +57,7 @@ def test_parameters_of_the_released_st_adapter_configurations():
     assert k400.total_params > k400.trainable_params
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("PEFT_BENCH_SLOW"), reason="ViT-L/14 takes 10-20 s per count; PEFT_BENCH_SLOW=1")
 @pytest.mark.parametrize("method,backbone,preset,classes,paper,reference", VIT_L_PARITY)
 def test_vit_l14_gflops_match_the_paper(method, backbone, preset, classes, paper, reference):
@@ -180,6 +182,7 @@ def test_matmul_convention_leaves_out_convolutions_and_norms():
     assert matmul.uncounted_ops == {}
 
 
+@pytest.mark.slow
 def test_every_registered_method_is_counted_fully_on_tiny():
     from peft_bench.method_api.registry import available_methods
 

@@ -14,6 +14,7 @@ from peft_bench.data.decode import decoder_unavailable_reason
 from peft_bench.data.synthetic import write_video
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["decord", "torchcodec"])
 def test_vp9_encoding_and_every_decoder_still_work_after_another_decoder_decodes(tmp_path, first):
     if decoder_unavailable_reason(first):

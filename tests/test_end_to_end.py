@@ -49,6 +49,7 @@ def test_a_run_lands_in_mlflow_and_comes_back_through_the_table(tmp_path, capsys
     assert f"decoding: {decoding['decoder_version']} on {decoding['ffmpeg']}" in out
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run_and_ends_where_an_unbroken_run_ends(tmp_path, monkeypatch):
     unbroken = runner.run(small_config(tmp_path / "a"), progress=False)
 
@@ -76,6 +77,7 @@ def test_resume_continues_the_same_run_and_ends_where_an_unbroken_run_ends(tmp_p
     assert resumed.top1 == unbroken.top1 and resumed.top5 == unbroken.top5
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_only_what_the_method_trains(tmp_path):
     cfg = small_config(tmp_path, epochs=1)
     result = runner.run(cfg, progress=False)

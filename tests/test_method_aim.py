@@ -173,6 +173,7 @@ def test_tiny_gflops_are_the_image_model_plus_the_hand_counted_additions():
     assert added == projections + adapters + attention + norms
 
 
+@pytest.mark.slow
 def test_vitb16_gflops_match_the_authors_606_at_8x3x1():
     a = account("aim", "clip_vitb16", num_classes=400, preset="k400", frames=8, views=3)
     assert a.uncounted_ops == {}

@@ -97,6 +97,7 @@ def test_a_config_naming_blocks_tiny_lacks_is_measured_on_the_runs_backbone(monk
     assert calls == ["tiny", "clip_vitb16"]
 
 
+@pytest.mark.slow
 def test_a_run_of_st_adapter_with_a_pointwise_kernel_is_tagged_as_not_modelling_time(tmp_path):
     import mlflow
 

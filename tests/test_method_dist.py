@@ -166,6 +166,7 @@ def test_the_feature_cache_refuses_it_and_the_run_trains_on_clips():
                                                                                 "off: its head reads the clip itself")
 
 
+@pytest.mark.slow
 def test_vitb16_is_counted_fully_and_clip_sees_half_the_frames():
     dist16 = account("dist", "clip_vitb16", num_classes=400, frames=16, views=3, preset="k400")
     assert dist16.uncounted_ops == {} and dist16.trainable_params == dist_trainable(400, 4, 8)

@@ -241,7 +241,11 @@ def four_block_backbone(name: str):
     return backbone
 
 
-@pytest.mark.parametrize("family", ["tiny", "clip_vitb16", "in21k_vitb16"])
+# The ViT-B/16s (cut to four blocks) take seconds per method: slow, out of the quick loop; tiny stays in it.
+@pytest.mark.parametrize(
+    "family",
+    ["tiny", pytest.param("clip_vitb16", marks=pytest.mark.slow), pytest.param("in21k_vitb16", marks=pytest.mark.slow)],
+)
 @pytest.mark.parametrize("name", ALL)
 def test_forward_on_every_backbone_family(name, family):
     if family == "tiny":

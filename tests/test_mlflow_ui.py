@@ -7,6 +7,8 @@ import re
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from mlflow_server import MlflowServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -20,6 +22,7 @@ def call(server: MlflowServer, path: str, body: dict | None = None) -> dict:
         return json.loads(reply.read())
 
 
+@pytest.mark.slow
 def test_readme_s_mlflow_ui_command_starts_and_lists_the_embedded_default_s_runs(embedded_default_runs, tmp_path):
     command = re.search(r"mlflow ui --backend-store-uri (sqlite:///\S+)", README.read_text())
     assert command and command.group(1) == "sqlite:///results/mlflow.db"  # the default store, as README says

@@ -94,6 +94,7 @@ def test_every_reference_csv_in_results_links_to_the_packaged_copy():
 DECOY = 'raise ImportError("a decoy {name} package was imported instead of peft_bench.{name}")\n'
 
 
+@pytest.mark.slow
 def test_a_methods_package_in_the_working_folder_does_not_shadow_the_built_in_methods(tmp_path):
     for name in MAPPED_FOLDERS:
         (tmp_path / name).mkdir()

@@ -56,6 +56,7 @@ def record_checkpoints(monkeypatch) -> list[tuple[int, int]]:
     return saved
 
 
+@pytest.mark.slow
 def test_a_run_preempted_mid_epoch_resumes_from_that_step_and_matches_an_unbroken_run(tmp_path, monkeypatch):
     unbroken_cfg = small_config(tmp_path / "a", epochs=1, checkpoint_every=2)
     saved = record_checkpoints(monkeypatch)

@@ -36,6 +36,7 @@ def record_files(runs: Path) -> list[Path]:
 # -- records of real runs --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_run_of_the_embedded_default_leaves_a_valid_record_beside_it_and_in_mlflow(embedded_default_runs,
                                                                                            tmp_path):
     files = record_files(embedded_default_runs["runs"])
@@ -68,6 +69,7 @@ def test_every_run_of_the_embedded_default_leaves_a_valid_record_beside_it_and_i
         assert record["environment"]["versions"]["torch"] and record["environment"]["host"]
 
 
+@pytest.mark.slow
 def test_a_table_from_records_copied_elsewhere_is_the_table_from_mlflow(embedded_default_runs, tmp_path, capsys):
     elsewhere = tmp_path / "from-the-cluster"
     shutil.copytree(embedded_default_runs["runs"], elsewhere)  # run folders: records, configs, journals
@@ -88,6 +90,7 @@ def test_a_table_from_records_copied_elsewhere_is_the_table_from_mlflow(embedded
     assert all("synthetic-appearance" not in key for row in rows for key in row)
 
 
+@pytest.mark.slow
 def test_broken_and_foreign_files_among_records_are_skipped_with_a_reason(embedded_default_runs, tmp_path, capsys):
     folder = tmp_path / "records"
     shutil.copytree(embedded_default_runs["runs"], folder)

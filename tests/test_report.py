@@ -62,6 +62,7 @@ class Page:
         self.page.close()
 
 
+@pytest.mark.slow
 def test_the_page_loads_clean_and_sorting_and_filtering_change_the_rows(site: Path, browser) -> None:
     page = Page(browser, site / "index.html")
     try:
@@ -98,6 +99,7 @@ def test_the_page_loads_clean_and_sorting_and_filtering_change_the_rows(site: Pa
         page.close()
 
 
+@pytest.mark.slow
 def test_each_cell_links_to_its_runs_records_copied_beside_the_page(site: Path) -> None:
     page = (site / "index.html").read_text(encoding="utf-8")
     links = re.findall(r'<a href="(records/[^"]+\.json)">s0</a>', page)
@@ -109,6 +111,7 @@ def test_each_cell_links_to_its_runs_records_copied_beside_the_page(site: Path) 
     assert "hardware: cpu" in page and "commits: " in page  # the provenance footer
 
 
+@pytest.mark.slow
 def test_the_page_from_records_has_the_rows_of_the_page_from_mlflow(embedded_default_runs, site, tmp_path) -> None:
     out = tmp_path / "from-records"
     assert main(["report", "--out", str(out), "--records", str(embedded_default_runs["runs"])]) == 0
@@ -120,6 +123,7 @@ def test_the_page_from_records_has_the_rows_of_the_page_from_mlflow(embedded_def
     assert sorted(p.name for p in (out / "records").iterdir()) == sorted(p.name for p in (site / "records").iterdir())
 
 
+@pytest.mark.slow
 def test_a_broken_page_fails_the_check(site: Path, browser, tmp_path: Path) -> None:
     broken = tmp_path / "index.html"
     for figure in site.glob("pareto_*.svg"):

@@ -143,6 +143,7 @@ FAST = ["--pretrained", "none", "--set", "train.epochs=1", "--set", "train.warmu
         "--set", "train.val_subset=16", "--set", "train.batch_size=16", "--set", "method.width=8"]
 
 
+@pytest.mark.slow
 def test_runs_side_by_side_land_in_tracking_and_a_failure_costs_only_its_run(tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO)
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # empty: the command creates it before the runs start
@@ -185,6 +186,7 @@ def build(backbone, context, cfg):
 '''
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_fails_that_run_and_the_waiting_ones_still_run(tmp_path, capsys, monkeypatch):
     plugin = tmp_path / "dies.py"
     plugin.write_text(DIES)
@@ -210,6 +212,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
 def test_sigterm_stops_the_command_and_its_workers_and_marks_the_runs_killed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -235,6 +235,7 @@ def test_training_from_the_cache_gives_the_same_losses_as_training_on_clips(tmp_
     assert clips_losses[0] != clips_losses[1]  # the epochs did differ: the comparison is not vacuous
 
 
+@pytest.mark.slow
 def test_a_cached_run_records_its_choice_and_a_backbone_training_method_ignores_the_cache(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = ["run", "--dataset", "synthetic-appearance", "--tracking-uri", uri, "--output-dir",

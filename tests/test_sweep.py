@@ -56,6 +56,7 @@ def test_bad_sweep_input_is_refused_with_a_clear_error(tmp_path, capsys):
     assert "no sweep in" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_status_names_a_failed_job_and_shows_the_end_of_its_log(tmp_path, capsys):
     # A dataset folder with no annotations: the job fails as soon as it starts.
     args = ["sweep", "--methods", "linear_probe", "--datasets", "list", "--data-root", str(tmp_path / "empty"),

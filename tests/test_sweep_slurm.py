@@ -34,7 +34,11 @@ def cluster_problem() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_problem() is not None, reason=str(cluster_problem()))]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(cluster_problem() is not None, reason=str(cluster_problem())),
+]
 
 
 def wait_for(predicate, what: str, timeout: float = WAIT_S, every: float = 1.0):

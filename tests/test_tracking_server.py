@@ -31,6 +31,7 @@ def metrics_in_journal(run_dir) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_parallel_sweep_jobs_against_a_tracking_server_lose_no_run_or_metric(tmp_path, quick_http_failures, capsys):
     server = MlflowServer(tmp_path / "server").start()
     try:
@@ -62,6 +63,7 @@ def run_dir_name(combo: dict) -> str:
     return f"{combo['name']}-{combo['digest']}"
 
 
+@pytest.mark.slow
 def test_a_run_recorded_while_the_server_is_down_arrives_when_it_is_back(tmp_path, quick_http_failures):
     server = MlflowServer(tmp_path / "server")
     run_dir = tmp_path / "run"

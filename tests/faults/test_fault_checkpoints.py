@@ -79,6 +79,7 @@ def test_a_damaged_checkpoint_without_a_previous_one_says_what_to_do(tmp_path, d
     assert message.strip() and not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_over_a_truncated_checkpoint_continues_from_the_previous_one(tmp_path, caplog, capsys):
     args = with_sets(FAST, train__checkpoint_every=10)
     assert main(["run", *args]) == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import TEST_CACHE
 from faultkit import default_store_uri, only_run
@@ -39,6 +40,7 @@ def run_args(root: Path, *sets: str) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_missing_unreadable_and_short_videos_are_counted_per_split(tmp_path):
     root = tmp_path / "data"
     root.mkdir()
@@ -89,6 +91,7 @@ def test_validation_labels_outside_the_training_classes_are_refused(tmp_path, ca
     assert f"{root / 'val.txt'}, line 3" in err and "label 5" in err and "2 classes" in err, err
 
 
+@pytest.mark.slow
 def test_a_subset_of_the_classes_is_accepted_when_asked_for_and_recorded(tmp_path, capsys):
     (appearance,) = (TEST_CACHE / "data").glob("synthetic-appearance-*")  # Kinetics layout, 8 classes
     args = ["run", "--methods", "linear_probe", "--dataset", "k400", "--data-root", str(appearance), "--pretrained",

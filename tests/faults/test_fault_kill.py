@@ -105,6 +105,7 @@ def assert_resumes_to_the_unbroken_result(root, unbroken, caplog, killed_runs_be
     assert {m.value for m in clips} == {TRAIN_CLIPS_PER_EPOCH}
 
 
+@pytest.mark.slow
 def test_sigkill_while_the_first_run_creates_the_default_store(tmp_path, unbroken, caplog, capsys):
     # mlflow's migrations of a new store take seconds; killed at some points of them, the store that was
     # left could never be opened again. Three kills, each some (seeded) time after a migration started.
@@ -125,6 +126,7 @@ def test_sigkill_while_the_first_run_creates_the_default_store(tmp_path, unbroke
     assert "| linear_probe" in out and no_traceback(err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", MOMENTS, ids=lambda m: f"{m:.1f}s")
 def test_sigkill_at_a_random_moment_then_resume(tmp_path, moment, unbroken, caplog):
     kill_at(start_cli(["run", *ARGS], tmp_path), moment)

@@ -21,6 +21,7 @@ EPOCHS = 3  # room for the signal to land inside training, not in the final eval
 ARGS = with_sets(FAST, train__epochs=EPOCHS, train__num_workers=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2], ids=lambda s: s.name)
 def test_a_signal_mid_training_saves_marks_killed_and_exits_with_one_line(tmp_path, sig, caplog):
     process = start_cli(["run", *ARGS], tmp_path)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from faultkit import FAST, cli_env, no_traceback
@@ -63,6 +64,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_concurrent_writers_create_and_share_the_default_store(tmp_path):
     names = [f"writer{i}" for i in range(4)]
     processes = [subprocess.Popen([sys.executable, "-c", WRITER, name], cwd=tmp_path, env=cli_env(),

@@ -112,6 +112,7 @@ def read_only_results(tmp_path):
         results.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_a_read_only_results_folder_does_not_hang_and_sync_sends_the_run_later(tmp_path, read_only_results, caplog,
                                                                                capsys, main_thread_store_opens):
     started = time.time()
