@@ -48,8 +48,7 @@ class Measurement:
     exit_code: int
 
 
-def timed_command(case: str, caches: str, repeat: int, cache_dir: Path, workdir: Path,
-                  extra: list[str]) -> Measurement:
+def timed_command(case: str, caches: str, repeat: int, cache_dir: Path, workdir: Path, extra: list[str]) -> Measurement:
     """One ``peft-bench run`` in a fresh process, in an empty working folder (results/, runs/ start empty)."""
     workdir.mkdir(parents=True)
     env = dict(os.environ, PEFT_BENCH_CACHE=str(cache_dir))
@@ -65,8 +64,11 @@ def timed_command(case: str, caches: str, repeat: int, cache_dir: Path, workdir:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     measurement = Measurement(case, caches, repeat, wall, cpu, load_before, os.getloadavg()[0], code)
-    print(f"{case:8s} {caches}  repeat {repeat}: {wall:7.1f} s wall, {cpu:7.1f} s CPU, load "
-          f"{load_before:.1f}->{measurement.load_after:.1f}, exit {code}", flush=True)
+    print(
+        f"{case:8s} {caches}  repeat {repeat}: {wall:7.1f} s wall, {cpu:7.1f} s CPU, load "
+        f"{load_before:.1f}->{measurement.load_after:.1f}, exit {code}",
+        flush=True,
+    )
     if code:
         print((workdir / "output.log").read_text()[-3000:], file=sys.stderr)
     return measurement
@@ -86,8 +88,11 @@ def measure(cases: list[str], caches: list[str], repeats: int, extra: list[str],
                 measurements.append(m)
         if "warm" in caches:
             for repeat in range(1, repeats + 1):
-                measurements.append(timed_command(case, "warm", repeat, folder / "cache",
-                                                  scratch / f"{case}-warm-{repeat}" / "work", extra))
+                measurements.append(
+                    timed_command(
+                        case, "warm", repeat, folder / "cache", scratch / f"{case}-warm-{repeat}" / "work", extra
+                    )
+                )
     return measurements
 
 
@@ -97,13 +102,20 @@ def summarise(measurements: list[Measurement], reduced: bool = False) -> list[di
         group = [m for m in measurements if (m.case, m.caches) == key]
         walls = [m.wall_s for m in group]
         target = None if reduced else TARGETS_S.get(key)  # the targets are for the command as README gives it
-        rows.append({
-            "case": key[0], "caches": key[1], "repeats": len(group),
-            "median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
-            "median_cpu_s": statistics.median(m.cpu_s for m in group),
-            "load": f"{min(m.load_before for m in group):.1f}-{max(m.load_after for m in group):.1f}",
-            "target_s": target, "failed": sum(m.exit_code != 0 for m in group),
-        })
+        rows.append(
+            {
+                "case": key[0],
+                "caches": key[1],
+                "repeats": len(group),
+                "median_s": statistics.median(walls),
+                "min_s": min(walls),
+                "max_s": max(walls),
+                "median_cpu_s": statistics.median(m.cpu_s for m in group),
+                "load": f"{min(m.load_before for m in group):.1f}-{max(m.load_after for m in group):.1f}",
+                "target_s": target,
+                "failed": sum(m.exit_code != 0 for m in group),
+            }
+        )
     return rows
 
 
@@ -138,9 +150,14 @@ def write(measurements: list[Measurement], out: Path, command_line: str, reduced
             f"| `{command}` | {row['caches']} | {row['repeats']} | {_clock(row['median_s'])} | "
             f"{_clock(row['min_s'])} - {_clock(row['max_s'])} | {_clock(row['median_cpu_s'])} | {row['load']} | "
             f"{'-' if target is None else 'under ' + _clock(target)} | {met}"
-            + (f" ({row['failed']} failed)" if row["failed"] else "") + " |")
-    lines += ["", f"Machine: {cpu_model_name() or platform.processor()}, {usable_cpu_count()} usable cores, "
-              f"Python {platform.python_version()}, measured {time.strftime('%Y-%m-%d %H:%M')}."]
+            + (f" ({row['failed']} failed)" if row["failed"] else "")
+            + " |"
+        )
+    lines += [
+        "",
+        f"Machine: {cpu_model_name() or platform.processor()}, {usable_cpu_count()} usable cores, "
+        f"Python {platform.python_version()}, measured {time.strftime('%Y-%m-%d %H:%M')}.",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -150,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="default,all", help="default and/or all (default: both)")
     parser.add_argument("--caches", default="cold,warm", help="cold and/or warm (default: both)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="passed on to peft-bench run (e.g. train.epochs=1 for a quick check)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed on to peft-bench run (e.g. train.epochs=1 for a quick check)",
+    )
     parser.add_argument("--out", default="results/embedded_default_speed", help="CSV and Markdown, without suffix")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folders (caches, logs)")
     args = parser.parse_args(argv)

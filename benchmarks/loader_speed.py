@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av  # noqa: F401  -- before decord (see peft_bench/data/decode.py)
+import av
 import numpy as np
 import torch
 
@@ -80,13 +80,33 @@ class VideoSet:
 
 # The usual 340x256 Kinetics copies are made with ffmpeg's defaults: x264 crf 23, preset medium, a keyframe
 # at most every 250 frames, CABAC and B-frames.
-K400_LIKE = VideoSet("k400-like", "k400", 6, 10.0, 30, 340, 256, "libx264", ".mp4",
-                     (("crf", "23"), ("preset", "medium")),
-                     "340x256, 30 fps, 10 s, H.264 (x264 crf 23 preset medium, keyframes <= 250 apart)")
+K400_LIKE = VideoSet(
+    "k400-like",
+    "k400",
+    6,
+    10.0,
+    30,
+    340,
+    256,
+    "libx264",
+    ".mp4",
+    (("crf", "23"), ("preset", "medium")),
+    "340x256, 30 fps, 10 s, H.264 (x264 crf 23 preset medium, keyframes <= 250 apart)",
+)
 # SSv2 ships VP9 .webm, 240 px high, 12 fps, a few seconds long.
-SSV2_LIKE = VideoSet("ssv2-like", "ssv2", 6, 4.0, 12, 427, 240, "libvpx-vp9", ".webm",
-                     (("crf", "32"), ("b:v", "0"), ("deadline", "good"), ("cpu-used", "4")),
-                     "427x240, 12 fps, 4 s, VP9 .webm (libvpx crf 32)")
+SSV2_LIKE = VideoSet(
+    "ssv2-like",
+    "ssv2",
+    6,
+    4.0,
+    12,
+    427,
+    240,
+    "libvpx-vp9",
+    ".webm",
+    (("crf", "32"), ("b:v", "0"), ("deadline", "good"), ("cpu-used", "4")),
+    "427x240, 12 fps, 4 s, VP9 .webm (libvpx crf 32)",
+)
 
 
 @dataclass(frozen=True)
@@ -156,8 +176,16 @@ Loader = Callable[[int], torch.Tensor]  # clip number -> augmented clip
 def ours_loader(paths: list[Path], recipe: Recipe, input_size: int, decoder: str = "auto") -> Loader:
     """The project's VideoClipDataset with one of its decoders (`auto`: the one it would choose)."""
     annotations = Annotations([VideoSample(path, 0) for path in paths], ["any"])
-    dataset = VideoClipDataset(annotations, recipe, train=True, input_size=input_size, mean=CLIP_MEAN,
-                               std=CLIP_STD, max_failure_fraction=0.0, decoder=decoder)
+    dataset = VideoClipDataset(
+        annotations,
+        recipe,
+        train=True,
+        input_size=input_size,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        max_failure_fraction=0.0,
+        decoder=decoder,
+    )
 
     def load(clip_number: int) -> torch.Tensor:
         dataset.set_epoch(clip_number // len(paths))  # a new random clip each time round the videos
@@ -180,8 +208,10 @@ def decode_all_then_sample(path: Path, choose: Callable[[int], list[int]]) -> np
 def augmentation_only_loader(paths: list[Path], recipe: Recipe, input_size: int) -> Loader:
     """The ceiling: the same augmentation on clips decoded beforehand (one per video), so no decoding."""
     transform = train_transform(recipe, input_size, CLIP_MEAN, CLIP_STD)
-    clips = [decode_all_then_sample(path, lambda n: training_indices(recipe, n, random.Random(number)))
-             for number, path in enumerate(paths)]
+    clips = [
+        decode_all_then_sample(path, lambda n: training_indices(recipe, n, random.Random(number)))
+        for number, path in enumerate(paths)
+    ]
 
     def load(clip_number: int) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):
@@ -245,8 +275,8 @@ class Measurement:
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 CLOCK_NOTES = {
     "cpu": "Clips per second of the process's own CPU time (one worker on one core: what it delivers while it "
-           "has the core), so that other processes on a shared machine do not count; they still slow it "
-           "through shared caches.",
+    "has the core), so that other processes on a shared machine do not count; they still slow it "
+    "through shared caches.",
     "wall": "Clips per elapsed second.",
 }
 
@@ -324,26 +354,39 @@ def summarise(cases: list[Case], clips_per_repeat: int) -> list[Measurement]:
     measurements = []
     for case in cases:
         median = statistics.median(case.rates)
-        measurements.append(Measurement(
-            case.video_set, case.copy, case.loader, case.decoder, median, min(case.rates), max(case.rates),
-            median / baselines[case.video_set] if case.video_set in baselines else float("nan"),
-            *decode_work(case, clips=WORK_CLIPS),
-            len(case.rates), clips_per_repeat, statistics.mean(p.stat().st_size for p in case.files) / 1e3))
+        measurements.append(
+            Measurement(
+                case.video_set,
+                case.copy,
+                case.loader,
+                case.decoder,
+                median,
+                min(case.rates),
+                max(case.rates),
+                median / baselines[case.video_set] if case.video_set in baselines else float("nan"),
+                *decode_work(case, clips=WORK_CLIPS),
+                len(case.rates),
+                clips_per_repeat,
+                statistics.mean(p.stat().st_size for p in case.files) / 1e3,
+            )
+        )
     return measurements
 
 
 def prepared_variants(settings: BenchmarkSettings, video_set: VideoSet) -> list[tuple[str, EncodeSettings]]:
     """(copy, encode settings) of the prepared copies to measure on this video set."""
-    encode = EncodeSettings(short_side=settings.prepared_short_side,
-                            keyframe_interval=settings.prepared_keyframe_interval)
+    encode = EncodeSettings(
+        short_side=settings.prepared_short_side, keyframe_interval=settings.prepared_keyframe_interval
+    )
     if video_set.codec != "libx264":  # fastdecode is an x264 tuning: one VP9 copy
         return [(PREPARED, encode)]
     # With and without the fastdecode tuning, to show what the keyframes alone buy.
     return [(PREPARED, encode), (PREPARED_DEFAULT_TUNING, dataclasses.replace(encode, fast_decode=False))]
 
 
-def build_cases(settings: BenchmarkSettings, work_dir: Path, decoders: list[str] | None = None,
-                progress: bool = False) -> list[Case]:
+def build_cases(
+    settings: BenchmarkSettings, work_dir: Path, decoders: list[str] | None = None, progress: bool = False
+) -> list[Case]:
     """Write the videos (and the prepared copies) under `work_dir`; the loaders to compare on them.
 
     Every decoder reads every copy; decord included on .webm, which `auto` never gives it (see
@@ -356,10 +399,20 @@ def build_cases(settings: BenchmarkSettings, work_dir: Path, decoders: list[str]
         recipe = load_recipe(video_set.recipe)
         source = work_dir / video_set.name / "source"
         paths = write_video_set(video_set, source)
-        cases.append(Case(video_set.name, RAW, BASELINE, baseline_loader(paths, recipe, size), paths, "baseline",
-                          recipe))
-        cases.append(Case(video_set.name, RAW, AUGMENTATION_ONLY, augmentation_only_loader(paths, recipe, size),
-                          paths, "none", recipe))
+        cases.append(
+            Case(video_set.name, RAW, BASELINE, baseline_loader(paths, recipe, size), paths, "baseline", recipe)
+        )
+        cases.append(
+            Case(
+                video_set.name,
+                RAW,
+                AUGMENTATION_ONLY,
+                augmentation_only_loader(paths, recipe, size),
+                paths,
+                "none",
+                recipe,
+            )
+        )
         copies = [(RAW, paths)]
         for copy, encode in prepared_variants(settings, video_set):
             folder = work_dir / video_set.name / copy.replace(", ", "-").replace(" ", "-")
@@ -368,13 +421,17 @@ def build_cases(settings: BenchmarkSettings, work_dir: Path, decoders: list[str]
         for copy, files in copies:
             # The default tuning only shows what the keyframes alone buy: one decoder is enough for that.
             for decoder in decoders if copy != PREPARED_DEFAULT_TUNING else decoders[:1]:
-                cases.append(Case(video_set.name, copy, decoder, ours_loader(files, recipe, size, decoder), files,
-                                  decoder, recipe))
+                cases.append(
+                    Case(
+                        video_set.name, copy, decoder, ours_loader(files, recipe, size, decoder), files, decoder, recipe
+                    )
+                )
     return cases
 
 
-def run_benchmark(settings: BenchmarkSettings = BenchmarkSettings(), work_dir: Path | None = None,
-                  decoders: list[str] | None = None) -> list[Measurement]:
+def run_benchmark(
+    settings: BenchmarkSettings = BenchmarkSettings(), work_dir: Path | None = None, decoders: list[str] | None = None
+) -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="loader_speed-") as temporary:
         cases = build_cases(settings, Path(work_dir or temporary), decoders)
         measure(cases, settings.repeats, settings.clips_per_repeat, settings.clock)
@@ -395,8 +452,9 @@ def pin_to_one_cpu(cpu: int | None = None) -> int | None:
         return None
 
 
-def write_results(measurements: list[Measurement], settings: BenchmarkSettings, results_dir: Path,
-                  setup: str) -> tuple[Path, Path]:
+def write_results(
+    measurements: list[Measurement], settings: BenchmarkSettings, results_dir: Path, setup: str
+) -> tuple[Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = results_dir / "loader_speed.csv", results_dir / "loader_speed.md"
     columns = [f.name for f in dataclasses.fields(Measurement)]
@@ -411,52 +469,66 @@ def write_results(measurements: list[Measurement], settings: BenchmarkSettings, 
 
 def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup: str) -> str:
     per_second = "clips/s (CPU time)" if settings.clock == "cpu" else "clips/s"
-    lines = ["# Loader speed: clips per second in one worker process", "",
-             "Generated by `python -m peft_bench.benchmarks.loader_speed`; do not edit by hand.", "",
-             "## Decoders side by side", "", side_by_side(measurements, per_second), "",
-             f"Fastest first in this run: {', '.join(measured_order(measurements))} (by the geometric mean of "
-             f"the four columns; `auto` follows `AUTO_ORDER` = {', '.join(AUTO_ORDER)} in "
-             "peft_bench/data/decode.py).", "",
-             "## Every loader", "",
-             f"| video set | files | loader | {per_second} (median) | min - max | vs baseline | ms per clip "
-             "| packets decoded per clip | frames not skipped | mean file size |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# Loader speed: clips per second in one worker process",
+        "",
+        "Generated by `python -m peft_bench.benchmarks.loader_speed`; do not edit by hand.",
+        "",
+        "## Decoders side by side",
+        "",
+        side_by_side(measurements, per_second),
+        "",
+        f"Fastest first in this run: {', '.join(measured_order(measurements))} (by the geometric mean of "
+        f"the four columns; `auto` follows `AUTO_ORDER` = {', '.join(AUTO_ORDER)} in "
+        "peft_bench/data/decode.py).",
+        "",
+        "## Every loader",
+        "",
+        f"| video set | files | loader | {per_second} (median) | min - max | vs baseline | ms per clip "
+        "| packets decoded per clip | frames not skipped | mean file size |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for m in measurements:
-        lines.append(f"| {m.video_set} | {m.copy} | {m.loader} | {m.clips_per_s:.1f} | {m.clips_per_s_min:.1f} - "
-                     f"{m.clips_per_s_max:.1f} | {m.speedup:.2f}x | {1000 / m.clips_per_s:.0f} | "
-                     f"{_count(m.packets_fed_per_clip)} | {_count(m.frames_decoded_per_clip)} | "
-                     f"{m.mean_file_kb:.0f} kB |")
+        lines.append(
+            f"| {m.video_set} | {m.copy} | {m.loader} | {m.clips_per_s:.1f} | {m.clips_per_s_min:.1f} - "
+            f"{m.clips_per_s_max:.1f} | {m.speedup:.2f}x | {1000 / m.clips_per_s:.0f} | "
+            f"{_count(m.packets_fed_per_clip)} | {_count(m.frames_decoded_per_clip)} | "
+            f"{m.mean_file_kb:.0f} kB |"
+        )
     missing = [f"{name} ({decoder_unavailable_reason(name)})" for name in DECODERS if decoder_unavailable_reason(name)]
-    lines += ["", "## Setup", "",
-              f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe (the released "
-              "code's): dense sampling, 8 frames at stride 16, short-side jitter 224-258 (bicubic, no antialias), "
-              "random 224 crop, flip.",
-              f"- ssv2-like: {settings.ssv2.count} videos, {settings.ssv2.description}; SSv2 recipe (the released "
-              "code's): 8 segments, timm's RandAugment rand-m7-n4-mstd0.5-inc1 on the full decoded frames (one "
-              "draw per clip), then a random-resized crop (bicubic, no antialias).",
-              "- baseline: the file read into memory, every frame decoded by PyAV on one thread, then the "
-              "sampled frames converted to RGB (the released ST-Adapter code's reading); same augmentation.",
-              "- pyav, torchcodec, decord: `VideoClipDataset` with `data.decoder` set to that decoder, one decoder "
-              "thread. pyav reads the file's packets once (the frame count, also for WebM, which stores none), "
-              "decodes only the groups of pictures that hold sampled frames, each up to its last sampled frame, "
-              "and skips frames nothing refers to (non-reference B-frames) unless sampled; torchcodec scans the "
-              "file once (exact seek mode) and `get_frames_at` decodes from the keyframe before each sampled "
-              "frame; decord's `get_batch` likewise. decord is measured on .webm too, where `auto` never uses it."
-              + (f" Not installed here: {'; '.join(missing)}." if missing else ""),
-              "- augmentation alone: the same augmentation on clips decoded beforehand, the ceiling for any "
-              "loader here.",
-              f"- packets decoded / frames not skipped: mean over {WORK_CLIPS} training clips of the packets "
-              "sent to the decoder and of the frames it decoded rather than skipped (8 of them are used); "
-              "the baseline decodes every frame; counted for PyAV's path only.",
-              f"- prepared: `peft-bench data prepare` applied to the same videos (`prepare_videos`): short side "
-              f"{settings.prepared_short_side} (so no video here is scaled: none is larger), a keyframe every "
-              f"{settings.prepared_keyframe_interval} frames, x264 crf 23 preset fast with its fastdecode tuning "
-              "(no CABAC, no deblocking; the default of `data prepare`), or without it ('x264 default tuning', "
-              "read by the first decoder only), VP9 crf 32 for .webm.",
-              f"- {settings.repeats} repeats of {settings.clips_per_repeat} clips per loader, loaders taking "
-              "turns within each repeat; median and range over repeats. "
-              + CLOCK_NOTES[settings.clock],
-              f"- {setup}", ""]
+    lines += [
+        "",
+        "## Setup",
+        "",
+        f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe (the released "
+        "code's): dense sampling, 8 frames at stride 16, short-side jitter 224-258 (bicubic, no antialias), "
+        "random 224 crop, flip.",
+        f"- ssv2-like: {settings.ssv2.count} videos, {settings.ssv2.description}; SSv2 recipe (the released "
+        "code's): 8 segments, timm's RandAugment rand-m7-n4-mstd0.5-inc1 on the full decoded frames (one "
+        "draw per clip), then a random-resized crop (bicubic, no antialias).",
+        "- baseline: the file read into memory, every frame decoded by PyAV on one thread, then the "
+        "sampled frames converted to RGB (the released ST-Adapter code's reading); same augmentation.",
+        "- pyav, torchcodec, decord: `VideoClipDataset` with `data.decoder` set to that decoder, one decoder "
+        "thread. pyav reads the file's packets once (the frame count, also for WebM, which stores none), "
+        "decodes only the groups of pictures that hold sampled frames, each up to its last sampled frame, "
+        "and skips frames nothing refers to (non-reference B-frames) unless sampled; torchcodec scans the "
+        "file once (exact seek mode) and `get_frames_at` decodes from the keyframe before each sampled "
+        "frame; decord's `get_batch` likewise. decord is measured on .webm too, where `auto` never uses it."
+        + (f" Not installed here: {'; '.join(missing)}." if missing else ""),
+        "- augmentation alone: the same augmentation on clips decoded beforehand, the ceiling for any loader here.",
+        f"- packets decoded / frames not skipped: mean over {WORK_CLIPS} training clips of the packets "
+        "sent to the decoder and of the frames it decoded rather than skipped (8 of them are used); "
+        "the baseline decodes every frame; counted for PyAV's path only.",
+        f"- prepared: `peft-bench data prepare` applied to the same videos (`prepare_videos`): short side "
+        f"{settings.prepared_short_side} (so no video here is scaled: none is larger), a keyframe every "
+        f"{settings.prepared_keyframe_interval} frames, x264 crf 23 preset fast with its fastdecode tuning "
+        "(no CABAC, no deblocking; the default of `data prepare`), or without it ('x264 default tuning', "
+        "read by the first decoder only), VP9 crf 32 for .webm.",
+        f"- {settings.repeats} repeats of {settings.clips_per_repeat} clips per loader, loaders taking "
+        "turns within each repeat; median and range over repeats. " + CLOCK_NOTES[settings.clock],
+        f"- {setup}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -465,8 +537,12 @@ def side_by_side(measurements: list[Measurement], per_second: str) -> str:
     columns = [(video_set, copy) for video_set in ("k400-like", "ssv2-like") for copy in (RAW, PREPARED)]
     by_key = {(m.decoder, m.video_set, m.copy): m for m in measurements}
     header = "| decoder | " + " | ".join(f"{video_set}, {copy}" for video_set, copy in columns) + " |"
-    lines = [f"{per_second} (median) and speed-up over decoding every frame, one worker:", "", header,
-             "| --- |" + " ---: |" * len(columns)]
+    lines = [
+        f"{per_second} (median) and speed-up over decoding every frame, one worker:",
+        "",
+        header,
+        "| --- |" + " ---: |" * len(columns),
+    ]
     for decoder in ["baseline", *[d for d in DECODERS if any(m.decoder == d for m in measurements)]]:
         cells = []
         for video_set, copy in columns:
@@ -498,31 +574,47 @@ def describe_setup(pinned: int | None) -> str:
     except (OSError, StopIteration):
         pass
     pinning = f"pinned to core {pinned}" if pinned is not None else "not pinned"
-    decoders = "; ".join(f"{p['decoder_version']} on {p['ffmpeg']}"
-                         for p in (decode.decoder_provenance(name) for name in available_decoders()))
-    return (f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, one process {pinning}, 1 torch thread; "
-            f"Python {platform.python_version()}, torch {torch.__version__}; {decoders}")
+    decoders = "; ".join(
+        f"{p['decoder_version']} on {p['ffmpeg']}"
+        for p in (decode.decoder_provenance(name) for name in available_decoders())
+    )
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, one process {pinning}, 1 torch thread; "
+        f"Python {platform.python_version()}, torch {torch.__version__}; {decoders}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m peft_bench.benchmarks.loader_speed",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m peft_bench.benchmarks.loader_speed", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--videos", type=int, default=6, help="videos per set (default 6)")
     parser.add_argument("--repeats", type=int, default=BenchmarkSettings.repeats)
     parser.add_argument("--clips", type=int, default=BenchmarkSettings.clips_per_repeat, help="clips per repeat")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default=BenchmarkSettings.clock,
-                        help="cpu (default): clips per second of this process's CPU time, robust to other load on "
-                             "a shared machine; wall: per elapsed second")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default=BenchmarkSettings.clock,
+        help="cpu (default): clips per second of this process's CPU time, robust to other load on "
+        "a shared machine; wall: per elapsed second",
+    )
     parser.add_argument("--cpu", type=int, help="core to pin to (default: the last allowed one)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one core")
-    parser.add_argument("--decoders", default=",".join(available_decoders()),
-                        help=f"comma-separated decoders to measure (default: every installed one of {', '.join(DECODERS)})")
+    parser.add_argument(
+        "--decoders",
+        default=",".join(available_decoders()),
+        help=f"comma-separated decoders to measure (default: every installed one of {', '.join(DECODERS)})",
+    )
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--note", default="", help="a remark for the setup line (e.g. 'machine shared with ...')")
     args = parser.parse_args(argv)
-    settings = BenchmarkSettings(k400=dataclasses.replace(K400_LIKE, count=args.videos),
-                                 ssv2=dataclasses.replace(SSV2_LIKE, count=args.videos),
-                                 repeats=args.repeats, clips_per_repeat=args.clips, clock=args.clock)
+    settings = BenchmarkSettings(
+        k400=dataclasses.replace(K400_LIKE, count=args.videos),
+        ssv2=dataclasses.replace(SSV2_LIKE, count=args.videos),
+        repeats=args.repeats,
+        clips_per_repeat=args.clips,
+        clock=args.clock,
+    )
     pinned = None if args.no_pin else pin_to_one_cpu(args.cpu)
     torch.set_num_threads(1)
     decoders = [name for name in args.decoders.split(",") if name]

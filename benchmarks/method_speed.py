@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -95,6 +95,7 @@ class Row:
 
 # --- the device ---------------------------------------------------------------------------------------
 
+
 def resolve_device(name: str) -> torch.device:
     from peft_bench.train.runner import resolve_device as resolve  # loads the runner: see build()
 
@@ -147,10 +148,11 @@ def peak_matmul_flops(device: torch.device, precision: str, size: int = 0, repea
             torch.mm(a, b)
 
     seconds = median_seconds(products, device, warmup=2, repeats=repeats)
-    return 2 * size ** 3 * chain / seconds
+    return 2 * size**3 * chain / seconds
 
 
 # --- memory -------------------------------------------------------------------------------------------
+
 
 def resident_set_bytes() -> int:
     try:
@@ -188,6 +190,7 @@ class ResidentSetPeak:
 
 # --- one method ---------------------------------------------------------------------------------------
 
+
 def build(cfg: BenchConfig, method: str, device: torch.device):
     # peft_bench's training modules (data, backbones: torchvision, open_clip) load when a benchmark runs, not when
     # the CLI builds `bench`'s parser from this module on every command.
@@ -205,8 +208,9 @@ def build(cfg: BenchConfig, method: str, device: torch.device):
     # leaves to the run (its temporal embedding's length) from the benchmark's clips.
     context = RunContext(num_classes=cfg.num_classes, num_frames=cfg.frames)
     model = spec.create(backbone, context, spec.make_config(["k400", cfg.backbone])).to(device)
-    speed = SpeedConfig(frozen_bf16=cfg.frozen_bf16, activation_checkpointing=cfg.activation_checkpointing,
-                        compile=cfg.compile)
+    speed = SpeedConfig(
+        frozen_bf16=cfg.frozen_bf16, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile
+    )
     step_model, _ = apply_speed_options(model, speed, device)
     return model, step_model, resolution
 
@@ -260,17 +264,29 @@ def measure_method(cfg: BenchConfig, method: str, peak_flops: float) -> Row:
         eval_s = median_seconds(eval_step, device, cfg.warmup, cfg.repeats)
     allocated = reserved = 0.0
     if device.type == "cuda":
-        allocated = torch.cuda.max_memory_allocated(device) / 2 ** 20
-        reserved = torch.cuda.max_memory_reserved(device) / 2 ** 20
+        allocated = torch.cuda.max_memory_allocated(device) / 2**20
+        reserved = torch.cuda.max_memory_reserved(device) / 2**20
     achieved = flops / train_s
-    return Row(method=method, trainable_params=count_parameters(model).trainable,
-               train_clips_per_s=cfg.batch / train_s, train_step_ms=1000 * train_s,
-               eval_clips_per_s=cfg.batch / eval_s, step_gflop=flops / 1e9, achieved_tflops=achieved / 1e12,
-               share_of_peak_pct=100 * achieved / peak_flops,
-               peak_memory_mib=reserved if device.type == "cuda" else rss.peak / 2 ** 20,
-               gpu_allocated_mib=allocated, gpu_reserved_mib=reserved, backbone=cfg.backbone, frames=cfg.frames,
-               resolution=resolution, batch=cfg.batch, precision=precision, device=device.type,
-               hardware=hardware_name(device))
+    return Row(
+        method=method,
+        trainable_params=count_parameters(model).trainable,
+        train_clips_per_s=cfg.batch / train_s,
+        train_step_ms=1000 * train_s,
+        eval_clips_per_s=cfg.batch / eval_s,
+        step_gflop=flops / 1e9,
+        achieved_tflops=achieved / 1e12,
+        share_of_peak_pct=100 * achieved / peak_flops,
+        peak_memory_mib=reserved if device.type == "cuda" else rss.peak / 2**20,
+        gpu_allocated_mib=allocated,
+        gpu_reserved_mib=reserved,
+        backbone=cfg.backbone,
+        frames=cfg.frames,
+        resolution=resolution,
+        batch=cfg.batch,
+        precision=precision,
+        device=device.type,
+        hardware=hardware_name(device),
+    )
 
 
 def _uncompiled_step(model, optimizer, video, labels, device, precision):
@@ -307,8 +323,14 @@ def run_bench(cfg: BenchConfig, on_row=None) -> tuple[list[Row], float]:
     for method in cfg.methods or tuple(paper_order(available_methods())):
         started = time.time()
         row = measure_in_fresh_process(cfg, method, peak) if cfg.isolate else measure_method(cfg, method, peak)
-        log.info("%s: %.2f clips/s train, %.2f eval, %.0f MiB (%.0f s)", method, row.train_clips_per_s,
-                 row.eval_clips_per_s, row.peak_memory_mib, time.time() - started)
+        log.info(
+            "%s: %.2f clips/s train, %.2f eval, %.0f MiB (%.0f s)",
+            method,
+            row.train_clips_per_s,
+            row.eval_clips_per_s,
+            row.peak_memory_mib,
+            time.time() - started,
+        )
         rows.append(row)
         if on_row is not None:  # e.g. write what is measured so far: a slow bench keeps its rows
             on_row(rows, peak)
@@ -325,8 +347,10 @@ def paper_order(methods: list[str]) -> list[str]:
 
 # --- output -------------------------------------------------------------------------------------------
 
-def write_results(rows: list[Row], cfg: BenchConfig, peak: float, results_dir: Path, name: str,
-                  note: str = "") -> tuple[Path, Path]:
+
+def write_results(
+    rows: list[Row], cfg: BenchConfig, peak: float, results_dir: Path, name: str, note: str = ""
+) -> tuple[Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = results_dir / f"{name}.csv", results_dir / f"{name}.md"
     order = paper_order([r.method for r in rows])
@@ -344,31 +368,41 @@ def markdown(rows: list[Row], cfg: BenchConfig, peak: float, note: str = "") -> 
     first = rows[0] if rows else None
     gpu = first is not None and first.device == "cuda"
     memory = "peak reserved (MiB)" if gpu else "peak resident set (MiB)"
-    lines = [f"# Method speed: {cfg.backbone}, {cfg.frames} frames, {first.resolution if first else '?'} px, "
-             f"batch {cfg.batch}, {first.precision if first else '?'}", "",
-             "Generated by `peft-bench bench` (benchmarks/method_speed.py); do not edit by hand.", "",
-             f"| method | trainable | train clips/s | step ms | eval clips/s | step GFLOP | TFLOP/s | % of peak | "
-             f"{memory} |" + (" peak allocated (MiB) |" if gpu else ""),
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else "")]
+    lines = [
+        f"# Method speed: {cfg.backbone}, {cfg.frames} frames, {first.resolution if first else '?'} px, "
+        f"batch {cfg.batch}, {first.precision if first else '?'}",
+        "",
+        "Generated by `peft-bench bench` (benchmarks/method_speed.py); do not edit by hand.",
+        "",
+        f"| method | trainable | train clips/s | step ms | eval clips/s | step GFLOP | TFLOP/s | % of peak | "
+        f"{memory} |" + (" peak allocated (MiB) |" if gpu else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else ""),
+    ]
     for r in rows:
-        lines.append(f"| {r.method} | {r.trainable_params / 1e6:.2f}M | {r.train_clips_per_s:.3g} | "
-                     f"{r.train_step_ms:.0f} | {r.eval_clips_per_s:.3g} | {r.step_gflop:.3g} | "
-                     f"{r.achieved_tflops:.3g} | {r.share_of_peak_pct:.1f} | {r.peak_memory_mib:.0f} |"
-                     + (f" {r.gpu_allocated_mib:.0f} |" if gpu else ""))
+        lines.append(
+            f"| {r.method} | {r.trainable_params / 1e6:.2f}M | {r.train_clips_per_s:.3g} | "
+            f"{r.train_step_ms:.0f} | {r.eval_clips_per_s:.3g} | {r.step_gflop:.3g} | "
+            f"{r.achieved_tflops:.3g} | {r.share_of_peak_pct:.1f} | {r.peak_memory_mib:.0f} |"
+            + (f" {r.gpu_allocated_mib:.0f} |" if gpu else "")
+        )
     options = [k for k in ("activation_checkpointing", "compile", "frozen_bf16") if getattr(cfg, k)]
-    lines += ["", "## Setup", "",
-              f"- hardware: {first.hardware if first else '?'}; peak {first.precision if first else ''} matmul rate "
-              f"measured here: {peak / 1e12:.3g} TFLOP/s.",
-              f"- weights: {'random (--pretrained none): speed does not depend on their values' if cfg.pretrained == 'none' else cfg.pretrained}; "
-              f"{cfg.num_classes} classes; method presets: k400.",
-              f"- {max(cfg.warmup, 1)} warm-up step(s) (the first also counts the FLOPs), then the median of "
-              f"{cfg.repeats} timed step(s); a training step is forward + loss + backward + AdamW step.",
-              "- step GFLOP: counted by torch.utils.flop_counter on one training step as dispatched (forward and "
-              "backward; a frozen backbone run without autograd has no backward); 1 multiply-add = 2 FLOPs.",
-              f"- memory: {'torch peak reserved and allocated' if gpu else 'peak resident set of the process, sampled every 2 ms'}"
-              f"{', each method in a fresh process' if cfg.isolate else ''}.",
-              f"- runner options: {', '.join(options) or 'none'}.",
-              f"- {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, Python {platform.python_version()}."]
+    lines += [
+        "",
+        "## Setup",
+        "",
+        f"- hardware: {first.hardware if first else '?'}; peak {first.precision if first else ''} matmul rate "
+        f"measured here: {peak / 1e12:.3g} TFLOP/s.",
+        f"- weights: {'random (--pretrained none): speed does not depend on their values' if cfg.pretrained == 'none' else cfg.pretrained}; "
+        f"{cfg.num_classes} classes; method presets: k400.",
+        f"- {max(cfg.warmup, 1)} warm-up step(s) (the first also counts the FLOPs), then the median of "
+        f"{cfg.repeats} timed step(s); a training step is forward + loss + backward + AdamW step.",
+        "- step GFLOP: counted by torch.utils.flop_counter on one training step as dispatched (forward and "
+        "backward; a frozen backbone run without autograd has no backward); 1 multiply-add = 2 FLOPs.",
+        f"- memory: {'torch peak reserved and allocated' if gpu else 'peak resident set of the process, sampled every 2 ms'}"
+        f"{', each method in a fresh process' if cfg.isolate else ''}.",
+        f"- runner options: {', '.join(options) or 'none'}.",
+        f"- {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, Python {platform.python_version()}.",
+    ]
     if note:
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
@@ -382,15 +416,27 @@ def log_to_mlflow(rows: list[Row], cfg: BenchConfig, peak: float, tracking_uri: 
         name = f"bench-{row.method}-{row.backbone}"
         with JournaledTracker(run_root / name, tracking_uri, EXPERIMENT, name) as tracker:
             tracker.log_config({**dataclasses.asdict(cfg), "method": row.method, "precision": row.precision})
-            tracker.set_tags({"peft_bench.kind": "bench", "peft_bench.method": row.method,
-                              "peft_bench.backbone": row.backbone, "peft_bench.hardware": row.hardware,
-                              "peft_bench.device": row.device})
-            tracker.log_metrics({k: v for k, v in dataclasses.asdict(row).items()
-                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                                | {"peak_matmul_tflops": peak / 1e12})
+            tracker.set_tags(
+                {
+                    "peft_bench.kind": "bench",
+                    "peft_bench.method": row.method,
+                    "peft_bench.backbone": row.backbone,
+                    "peft_bench.hardware": row.hardware,
+                    "peft_bench.device": row.device,
+                }
+            )
+            tracker.log_metrics(
+                {
+                    k: v
+                    for k, v in dataclasses.asdict(row).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
+                | {"peak_matmul_tflops": peak / 1e12}
+            )
 
 
 # --- command line -------------------------------------------------------------------------------------
+
 
 def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="speed and memory of every method on this device")
@@ -404,12 +450,17 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=BenchConfig.warmup)
     p.add_argument("--repeats", type=int, default=BenchConfig.repeats)
     p.add_argument("--device", default="auto")
-    p.add_argument("--matmul-size", type=int, default=0, help="side of the peak-rate matmuls (default 2048 CPU, 8192 GPU)")
+    p.add_argument(
+        "--matmul-size", type=int, default=0, help="side of the peak-rate matmuls (default 2048 CPU, 8192 GPU)"
+    )
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--frozen-bf16", action="store_true")
-    p.add_argument("--in-process", action="store_true", help="measure every method in this process (faster; "
-                   "resident-set peaks then include what earlier methods left)")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure every method in this process (faster; resident-set peaks then include what earlier methods left)",
+    )
     p.add_argument("--name", help="results file stem (default: method_speed_<backbone>_<device>)")
     p.add_argument("--note", default="", help="a remark for the setup list")
     p.add_argument("--results-dir", default="results")
@@ -418,12 +469,23 @@ def add_bench_parser(sub) -> None:
 
 
 def config_from_args(args) -> BenchConfig:
-    return BenchConfig(backbone=args.backbone, pretrained=args.pretrained, frames=args.frames,
-                       resolution=args.resolution, batch=args.batch, precision=args.precision,
-                       methods=tuple(m.strip() for m in (args.methods or "").split(",") if m.strip()),
-                       warmup=args.warmup, repeats=args.repeats, device=args.device,
-                       activation_checkpointing=args.activation_checkpointing, compile=args.compile,
-                       frozen_bf16=args.frozen_bf16, isolate=not args.in_process, matmul_size=args.matmul_size)
+    return BenchConfig(
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        frames=args.frames,
+        resolution=args.resolution,
+        batch=args.batch,
+        precision=args.precision,
+        methods=tuple(m.strip() for m in (args.methods or "").split(",") if m.strip()),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=args.device,
+        activation_checkpointing=args.activation_checkpointing,
+        compile=args.compile,
+        frozen_bf16=args.frozen_bf16,
+        isolate=not args.in_process,
+        matmul_size=args.matmul_size,
+    )
 
 
 def cmd_bench(args) -> int:
@@ -439,8 +501,13 @@ def cmd_bench(args) -> int:
     rows, peak = run_bench(cfg, on_row=write)
     csv_path, md_path = write(rows, peak)
     if not args.no_mlflow:
-        log_to_mlflow(rows, cfg, peak, args.tracking_uri or default_tracking_uri(Path(args.results_dir)),
-                      Path(args.results_dir) / "runs")
+        log_to_mlflow(
+            rows,
+            cfg,
+            peak,
+            args.tracking_uri or default_tracking_uri(Path(args.results_dir)),
+            Path(args.results_dir) / "runs",
+        )
     print(md_path.read_text())
     print(f"(saved {csv_path} and {md_path})", file=sys.stderr)
     return 0

@@ -56,14 +56,29 @@ class Row:
 # all, so it does not depend on which the synthetic recipe files adopt).
 APPEARANCE, MOTION = DATASETS
 RELEASED = {
-    APPEARANCE: {"frame_indices": "released", "interpolation": "bicubic", "antialias": False,
-                 "short_side_draw": "float", "crop_offsets": "released", "randaugment": None},
-    MOTION: {"frame_indices": "released", "interpolation": "bicubic", "antialias": False,
-             "randaugment": RELEASED_RANDAUGMENT, "randaugment_library": "timm", "randaugment_at": "before_crop"},
+    APPEARANCE: {
+        "frame_indices": "released",
+        "interpolation": "bicubic",
+        "antialias": False,
+        "short_side_draw": "float",
+        "crop_offsets": "released",
+        "randaugment": None,
+    },
+    MOTION: {
+        "frame_indices": "released",
+        "interpolation": "bicubic",
+        "antialias": False,
+        "randaugment": RELEASED_RANDAUGMENT,
+        "randaugment_library": "timm",
+        "randaugment_at": "before_crop",
+    },
 }
 RELEASED_TRAIN = {"warmup_from_zero": True, "grad_clip_norm": 0.0, "precision": "fp32"}
-EARLIER_RANDAUGMENT = {"randaugment": "rand-m7-n4", "randaugment_library": "torchvision",
-                       "randaugment_at": "after_crop"}
+EARLIER_RANDAUGMENT = {
+    "randaugment": "rand-m7-n4",
+    "randaugment_library": "torchvision",
+    "randaugment_at": "after_crop",
+}
 EARLIER_RESIZE = {"interpolation": "bilinear", "antialias": True}
 EARLIER = {
     APPEARANCE: {"frame_indices": "legacy", **EARLIER_RESIZE, "short_side_draw": "integer", "crop_offsets": "all"},
@@ -73,24 +88,37 @@ EARLIER = {
 
 
 def both(changes: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {dataset: changes for dataset in DATASETS}
+    return dict.fromkeys(DATASETS, changes)
 
 
 ROWS = (
     Row("baseline", "released recipe", both({}), {}),
     Row("randaugment", "SSv2 RandAugment: torchvision (4, 7) after the crop", {MOTION: EARLIER_RANDAUGMENT}, {}),
-    Row("no_randaugment", "(extra) no RandAugment, as the synthetic-motion recipe had", {MOTION: {"randaugment": None}},
-        {}),
+    Row(
+        "no_randaugment",
+        "(extra) no RandAugment, as the synthetic-motion recipe had",
+        {MOTION: {"randaugment": None}},
+        {},
+    ),
     Row("clip_span", "K400 clip span: 128-frame windows", {APPEARANCE: {"frame_indices": "legacy"}}, {}),
     Row("segment_indices", "SSv2 segment indices: the earlier formula", {MOTION: {"frame_indices": "legacy"}}, {}),
     Row("resize", "resize: bilinear with antialias", both(EARLIER_RESIZE), {}),
     Row("jitter", "short-side jitter: integer draw", {APPEARANCE: {"short_side_draw": "integer"}}, {}),
-    Row("crop_offsets", "(found here) random crop: every offset, the released off-by-one fixed",
-        {APPEARANCE: {"crop_offsets": "all"}}, {}),
+    Row(
+        "crop_offsets",
+        "(found here) random crop: every offset, the released off-by-one fixed",
+        {APPEARANCE: {"crop_offsets": "all"}},
+        {},
+    ),
     Row("warmup", "warm-up: first step at lr / warm-up steps", both({}), {"warmup_from_zero": False}),
     Row("clipping", "gradient clipping at norm 1e3", both({}), {"grad_clip_norm": 1000.0}),
     Row("bf16", "precision: bf16 autocast (fp32 baseline; fp16 not runnable on CPU)", both({}), {"precision": "bf16"}),
-    Row("earlier", "peft-bench before: every row at once", EARLIER, {"warmup_from_zero": False, "grad_clip_norm": 1000.0}),
+    Row(
+        "earlier",
+        "peft-bench before: every row at once",
+        EARLIER,
+        {"warmup_from_zero": False, "grad_clip_norm": 1000.0},
+    ),
 )
 ROW_NAMES = tuple(row.name for row in ROWS)
 
@@ -108,20 +136,37 @@ class Result:
 
 
 def row_config(row: Row, dataset: str, method: str, seed: int, workdir: Path):
-    return resolve_config({
-        "method": method, "dataset": dataset, "seed": seed, "recipe": {**RELEASED[dataset], **row.recipe[dataset]},
-        "train": {**RELEASED_TRAIN, **row.train},
-        "experiment": "peft-bench-recipe-differences", "tracking_uri": f"sqlite:///{workdir}/mlflow.db",
-        "output_dir": str(workdir / "runs"),
-    })
+    return resolve_config(
+        {
+            "method": method,
+            "dataset": dataset,
+            "seed": seed,
+            "recipe": {**RELEASED[dataset], **row.recipe[dataset]},
+            "train": {**RELEASED_TRAIN, **row.train},
+            "experiment": "peft-bench-recipe-differences",
+            "tracking_uri": f"sqlite:///{workdir}/mlflow.db",
+            "output_dir": str(workdir / "runs"),
+        }
+    )
 
 
 def read_results(path: Path) -> list[Result]:
     if not path.is_file():
         return []
     with path.open(newline="") as handle:
-        return [Result(r["row"], r["dataset"], r["method"], int(r["seed"]), float(r["top1"]), float(r["top5"]),
-                       float(r["minutes"]), r["digest"]) for r in csv.DictReader(handle)]
+        return [
+            Result(
+                r["row"],
+                r["dataset"],
+                r["method"],
+                int(r["seed"]),
+                float(r["top1"]),
+                float(r["top5"]),
+                float(r["minutes"]),
+                r["digest"],
+            )
+            for r in csv.DictReader(handle)
+        ]
 
 
 def append_result(path: Path, result: Result) -> None:
@@ -155,8 +200,9 @@ def claim(workdir: Path, key: tuple) -> bool:
         return False
 
 
-def run_grid(rows: list[Row], datasets: list[str], methods: list[str], seeds: list[int], csv_path: Path,
-             workdir: Path) -> None:
+def run_grid(
+    rows: list[Row], datasets: list[str], methods: list[str], seeds: list[int], csv_path: Path, workdir: Path
+) -> None:
     """Every missing (row, dataset, method, seed): seed by seed so that early seeds are complete first, and
     within a seed in the order of `rows`. Finished runs are read back from the CSV before each run, and each
     run is claimed first, so processes started on the same grid split it between them."""
@@ -174,11 +220,22 @@ def run_grid(rows: list[Row], datasets: list[str], methods: list[str], seeds: li
                     cfg = row_config(row, dataset, method, seed, workdir)
                     start = time.perf_counter()
                     outcome = run(cfg, progress=False)
-                    result = Result(row.name, dataset, method, seed, outcome.top1, outcome.top5,
-                                    (time.perf_counter() - start) / 60, cfg.digest())
+                    result = Result(
+                        row.name,
+                        dataset,
+                        method,
+                        seed,
+                        outcome.top1,
+                        outcome.top5,
+                        (time.perf_counter() - start) / 60,
+                        cfg.digest(),
+                    )
                     append_result(csv_path, result)
-                    print(f"{row.name:16s} {dataset:21s} {method:11s} seed {seed}: top-1 {result.top1:5.1f} "
-                          f"({result.minutes:.1f} min)", flush=True)
+                    print(
+                        f"{row.name:16s} {dataset:21s} {method:11s} seed {seed}: top-1 {result.top1:5.1f} "
+                        f"({result.minutes:.1f} min)",
+                        flush=True,
+                    )
 
 
 def _summary(values: list[float], signed: bool = False) -> str:
@@ -196,13 +253,19 @@ def markdown(results: list[Result], datasets: list[str], methods: list[str]) -> 
     by_key = {(r.row, r.dataset, r.method, r.seed): r for r in results}
     columns = [(d, m) for d in datasets for m in methods]
     header = ["row", "difference"] + [f"{m} / {d}" for d, m in columns]
-    lines = ["# What each difference from the released recipe costs on the embedded default", "",
-             "Generated by `python -m benchmarks.recipe_differences`; do not edit by hand.", "",
-             "Top-1 (%) on `tiny` after the embedded default's training; the baseline row is the released recipe, "
-             "each other row changes one setting back to peft-bench's earlier choice and gives the change in "
-             "top-1 against the baseline of the same seed (mean ± sample std over seeds). Empty: the row does "
-             "not apply to that dataset's recipe, or has not run yet.", "",
-             "| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * 2 + ["---:"] * len(columns)) + " |"]
+    lines = [
+        "# What each difference from the released recipe costs on the embedded default",
+        "",
+        "Generated by `python -m benchmarks.recipe_differences`; do not edit by hand.",
+        "",
+        "Top-1 (%) on `tiny` after the embedded default's training; the baseline row is the released recipe, "
+        "each other row changes one setting back to peft-bench's earlier choice and gives the change in "
+        "top-1 against the baseline of the same seed (mean ± sample std over seeds). Empty: the row does "
+        "not apply to that dataset's recipe, or has not run yet.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---"] * 2 + ["---:"] * len(columns)) + " |",
+    ]
     for row in ROWS:
         cells = []
         for dataset, method in columns:
@@ -210,20 +273,27 @@ def markdown(results: list[Result], datasets: list[str], methods: list[str]) -> 
             if row.name == "baseline":
                 cells.append(_summary([by_key[(row.name, dataset, method, s)].top1 for s in seeds]))
                 continue
-            deltas = [by_key[(row.name, dataset, method, s)].top1 - by_key[("baseline", dataset, method, s)].top1
-                      for s in seeds if ("baseline", dataset, method, s) in by_key]
+            deltas = [
+                by_key[(row.name, dataset, method, s)].top1 - by_key[("baseline", dataset, method, s)].top1
+                for s in seeds
+                if ("baseline", dataset, method, s) in by_key
+            ]
             cells.append(_summary(deltas, signed=True))
         if any(cells):
             lines.append(f"| {row.name} | {row.label} | " + " | ".join(cells) + " |")
     minutes = [r.minutes for r in results]
-    lines += ["", "## Setup", "",
-              f"- {len(results)} runs, {sum(minutes):.0f} minutes of wall clock on a shared machine "
-              "(load-dependent, provisional).",
-              "- Every run: the embedded default's training for its dataset (`peft-bench run` settings), fp32 on CPU; "
-              "the recipe as `--set recipe.KEY=VALUE` and `--set train.KEY=VALUE` changes (see `ROWS` in the "
-              "script).",
-              "- The released fp16 is not measured: fp16 convolutions on CPU are too slow here (see the module "
-              "docstring); the bf16 row is the nearest CPU measurement of a lower precision."]
+    lines += [
+        "",
+        "## Setup",
+        "",
+        f"- {len(results)} runs, {sum(minutes):.0f} minutes of wall clock on a shared machine "
+        "(load-dependent, provisional).",
+        "- Every run: the embedded default's training for its dataset (`peft-bench run` settings), fp32 on CPU; "
+        "the recipe as `--set recipe.KEY=VALUE` and `--set train.KEY=VALUE` changes (see `ROWS` in the "
+        "script).",
+        "- The released fp16 is not measured: fp16 convolutions on CPU are too slow here (see the module "
+        "docstring); the bf16 row is the nearest CPU measurement of a lower precision.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -237,14 +307,20 @@ def write_csv(path: Path, results: list[Result]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", default=",".join(ROW_NAMES),
-                        help=f"comma-separated, run in this order (default all): {', '.join(ROW_NAMES)}")
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROW_NAMES),
+        help=f"comma-separated, run in this order (default all): {', '.join(ROW_NAMES)}",
+    )
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--out", default="results/recipe_differences", help="writes OUT.csv and OUT.md")
-    parser.add_argument("--workdir", default="runs/recipe_differences",
-                        help="the runs' checkpoints and mlflow store, and the running CSV")
+    parser.add_argument(
+        "--workdir",
+        default="runs/recipe_differences",
+        help="the runs' checkpoints and mlflow store, and the running CSV",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     names = args.rows.split(",")

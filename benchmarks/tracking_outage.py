@@ -30,8 +30,23 @@ import time
 import urllib.request
 from pathlib import Path
 
-RUN = ["run", "--methods", "linear_probe", "--dataset", "synthetic-appearance", "--pretrained", "none",
-       "--frames", "2", "--no-progress", "--no-table", "--set", "train.num_workers=0", "--set", "train.batch_size=16"]
+RUN = [
+    "run",
+    "--methods",
+    "linear_probe",
+    "--dataset",
+    "synthetic-appearance",
+    "--pretrained",
+    "none",
+    "--frames",
+    "2",
+    "--no-progress",
+    "--no-table",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.batch_size=16",
+]
 
 
 def free_port() -> int:
@@ -48,9 +63,25 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     uri = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
-        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'store.db'}", "--artifacts-destination", str(folder / "a")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        [
+            mlflow,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'store.db'}",
+            "--artifacts-destination",
+            str(folder / "a"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -69,9 +100,14 @@ def timed_run(uri: str, epochs: int) -> tuple[float, float]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "peft_bench.cli", *RUN, "--set", f"train.epochs={epochs}",
-                        "--tracking-uri", uri], cwd=folder, env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "peft_bench.cli", *RUN, "--set", f"train.epochs={epochs}", "--tracking-uri", uri],
+            cwd=folder,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -89,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         silent = socket.socket()
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)  # accepts (the kernel does), never answers
-        variants = {"up": up_uri, "refused": f"http://127.0.0.1:{free_port()}",
-                    "never answers": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        variants = {
+            "up": up_uri,
+            "refused": f"http://127.0.0.1:{free_port()}",
+            "never answers": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        }
         times: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
         try:
@@ -107,17 +146,23 @@ def main(argv: list[str] | None = None) -> int:
             server.wait()
 
     up = statistics.median(times["up"])
-    lines = ["# A run's wall time with tracking away", "",
-             f"`python -m benchmarks.tracking_outage --repeats {args.repeats} --epochs {args.epochs}`: "
-             f"`peft-bench run` of linear_probe on tiny (synthetic-appearance, 2 frames, {args.epochs} epochs), "
-             "end to end in a fresh process and folder, mlflow's retry settings at their defaults; the median of "
-             f"{args.repeats} interleaved repeats.", "",
-             "| tracking | median wall time (s) | runs (s) | vs up | median CPU time (s) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "# A run's wall time with tracking away",
+        "",
+        f"`python -m benchmarks.tracking_outage --repeats {args.repeats} --epochs {args.epochs}`: "
+        f"`peft-bench run` of linear_probe on tiny (synthetic-appearance, 2 frames, {args.epochs} epochs), "
+        "end to end in a fresh process and folder, mlflow's retry settings at their defaults; the median of "
+        f"{args.repeats} interleaved repeats.",
+        "",
+        "| tracking | median wall time (s) | runs (s) | vs up | median CPU time (s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, values in times.items():
         median = statistics.median(values)
-        lines.append(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
-                     f"{100 * (median / up - 1):+.1f}% | {statistics.median(cpu[name]):.1f} |")
+        lines.append(
+            f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
+            f"{100 * (median / up - 1):+.1f}% | {statistics.median(cpu[name]):.1f} |"
+        )
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

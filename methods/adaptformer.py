@@ -53,8 +53,7 @@ class AdaptMLP(nn.Module):
         return self.scale * self.up(self.act(self.down(x)))  # token-wise: num_frames is not used
 
 
-@register_method("adaptformer", config=AdaptFormerConfig, group=LATER_METHODS, architecture="SA",
-                 models_time=False)
+@register_method("adaptformer", config=AdaptFormerConfig, group=LATER_METHODS, architecture="SA", models_time=False)
 def build(backbone: VideoBackbone, context: RunContext, cfg: AdaptFormerConfig) -> VideoClassifier:
     hook_blocks(backbone, cfg.layers, "beside_mlp", lambda: AdaptMLP(backbone.width, cfg.width, cfg.scale))
     return VideoClassifier(backbone, context)

@@ -124,8 +124,9 @@ def drop_token_paths(x: Tensor, rate: float, training: bool) -> Tensor:
 class AIMBlock(WrappedBlock):
     """A frozen block with AIM's temporal branch in front and its spatial and joint adapters."""
 
-    def __init__(self, block: FrameBlock, dim: int, width: int, scale: float, drop_path: float,
-                 temporal_input_adapter: bool):
+    def __init__(
+        self, block: FrameBlock, dim: int, width: int, scale: float, drop_path: float, temporal_input_adapter: bool
+    ):
         super().__init__(block)
         self.temporal_in = Adapter(dim, width, skip=True) if temporal_input_adapter else None
         self.temporal = Adapter(dim, width, skip=False)
@@ -162,9 +163,15 @@ class AIMBlock(WrappedBlock):
 
 
 @register_method(
-    "aim", config=AIMConfig, group=LATER_METHODS, architecture="SA+TA", models_time=True,
-    presets={"k400": {"scale": 0.5, "temporal_input_adapter": False},
-             "ssv2": {"scale": 1.0, "temporal_input_adapter": True}},
+    "aim",
+    config=AIMConfig,
+    group=LATER_METHODS,
+    architecture="SA+TA",
+    models_time=True,
+    presets={
+        "k400": {"scale": 0.5, "temporal_input_adapter": False},
+        "ssv2": {"scale": 1.0, "temporal_input_adapter": True},
+    },
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: AIMConfig) -> VideoClassifier:
     layers = resolve_layers(cfg.layers, len(backbone.blocks))
@@ -172,8 +179,9 @@ def build(backbone: VideoBackbone, context: RunContext, cfg: AIMConfig) -> Video
     depth = len(backbone.blocks)
     rates = [cfg.drop_path * i / max(depth - 1, 1) for i in range(depth)]  # 0 to drop_path over all blocks, as theirs
     for i in layers:
-        backbone.blocks[i] = AIMBlock(backbone.blocks[i], backbone.width, width, cfg.scale, rates[i],
-                                      cfg.temporal_input_adapter)
+        backbone.blocks[i] = AIMBlock(
+            backbone.blocks[i], backbone.width, width, cfg.scale, rates[i], cfg.temporal_input_adapter
+        )
     if cfg.temporal_embedding:
         if backbone.before_pre_norm is not None:
             raise ValueError("the backbone already has a module before its pre-norm")

@@ -59,8 +59,13 @@ class AttentionalPool(nn.Module):
         return self.attn(query, context=x.reshape(b, t * length, dim))[:, 0]
 
 
-@register_method("attentional_pooling", config=AttentionalPoolingConfig, group="Attentional pooling",
-                 architecture="SA", models_time=True)
+@register_method(
+    "attentional_pooling",
+    config=AttentionalPoolingConfig,
+    group="Attentional pooling",
+    architecture="SA",
+    models_time=True,
+)
 def build(backbone: VideoBackbone, context: RunContext, cfg: AttentionalPoolingConfig) -> VideoClassifier:
     pool = AttentionalPool(backbone.width, backbone.num_heads, cfg.num_frames)
     return VideoClassifier(backbone, context, pool=pool)

@@ -134,17 +134,30 @@ class DiSTConfig:
     num_frames: int | None = from_context("num_frames", "clip length the per-frame tokens are sized for")
 
     def __post_init__(self):
-        for name in ("temporal_width", "integration_width", "spatial_stride", "temporal_patch", "temporal_kernel",
-                     "pooling_layers", "head_width"):
+        for name in (
+            "temporal_width",
+            "integration_width",
+            "spatial_stride",
+            "temporal_patch",
+            "temporal_kernel",
+            "pooling_layers",
+            "head_width",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("temporal_patch", "temporal_kernel"):
             if getattr(self, name) % 2 == 0:
-                raise ValueError(f"{name} must be odd (the convolution keeps the frame count), got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} must be odd (the convolution keeps the frame count), got {getattr(self, name)}"
+                )
         if self.integration_width % self.head_width:
-            raise ValueError(f"integration_width {self.integration_width} is not a multiple of head_width {self.head_width}")
+            raise ValueError(
+                f"integration_width {self.integration_width} is not a multiple of head_width {self.head_width}"
+            )
         if self.num_frames is not None and self.num_frames % self.spatial_stride:
-            raise ValueError(f"a clip of {self.num_frames} frames cannot be split by spatial_stride {self.spatial_stride}")
+            raise ValueError(
+                f"a clip of {self.num_frames} frames cannot be split by spatial_stride {self.spatial_stride}"
+            )
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -204,8 +217,9 @@ class DiSTStage(nn.Module):
         self.to_temporal = None if last else nn.Linear(wide, c)
         self.to_integration = nn.Conv3d(c, wide, (self.stride, 1, 1), stride=(self.stride, 1, 1))
         self.frame_cls = TemporalEmbedding(wide, spatial_frames, init_std=0.02)  # the [CLS] slot, per frame
-        self.integration = IntegrationBlock(wide, cfg.integration_mlp_ratio, cfg.integration_temporal_ratio,
-                                            cfg.temporal_kernel)
+        self.integration = IntegrationBlock(
+            wide, cfg.integration_mlp_ratio, cfg.integration_temporal_ratio, cfg.temporal_kernel
+        )
 
     def forward(self, x: Tensor, spatial: Tensor, carried: Tensor | float) -> tuple[Tensor | None, Tensor, Tensor]:
         """x (B, c, T, h, w), spatial (B, n, 1 + h w, D) -> (next x, u, carried state r); no next x after
@@ -280,10 +294,17 @@ class DiSTNetwork(nn.Module):
             raise ValueError("DiST needs at least one backbone block to read")
         self.stride = cfg.spatial_stride
         wide, spatial_frames, patch = cfg.integration_width, cfg.num_frames // cfg.spatial_stride, backbone.patch_size
-        self.stem = nn.Conv3d(3, cfg.temporal_width, (cfg.temporal_patch, patch, patch), stride=(1, patch, patch),
-                              padding=(cfg.temporal_patch // 2, 0, 0))
-        self.stages = nn.ModuleList(DiSTStage(backbone.width, cfg, spatial_frames, last=i == len(self.layers) - 1)
-                                    for i in range(len(self.layers)))
+        self.stem = nn.Conv3d(
+            3,
+            cfg.temporal_width,
+            (cfg.temporal_patch, patch, patch),
+            stride=(1, patch, patch),
+            padding=(cfg.temporal_patch // 2, 0, 0),
+        )
+        self.stages = nn.ModuleList(
+            DiSTStage(backbone.width, cfg, spatial_frames, last=i == len(self.layers) - 1)
+            for i in range(len(self.layers))
+        )
         heads = wide // cfg.head_width
         self.pooling = nn.ModuleList(PoolingLayer(wide, heads, spatial_frames) for _ in range(cfg.pooling_layers))
         self.video_token = nn.Parameter(torch.zeros(1, 1, wide))
@@ -303,8 +324,10 @@ class DiSTNetwork(nn.Module):
             raise ValueError("DiST's temporal encoder reads the clip: the classifier must be built with video=True")
         b, frames, n = video.shape[0], video.shape[1], features.num_frames
         if frames != n * self.stride:
-            raise ValueError(f"DiST with spatial_stride {self.stride} needs a clip whose length is a multiple of "
-                             f"{self.stride}; got {frames} frames (the spatial encoder saw {n})")
+            raise ValueError(
+                f"DiST with spatial_stride {self.stride} needs a clip whose length is a multiple of "
+                f"{self.stride}; got {frames} frames (the spatial encoder saw {n})"
+            )
         x = self.stem(video.transpose(1, 2))  # (B, c, T, h, w)
         carried: Tensor | float = 0.0
         for layer, stage in zip(self.layers, self.stages):
@@ -331,7 +354,11 @@ def init_as_released(module: nn.Module) -> None:
 
 
 @register_method(
-    "dist", config=DiSTConfig, group=LATER_METHODS, architecture="SA", models_time=True,
+    "dist",
+    config=DiSTConfig,
+    group=LATER_METHODS,
+    architecture="SA",
+    models_time=True,
     presets={
         "k400": {"pooling_layers": 4},
         "ssv2": {"pooling_layers": 2},
@@ -342,5 +369,12 @@ def init_as_released(module: nn.Module) -> None:
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: DiSTConfig) -> VideoClassifier:
     network = DiSTNetwork(backbone, cfg)
-    return VideoClassifier(backbone, context, pool=network, feature_dim=cfg.integration_width,
-                           intermediates=network.layers, video=True, frame_stride=cfg.spatial_stride)
+    return VideoClassifier(
+        backbone,
+        context,
+        pool=network,
+        feature_dim=cfg.integration_width,
+        intermediates=network.layers,
+        video=True,
+        frame_stride=cfg.spatial_stride,
+    )

@@ -141,8 +141,10 @@ class TemporalCrossAttention(nn.Module):
         b, t, _, length, _ = q.shape
         patches = length - 1
         if patches != self.grid[0] * self.grid[1]:
-            raise ValueError(f"EVL's temporal cross-attention was built for a {self.grid[0]}x{self.grid[1]} patch "
-                             f"grid, got {patches} patches: run the backbone at the input size it was built for")
+            raise ValueError(
+                f"EVL's temporal cross-attention was built for a {self.grid[0]}x{self.grid[1]} patch "
+                f"grid, got {patches} patches: run the backbone at the input size it was built for"
+            )
         q, k = q[..., 1:, :], k[..., 1:, :]
         from_previous = self.neighbour_term(q[:, 1:], k[:, :-1], self.previous)  # frames 1..T-1
         from_next = self.neighbour_term(q[:, :-1], k[:, 1:], self.next)  # frames 0..T-2
@@ -215,8 +217,9 @@ class DecoderLayer(nn.Module):
 class EVLDecoder(nn.Module):
     """The pool: ``Features`` (the chosen blocks' outputs and q/k) -> the normed query output (B, D)."""
 
-    def __init__(self, dim: int, num_heads: int, blocks: list[int], num_frames: int, grid: tuple[int, int],
-                 cfg: EVLConfig):
+    def __init__(
+        self, dim: int, num_heads: int, blocks: list[int], num_frames: int, grid: tuple[int, int], cfg: EVLConfig
+    ):
         super().__init__()
         self.blocks = tuple(blocks)
         self.query = nn.Parameter(torch.zeros(dim))  # zero: the released N(0, 0.02) init is never called
@@ -238,8 +241,8 @@ class EVLDecoder(nn.Module):
 def build(backbone: VideoBackbone, context: RunContext, cfg: EVLConfig) -> VideoClassifier:
     blocks = take_indices(cfg.num_layers, len(backbone.blocks))
     side = backbone.input_size // backbone.patch_size
-    decoder = EVLDecoder(backbone.width, cfg.num_heads or backbone.num_heads, blocks, cfg.num_frames, (side, side),
-                         cfg)
+    decoder = EVLDecoder(backbone.width, cfg.num_heads or backbone.num_heads, blocks, cfg.num_frames, (side, side), cfg)
     head = nn.Linear(backbone.width, context.num_classes)  # PyTorch's default initialisation, as released
-    return VideoClassifier(backbone, context, pool=decoder, head=head, intermediates=blocks,
-                           qk=cfg.temporal_cross_attention)
+    return VideoClassifier(
+        backbone, context, pool=decoder, head=head, intermediates=blocks, qk=cfg.temporal_cross_attention
+    )

@@ -33,8 +33,7 @@ class FullFTTAConfig:
     layers: tuple[int, ...] | None = None  # blocks that get temporal attention (None = all)
 
 
-@register_method("full_ft_ta", config=FullFTTAConfig, group="Full fine-tuning", architecture="SA+TA",
-                 models_time=True)
+@register_method("full_ft_ta", config=FullFTTAConfig, group="Full fine-tuning", architecture="SA+TA", models_time=True)
 def build(backbone: VideoBackbone, context: RunContext, cfg: FullFTTAConfig) -> VideoClassifier:
     backbone.requires_grad_(True)
     add_divided_attention(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.num_frames)

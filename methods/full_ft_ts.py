@@ -68,10 +68,11 @@ def mix_time(x: Tensor, num_frames: int, window: int) -> Tensor:
     if block == 0:
         raise ValueError(f"head width {d} is too small for a temporal window of {window}")
     x = x.view(x.shape[0] // num_frames, num_frames, *x.shape[1:])
-    past = [shift_frames(x[..., (window + o) * block:(window + o + 1) * block], o) for o in range(-window, 0)]
-    future = [shift_frames(x[..., d - (window - o + 1) * block:d - (window - o) * block], o)
-              for o in range(1, window + 1)]
-    present = x[..., window * block:d - window * block]  # the middle channels (and any remainder)
+    past = [shift_frames(x[..., (window + o) * block : (window + o + 1) * block], o) for o in range(-window, 0)]
+    future = [
+        shift_frames(x[..., d - (window - o + 1) * block : d - (window - o) * block], o) for o in range(1, window + 1)
+    ]
+    present = x[..., window * block : d - window * block]  # the middle channels (and any remainder)
     return torch.cat([*past, present, *future], dim=-1).flatten(0, 1)
 
 
@@ -118,8 +119,7 @@ class TemporalAggregation(nn.Module):
         return features.final_norm(x[:, 0])
 
 
-@register_method("full_ft_ts", config=FullFTTSConfig, group="Full fine-tuning", architecture="SA+TS",
-                 models_time=True)
+@register_method("full_ft_ts", config=FullFTTSConfig, group="Full fine-tuning", architecture="SA+TS", models_time=True)
 def build(backbone: VideoBackbone, context: RunContext, cfg: FullFTTSConfig) -> VideoClassifier:
     backbone.requires_grad_(True)
     for i, block in enumerate(backbone.blocks):

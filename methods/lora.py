@@ -68,15 +68,15 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-@register_method("lora", config=LoRAConfig, group=LATER_METHODS, architecture="SA", models_time=False,
-                 merge=merge_lora)
+@register_method("lora", config=LoRAConfig, group=LATER_METHODS, architecture="SA", models_time=False, merge=merge_lora)
 def build(backbone: VideoBackbone, context: RunContext, cfg: LoRAConfig) -> VideoClassifier:
     # peft (and the transformers it imports) loads when a LoRA model is built, not whenever the registry
     # imports every method.
     from peft import LoraConfig, inject_adapter_in_model
 
     names = target_module_names(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.targets)
-    peft_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=names,
-                             bias="none")
+    peft_config = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=names, bias="none"
+    )
     inject_adapter_in_model(peft_config, backbone)  # only the LoRA matrices train inside the backbone
     return VideoClassifier(backbone, context)

@@ -30,8 +30,9 @@ def last_blocks(backbone: VideoBackbone, count: int) -> list[int]:
     return list(range(depth - count, depth))
 
 
-@register_method("partial_ft", config=PartialFTConfig, group="Partial fine-tuning", architecture="SA",
-                 models_time=False)
+@register_method(
+    "partial_ft", config=PartialFTConfig, group="Partial fine-tuning", architecture="SA", models_time=False
+)
 def build(backbone: VideoBackbone, context: RunContext, cfg: PartialFTConfig) -> VideoClassifier:
     for i in last_blocks(backbone, cfg.trainable_blocks):
         backbone.blocks[i].requires_grad_(True)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .partial_ft import last_blocks
 from peft_bench.backbones import VideoBackbone
 from peft_bench.method_api.model import VideoClassifier
 from peft_bench.method_api.registry import RunContext, from_context, register_method
 from peft_bench.method_api.temporal import add_divided_attention
+
+from .partial_ft import last_blocks
 
 
 @dataclass
@@ -32,8 +33,9 @@ class PartialFTTAConfig:
             raise ValueError(f"trainable_blocks must be at least 1, got {self.trainable_blocks}")
 
 
-@register_method("partial_ft_ta", config=PartialFTTAConfig, group="Partial fine-tuning", architecture="SA+TA",
-                 models_time=True)
+@register_method(
+    "partial_ft_ta", config=PartialFTTAConfig, group="Partial fine-tuning", architecture="SA+TA", models_time=True
+)
 def build(backbone: VideoBackbone, context: RunContext, cfg: PartialFTTAConfig) -> VideoClassifier:
     layers = last_blocks(backbone, cfg.trainable_blocks)
     for i in layers:

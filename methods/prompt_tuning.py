@@ -56,13 +56,19 @@ class PromptedBlock(WrappedBlock):
         prompts = self.prompts.to(x.dtype).expand(x.shape[0], -1, -1)
         x = self.inner(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1), num_frames)
         # Drop the prompt outputs: the next block inserts its own (and the backbone's L is restored).
-        return torch.cat([x[:, :1], x[:, 1 + self.prompts.shape[0]:]], dim=1)
+        return torch.cat([x[:, :1], x[:, 1 + self.prompts.shape[0] :]], dim=1)
 
 
-@register_method("prompt_tuning", config=PromptTuningConfig, group="Prompt tuning", architecture="SA",
-                 models_time=False, presets={"tiny": {"num_prompts": 8}})  # half of tiny's 16 patches, as 100 is of 196
+@register_method(
+    "prompt_tuning",
+    config=PromptTuningConfig,
+    group="Prompt tuning",
+    architecture="SA",
+    models_time=False,
+    presets={"tiny": {"num_prompts": 8}},
+)  # half of tiny's 16 patches, as 100 is of 196
 def build(backbone: VideoBackbone, context: RunContext, cfg: PromptTuningConfig) -> VideoClassifier:
-    init_range = math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + backbone.width))
+    init_range = math.sqrt(6.0 / (3 * backbone.patch_size**2 + backbone.width))
     for i in resolve_layers(cfg.layers, len(backbone.blocks)):
         backbone.blocks[i] = PromptedBlock(backbone.blocks[i], cfg.num_prompts, backbone.width, init_range)
     return VideoClassifier(backbone, context)

@@ -97,7 +97,11 @@ def mix_over_time(patches: Tensor, conv: nn.Conv3d, num_frames: int) -> Tensor:
 
 
 @register_method(
-    "st_adapter", config=STAdapterConfig, group="ST-Adapter", architecture="SA", models_time=True,
+    "st_adapter",
+    config=STAdapterConfig,
+    group="ST-Adapter",
+    architecture="SA",
+    models_time=True,
     # No `tiny` preset: the released width 384 is kept on tiny's 96-wide blocks. Sized to D/2 = 48 (as 384 is
     # on ViT-B/16) a step took half the time, but synthetic-motion top-1 fell from 61.9 to 27.5 (96 wide:
     # 44.4; seed 0, measured at daf9ba9), which would reverse the paper's finding on the embedded default.

@@ -26,8 +26,9 @@ class TemporalFTConfig:
     layers: tuple[int, ...] | None = None  # blocks that get temporal attention (None = all)
 
 
-@register_method("temporal_ft", config=TemporalFTConfig, group="Temporal fine-tuning", architecture="SA+TA",
-                 models_time=True)
+@register_method(
+    "temporal_ft", config=TemporalFTConfig, group="Temporal fine-tuning", architecture="SA+TA", models_time=True
+)
 def build(backbone: VideoBackbone, context: RunContext, cfg: TemporalFTConfig) -> VideoClassifier:
     add_divided_attention(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.num_frames)
     return VideoClassifier(backbone, context)

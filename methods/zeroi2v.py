@@ -92,8 +92,10 @@ class ZeroI2VConfig:
     def __post_init__(self):
         bad = set(self.sites) - set(ADAPTER_SITES)
         if bad:
-            raise ValueError(f"adapter sites must be drawn from {', '.join(ADAPTER_SITES)} (the ones that "
-                             f"merge into a linear layer), got {self.sites}")
+            raise ValueError(
+                f"adapter sites must be drawn from {', '.join(ADAPTER_SITES)} (the ones that "
+                f"merge into a linear layer), got {self.sites}"
+            )
         if self.ratio <= 0:
             raise ValueError(f"ratio must be positive, got {self.ratio}")
         if not 0 <= self.dropout < 1:
@@ -105,7 +107,7 @@ def source_frames(num_frames: int, offsets: tuple[int, ...], num_heads: int) -> 
     or whose source would fall outside the clip, reads its own frame (the released shift's edge rule)."""
     frames = torch.arange(num_frames)[:, None].expand(num_frames, num_heads)
     shift = torch.zeros(num_heads, dtype=torch.long)
-    shift[:len(offsets)] = torch.tensor(offsets, dtype=torch.long)
+    shift[: len(offsets)] = torch.tensor(offsets, dtype=torch.long)
     source = frames + shift
     return torch.where((source >= 0) & (source < num_frames), source, frames)
 
@@ -133,7 +135,11 @@ class DualHeadAttentionBlock(WrappedBlock):
 
 
 @register_method(
-    "zeroi2v", config=ZeroI2VConfig, group=LATER_METHODS, architecture="SA", models_time=True,
+    "zeroi2v",
+    config=ZeroI2VConfig,
+    group=LATER_METHODS,
+    architecture="SA",
+    models_time=True,
     presets={"ssv2": {"head_offsets": (-1, 1, -2, 2), "scale": 1.0, "dropout": 0.0}},
     merge=merge_modules,  # the adapters fold into qkv, proj, fc1, fc2; STDHA stays, it has no weights
 )
@@ -142,8 +148,9 @@ def build(backbone: VideoBackbone, context: RunContext, cfg: ZeroI2VConfig) -> V
     for i in layers:  # STDHA innermost: the adapters' HookedBlock wraps it and calls its attend
         backbone.blocks[i] = DualHeadAttentionBlock(backbone.blocks[i], cfg.head_offsets)
     width = max(1, round(backbone.width * cfg.ratio))
-    hook_blocks(backbone, tuple(layers), cfg.sites,
-                lambda: LinearAdapter(backbone.width, width, cfg.scale, cfg.dropout))
+    hook_blocks(
+        backbone, tuple(layers), cfg.sites, lambda: LinearAdapter(backbone.width, width, cfg.scale, cfg.dropout)
+    )
     if cfg.temporal_embedding:
         if backbone.before_pre_norm is not None:
             raise ValueError("the backbone already has a module before its pre-norm")

@@ -20,8 +20,8 @@ import yaml
 
 from peft_bench.data.specs import DatasetSpec, available_datasets, get_dataset
 from peft_bench.dataclass_io import ConfigError, from_dict, merge, to_dict
-from peft_bench.method_api.registry import RunContext, available_methods, get_method
 from peft_bench.errors import UserError
+from peft_bench.method_api.registry import RunContext, available_methods, get_method
 
 # The backbones, the recipes, the decoders and the precisions import torch: they are imported where a config is
 # resolved or checked, so that the tracker and the tables can import this module (for its digest) without it.
@@ -52,8 +52,12 @@ class TrainConfig:
 
     def __post_init__(self):
         require(self.epochs >= 1, "epochs", "at least 1", self.epochs)
-        require(math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs, "warmup_epochs",
-                "a finite number in [0, epochs]", self.warmup_epochs)
+        require(
+            math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
+            "warmup_epochs",
+            "a finite number in [0, epochs]",
+            self.warmup_epochs,
+        )
         require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
         require(self.micro_batch_size >= 0, "micro_batch_size", "0 (the whole batch) or more", self.micro_batch_size)
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
@@ -66,13 +70,26 @@ class TrainConfig:
         require(0 <= self.head_dropout < 1, "head_dropout", "lie in [0, 1)", self.head_dropout, verb="")
         require(self.eval_every >= 0, "eval_every", "0 or more", self.eval_every)
         require(self.num_workers >= 0, "num_workers", "0 or more", self.num_workers)
-        require(0 <= self.max_failure_fraction <= 1, "max_failure_fraction", "lie in [0, 1]",
-                self.max_failure_fraction, verb="")
+        require(
+            0 <= self.max_failure_fraction <= 1,
+            "max_failure_fraction",
+            "lie in [0, 1]",
+            self.max_failure_fraction,
+            verb="",
+        )
         require(self.val_subset >= 0, "val_subset", "0 (all) or a positive number of videos", self.val_subset)
-        require(self.checkpoint_every >= 0, "checkpoint_every", "0 (epoch ends only) or a number of steps",
-                self.checkpoint_every)
-        require(math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0, "grad_clip_norm",
-                "0 (no clipping) or a positive finite number", self.grad_clip_norm)
+        require(
+            self.checkpoint_every >= 0,
+            "checkpoint_every",
+            "0 (epoch ends only) or a number of steps",
+            self.checkpoint_every,
+        )
+        require(
+            math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0,
+            "grad_clip_norm",
+            "0 (no clipping) or a positive finite number",
+            self.grad_clip_norm,
+        )
         # heavy (torch): see the note at the imports
         from peft_bench.precision import PRECISIONS
 
@@ -232,7 +249,9 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     spec = get_method(cfg.method)
     preset = cfg.preset or dataset_spec.method_preset
     if cfg.preset is not None and cfg.preset not in spec.presets:
-        raise ConfigError(f"method '{cfg.method}' has no preset '{cfg.preset}'; it has: {', '.join(spec.presets) or 'none'}")
+        raise ConfigError(
+            f"method '{cfg.method}' has no preset '{cfg.preset}'; it has: {', '.join(spec.presets) or 'none'}"
+        )
     # The dataset's preset, then the backbone's (how the method scales to it), then the user's values;
     # fields the method leaves to the run (None, e.g. num_frames) take the run's values, once, here.
     context = RunContext(num_frames=cfg.num_frames, dataset=cfg.dataset, head_dropout=cfg.train.head_dropout)
@@ -248,8 +267,9 @@ def _moved_decoder_key(data: dict[str, Any]) -> dict[str, Any]:
     decoder = data.pop("decoder")
     section = dict(data.get("data") or {})
     if section.setdefault("decoder", decoder) != decoder:
-        raise ConfigError(f"decoder '{decoder}' and data.decoder '{section['decoder']}' disagree; "
-                          "the key is data.decoder now")
+        raise ConfigError(
+            f"decoder '{decoder}' and data.decoder '{section['decoder']}' disagree; the key is data.decoder now"
+        )
     log.warning("config key 'decoder' is now data.decoder; read decoder=%s as data.decoder=%s", decoder, decoder)
     return {**data, "data": section}
 
@@ -261,12 +281,14 @@ def _check_data_config(cfg: RunConfig) -> None:
     if cfg.data.decoder not in BACKENDS:
         raise ConfigError(f"unknown decoder '{cfg.data.decoder}'; available: {', '.join(BACKENDS)}")
     if cfg.data.decode_device not in DECODE_DEVICES:
-        raise ConfigError(f"unknown data.decode_device '{cfg.data.decode_device}'; available: "
-                          f"{', '.join(DECODE_DEVICES)}")
+        raise ConfigError(
+            f"unknown data.decode_device '{cfg.data.decode_device}'; available: {', '.join(DECODE_DEVICES)}"
+        )
     if cfg.data.decode_device == "cuda":
         if cfg.data.decoder not in ("auto", "torchcodec"):
-            raise ConfigError(f"data.decode_device=cuda needs data.decoder=torchcodec (or auto), not "
-                              f"'{cfg.data.decoder}'")
+            raise ConfigError(
+                f"data.decode_device=cuda needs data.decoder=torchcodec (or auto), not '{cfg.data.decoder}'"
+            )
         if cfg.train.num_workers:
             # CUDA cannot start in DataLoader workers forked from a process that already uses it.
             raise ConfigError("data.decode_device=cuda decodes in the training process: set train.num_workers=0")
@@ -280,8 +302,10 @@ def dataset_options(overrides: dict[str, Any]) -> dict[str, Any]:
         return overrides
     unknown = sorted(set(options) - {"classes"})
     if unknown:
-        raise ConfigError(f"unknown key dataset.{unknown[0]}; valid keys: dataset.classes (the dataset's name is "
-                          "--dataset, or dataset=NAME)")
+        raise ConfigError(
+            f"unknown key dataset.{unknown[0]}; valid keys: dataset.classes (the dataset's name is "
+            "--dataset, or dataset=NAME)"
+        )
     out = {k: v for k, v in overrides.items() if k != "dataset"}
     out["classes"] = options["classes"]
     return out
@@ -296,8 +320,10 @@ def read_class_names(value: str | Path) -> list[str]:
         names = [line.strip() for line in path.read_text().splitlines()]
         return [name for name in names if name and not name.startswith("#")]
     if "/" in text or text.endswith(".txt"):
-        raise ConfigError(f"dataset.classes: no file {text} (give a file with one class per line, or a list: "
-                          "'dataset.classes=[a, b]')")
+        raise ConfigError(
+            f"dataset.classes: no file {text} (give a file with one class per line, or a list: "
+            "'dataset.classes=[a, b]')"
+        )
     return [name.strip() for name in text.split(",") if name.strip()]
 
 

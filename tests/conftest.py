@@ -72,10 +72,31 @@ def embedded_default_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.chdir(folder)
-        code = main(["run", "--methods", "linear_probe,st_adapter", "--pretrained", "none", "--frames", "2",
-                     "--no-progress", "--no-table", "--tracking-uri", uri, "--output-dir", str(folder / "runs"),
-                     "--set", "train.epochs=1", "--set", "train.val_subset=8", "--set", "train.num_workers=0",
-                     "--set", "train.batch_size=16"])
+        code = main(
+            [
+                "run",
+                "--methods",
+                "linear_probe,st_adapter",
+                "--pretrained",
+                "none",
+                "--frames",
+                "2",
+                "--no-progress",
+                "--no-table",
+                "--tracking-uri",
+                uri,
+                "--output-dir",
+                str(folder / "runs"),
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.val_subset=8",
+                "--set",
+                "train.num_workers=0",
+                "--set",
+                "train.batch_size=16",
+            ]
+        )
     mlflow.set_tracking_uri(None)
     assert code == 0
     return {"uri": uri, "runs": folder / "runs"}

@@ -52,14 +52,25 @@ class MlflowServer:
         if self.ui_store is not None:
             arguments = ["ui", "--backend-store-uri", self.ui_store]
         else:
-            arguments = ["server", "--backend-store-uri", f"sqlite:///{self.folder / 'store.db'}",
-                         "--artifacts-destination", str(self.folder / "artifacts")]
+            arguments = [
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder / 'store.db'}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+            ]
         self.process = subprocess.Popen(
             [*command, *arguments, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": "",
-                 # its background job runner (a dozen worker processes) is not needed to track runs
-                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            start_new_session=True)  # its own process group: stop() ends the server's workers with it
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "MLFLOW_TRACKING_URI": "",
+                # its background job runner (a dozen worker processes) is not needed to track runs
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
+            start_new_session=True,
+        )  # its own process group: stop() ends the server's workers with it
         deadline = time.time() + START_TIMEOUT_S
         while time.time() < deadline:
             if self.process.poll() is not None:

@@ -108,8 +108,10 @@ class AttentionKernel(nn.Module):
         return self.kernel(q, k, v)[0]
 
 
-@pytest.mark.parametrize("kernel", [torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
-                                    torch.ops.aten._scaled_dot_product_attention_math])
+@pytest.mark.parametrize(
+    "kernel",
+    [torch.ops.aten._scaled_dot_product_flash_attention_for_cpu, torch.ops.aten._scaled_dot_product_attention_math],
+)
 def test_attention_kernels_are_counted_like_the_public_op(kernel):
     q, k, v = torch.zeros(2, 4, 10, 8), torch.zeros(2, 4, 6, 8), torch.zeros(2, 4, 6, 8)
     counted = count_flops(AttentionKernel(kernel), (q, k, v))
@@ -214,8 +216,24 @@ def _parse(argv: list[str]):
 
 def test_account_command_writes_every_format(tmp_path, capsys):
     out = tmp_path / "account.json"
-    args = _parse(["--methods", "linear_probe,st_adapter", "--backbone", "tiny", "--dataset", "synthetic-motion",
-                   "--frames", "2", "--views", "3x1", "--format", "json", "--out", str(out)])
+    args = _parse(
+        [
+            "--methods",
+            "linear_probe,st_adapter",
+            "--backbone",
+            "tiny",
+            "--dataset",
+            "synthetic-motion",
+            "--frames",
+            "2",
+            "--views",
+            "3x1",
+            "--format",
+            "json",
+            "--out",
+            str(out),
+        ]
+    )
     assert cmd_account(args) == 0
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["linear_probe", "st_adapter"]

@@ -22,11 +22,13 @@ def test_clip_backbone_reproduces_open_clip_features():
     """The SDPA re-implementation of the blocks gives open_clip's own output, before and after ln_post."""
     from open_clip.model import VisionTransformer
 
-    from peft_bench.backbones.clip import ClipBackbone
     from peft_bench.backbones.base import BackboneInfo
+    from peft_bench.backbones.clip import ClipBackbone
 
     torch.manual_seed(0)
-    visual = VisionTransformer(image_size=32, patch_size=8, width=64, layers=2, heads=4, mlp_ratio=4, output_dim=16).eval()
+    visual = VisionTransformer(
+        image_size=32, patch_size=8, width=64, layers=2, heads=4, mlp_ratio=4, output_dim=16
+    ).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected = visual(x)  # before ClipBackbone takes the tower's blocks over
@@ -38,8 +40,8 @@ def test_clip_backbone_reproduces_open_clip_features():
 def test_timm_backbone_reproduces_timm_features():
     import timm
 
-    from peft_bench.backbones.timm_vit import TimmViTBackbone
     from peft_bench.backbones.base import BackboneInfo
+    from peft_bench.backbones.timm_vit import TimmViTBackbone
 
     torch.manual_seed(0)
     vit = timm.create_model("vit_base_patch16_224.augreg_in21k", pretrained=False, num_classes=0, depth=2).eval()
@@ -48,9 +50,15 @@ def test_timm_backbone_reproduces_timm_features():
     torch.testing.assert_close(backbone.final_norm(backbone(x.unsqueeze(1))[:, 0, 0]), vit(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, width, depth, tokens", [
-    ("clip_vitb16", 768, 12, 197), ("clip_vitl14", 1024, 24, 257), ("in21k_vitb16", 768, 12, 197), ("tiny", 96, 4, 17),
-])
+@pytest.mark.parametrize(
+    "name, width, depth, tokens",
+    [
+        ("clip_vitb16", 768, 12, 197),
+        ("clip_vitl14", 1024, 24, 257),
+        ("in21k_vitb16", 768, 12, 197),
+        ("tiny", 96, 4, 17),
+    ],
+)
 def test_backbone_interface(name, width, depth, tokens):
     bb = create_backbone(name, "none")
     assert (bb.width, len(bb.blocks), bb.num_tokens) == (width, depth, tokens)

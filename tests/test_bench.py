@@ -35,9 +35,30 @@ def test_bench_rows_have_every_column_with_sane_values():
 
 
 def test_bench_command_writes_csv_markdown_and_mlflow(tmp_path, store, capsys):
-    argv = ["bench", "--backbone", "tiny", "--frames", "2", "--batch", "1", "--warmup", "0", "--repeats", "1",
-            "--methods", "attentional_pooling", "--in-process", "--matmul-size", "128",
-            "--results-dir", str(tmp_path), "--tracking-uri", store, "--name", "speed"]
+    argv = [
+        "bench",
+        "--backbone",
+        "tiny",
+        "--frames",
+        "2",
+        "--batch",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--methods",
+        "attentional_pooling",
+        "--in-process",
+        "--matmul-size",
+        "128",
+        "--results-dir",
+        str(tmp_path),
+        "--tracking-uri",
+        store,
+        "--name",
+        "speed",
+    ]
     assert main(argv) == 0
     with open(tmp_path / "speed.csv") as handle:
         rows = list(csv.DictReader(handle))

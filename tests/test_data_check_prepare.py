@@ -69,9 +69,16 @@ abseiling,okvideo0003,0,10,val
 juggling fire,okvideo0004,0,10,val
 """
 EXPECTED = {
-    "okvideo0001": "ok", "okvideo0002": "ok", "okvideo0003": "ok",
-    "shortvid001": "too_short", "zerobytes01": "unreadable", "textfile001": "unreadable",
-    "truncated01": "unreadable", "cutafterhdr": "unreadable", "missingvid1": "missing", "okvideo0004": "unlabelled",
+    "okvideo0001": "ok",
+    "okvideo0002": "ok",
+    "okvideo0003": "ok",
+    "shortvid001": "too_short",
+    "zerobytes01": "unreadable",
+    "textfile001": "unreadable",
+    "truncated01": "unreadable",
+    "cutafterhdr": "unreadable",
+    "missingvid1": "missing",
+    "okvideo0004": "unlabelled",
 }
 
 
@@ -124,13 +131,24 @@ def test_check_puts_each_entry_in_its_category(broken_kinetics):
 
 def test_check_command_writes_the_problems_and_exits_1(broken_kinetics, tmp_path, capsys):
     report_path = tmp_path / "report.csv"
-    code = run_data_command("check", "--dataset", "k400", "--root", str(broken_kinetics), "--workers", "2",
-                            "--report", str(report_path), "--no-progress")
+    code = run_data_command(
+        "check",
+        "--dataset",
+        "k400",
+        "--root",
+        str(broken_kinetics),
+        "--workers",
+        "2",
+        "--report",
+        str(report_path),
+        "--no-progress",
+    )
     assert code == 1
     with open(report_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {Path(row["path"]).name.split("_")[0]: row["category"] for row in rows} == {
-        name: category for name, category in EXPECTED.items() if category != "ok"}
+        name: category for name, category in EXPECTED.items() if category != "ok"
+    }
     summary = summary_path_for(report_path).read_text()
     assert "unlabelled" in summary and "113 frames" in summary
     assert "7 of 10 entries have problems" in capsys.readouterr().out
@@ -144,8 +162,20 @@ def test_check_one_split(broken_kinetics, tmp_path):
 def test_malformed_csv_is_exit_2_naming_file_and_line(tmp_path, capsys):
     (tmp_path / "videos").mkdir()
     (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,abc,zero,10,train\n")
-    code = run_data_command("check", "--dataset", "k400", "--root", str(tmp_path / "videos"), "--annotations",
-                            str(tmp_path), "--split", "train", "--report", str(tmp_path / "r.csv"), "--no-progress")
+    code = run_data_command(
+        "check",
+        "--dataset",
+        "k400",
+        "--root",
+        str(tmp_path / "videos"),
+        "--annotations",
+        str(tmp_path),
+        "--split",
+        "train",
+        "--report",
+        str(tmp_path / "r.csv"),
+        "--no-progress",
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert "train.csv, line 2" in error and "time_start" in error
@@ -158,8 +188,20 @@ def test_clean_dataset_is_exit_0(tmp_path):
         write_video(videos / name, gradient_frames(LONG), "libx264")
     (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\n")
     (tmp_path / "val.txt").write_text("b.mp4 1\n")
-    code = run_data_command("check", "--dataset", "list", "--root", str(videos), "--annotations", str(tmp_path),
-                            "--workers", "2", "--report", str(tmp_path / "r.csv"), "--no-progress")
+    code = run_data_command(
+        "check",
+        "--dataset",
+        "list",
+        "--root",
+        str(videos),
+        "--annotations",
+        str(tmp_path),
+        "--workers",
+        "2",
+        "--report",
+        str(tmp_path / "r.csv"),
+        "--no-progress",
+    )
     assert code == 0
     assert (tmp_path / "r.csv").read_text().strip() == "split,category,path,label,frames,detail"
 
@@ -179,17 +221,21 @@ def test_a_crashing_worker_costs_only_its_own_item():
 
 
 def file_digests(root: Path) -> dict[str, str]:
-    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
-@pytest.fixture()
+@pytest.fixture
 def kinetics_source(tmp_path) -> Path:
     """A small Kinetics copy at 128x96 (short side 96), per-label folders, plus one undecodable file."""
     root = tmp_path / "source"
     rows = ["label,youtube_id,time_start,time_end,split"]
-    for number, (split, label) in enumerate([("train", "abseiling"), ("train", "air drumming"),
-                                             ("train", "abseiling"), ("val", "air drumming")]):
+    for number, (split, label) in enumerate(
+        [("train", "abseiling"), ("train", "air drumming"), ("train", "abseiling"), ("val", "air drumming")]
+    ):
         folder = root / split / label.replace(" ", "_")
         folder.mkdir(parents=True, exist_ok=True)
         youtube_id = f"video{number:06d}"
@@ -204,8 +250,22 @@ def kinetics_source(tmp_path) -> Path:
 def test_prepare_keeps_layout_and_labels_with_the_new_short_side(kinetics_source, tmp_path):
     before = file_digests(kinetics_source)
     out = tmp_path / "prepared"
-    code = run_data_command("prepare", "--dataset", "k400", "--root", str(kinetics_source), "--out", str(out),
-                            "--short-side", "64", "--keyframe-interval", "8", "--workers", "2", "--no-progress")
+    code = run_data_command(
+        "prepare",
+        "--dataset",
+        "k400",
+        "--root",
+        str(kinetics_source),
+        "--out",
+        str(out),
+        "--short-side",
+        "64",
+        "--keyframe-interval",
+        "8",
+        "--workers",
+        "2",
+        "--no-progress",
+    )
     assert code == 1  # the one undecodable file failed; the others were prepared
     assert file_digests(kinetics_source) == before  # the source is never written to
     assert "brokenvideo" in (out / FAILURES_FILE).read_text()
@@ -214,7 +274,8 @@ def test_prepare_keeps_layout_and_labels_with_the_new_short_side(kinetics_source
         prepared = read_kinetics(out / csv_name, out / split)
         assert prepared.class_names == source.class_names
         assert [(s.path.relative_to(out), s.label) for s in prepared.samples] == [
-            (s.path.relative_to(kinetics_source), s.label) for s in source.samples]
+            (s.path.relative_to(kinetics_source), s.label) for s in source.samples
+        ]
         for original, copy in zip(source.samples, prepared.samples):
             assert count_frames(copy.path) == count_frames(original.path)
             assert read_frames(copy.path, [0]).shape == (1, 64, 86, 3)  # 128x96 -> 85.3x64 -> even 86
@@ -222,8 +283,14 @@ def test_prepare_keeps_layout_and_labels_with_the_new_short_side(kinetics_source
         keyframes = [packet.is_keyframe for packet in container.demux(video=0) if packet.size]
     assert sum(keyframes) == 5  # 40 frames, a keyframe every 8
     # And through the dataset class, as training reads it.
-    dataset = VideoClipDataset(read_kinetics(out / "train.csv", out / "train"), load_recipe("k400"), train=True,
-                               input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    dataset = VideoClipDataset(
+        read_kinetics(out / "train.csv", out / "train"),
+        load_recipe("k400"),
+        train=True,
+        input_size=32,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+    )
     assert dataset[0]["video"].shape == (1, 8, 3, 32, 32) and dataset.failures == 0
 
 
@@ -254,8 +321,10 @@ def write_ssv2(root: Path, splits: dict[str, list[str]], extra_entries: list[dic
     videos.mkdir(parents=True)
     (root / "labels.json").write_text(json.dumps({"Moving something up": "0", "Moving something down": "1"}))
     for file_name, ids in splits.items():
-        entries = [{"id": video_id, "template": SSV2_TEMPLATES[int(video_id) % 2], "label": "x", "placeholders": ["x"]}
-                   for video_id in ids]
+        entries = [
+            {"id": video_id, "template": SSV2_TEMPLATES[int(video_id) % 2], "label": "x", "placeholders": ["x"]}
+            for video_id in ids
+        ]
         (root / file_name).write_text(json.dumps(entries + list(extra_entries), indent=1))
         for video_id in ids:
             write_video(videos / f"{video_id}.webm", gradient_frames(12, 96, 128), "libvpx-vp9")
@@ -268,7 +337,11 @@ def test_check_ssv2_unknown_template_and_missing_webm(tmp_path):
     root = write_ssv2(tmp_path / "ssv2", {"train.json": ["1", "2"]}, [unknown, missing])
     report = check_dataset("ssv2", root, splits=["train"], workers=1, progress=False)
     assert [(e.video.path.name, e.finding.category) for e in report.entries] == [
-        ("1.webm", "ok"), ("2.webm", "ok"), ("8.webm", "unlabelled"), ("9.webm", "missing")]
+        ("1.webm", "ok"),
+        ("2.webm", "ok"),
+        ("8.webm", "unlabelled"),
+        ("9.webm", "missing"),
+    ]
     assert "train.json, line" in report.entries[2].finding.detail
     assert report.entries[0].finding.frames == 12 and report.span.frames == 8
 
@@ -287,8 +360,16 @@ def test_prepare_ssv2_keeps_vp9_webm_names(tmp_path):
 
 
 def test_prepare_refuses_an_output_inside_the_source(kinetics_source, capsys):
-    code = run_data_command("prepare", "--dataset", "k400", "--root", str(kinetics_source),
-                            "--out", str(kinetics_source / "prepared"), "--no-progress")
+    code = run_data_command(
+        "prepare",
+        "--dataset",
+        "k400",
+        "--root",
+        str(kinetics_source),
+        "--out",
+        str(kinetics_source / "prepared"),
+        "--no-progress",
+    )
     assert code == 2 and "outside the source" in capsys.readouterr().err
     assert not (kinetics_source / "prepared").exists()
 
@@ -311,7 +392,10 @@ def test_loader_benchmark_runs_on_a_tiny_setting(tmp_path):
     settings = loader_speed.BenchmarkSettings(
         k400=dataclasses.replace(loader_speed.K400_LIKE, **tiny),
         ssv2=dataclasses.replace(loader_speed.SSV2_LIKE, **tiny),
-        repeats=1, clips_per_repeat=2, input_size=32)
+        repeats=1,
+        clips_per_repeat=2,
+        input_size=32,
+    )
     measurements = loader_speed.run_benchmark(settings, work_dir=tmp_path / "work")
     decoders = available_decoders()
     loaders = {(m.video_set, m.copy, m.loader) for m in measurements}

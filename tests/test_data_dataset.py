@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from peft_bench.data import available_datasets, get_dataset
-from peft_bench.data.build import build_dataset
 from peft_bench.data.annotations import Annotations, VideoSample
+from peft_bench.data.build import build_dataset
 from peft_bench.data.dataset import DataError, VideoClipDataset
 from peft_bench.data.sampling import dense_indices, segment_indices
 from peft_bench.data.synthetic import write_video

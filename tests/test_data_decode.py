@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from peft_bench.benchmarks.loader_speed import CountingDecoder  # the benchmark's packet and frame counter
-
 from peft_bench.data import decode
 from peft_bench.data.decode import (
     DECODERS,
@@ -41,8 +40,12 @@ def runnable(backend: str):
 
 def runnable_case(container: str, backend: str):
     reason = decoder_unavailable_reason(backend)
-    return pytest.param(container, backend, marks=pytest.mark.skipif(reason is not None, reason=str(reason)),
-                        id=f"{container}-{backend}")
+    return pytest.param(
+        container,
+        backend,
+        marks=pytest.mark.skipif(reason is not None, reason=str(reason)),
+        id=f"{container}-{backend}",
+    )
 
 
 EVERY_BACKEND = [runnable(name) for name in ("auto", *DECODERS)]
@@ -68,9 +71,10 @@ def frame_index(frame: np.ndarray) -> int:
 
 
 # Scene-cut detection off: x264 would otherwise start a new group of pictures where the index bars change.
-ONE_KEYFRAME_OPTIONS = {"libx264": {"crf": "12", "preset": "veryfast", "x264-params": "keyint=300:scenecut=0"},
-                        "libvpx-vp9": {"crf": "12", "b:v": "0", "deadline": "realtime", "cpu-used": "8",
-                                       "g": "300"}}
+ONE_KEYFRAME_OPTIONS = {
+    "libx264": {"crf": "12", "preset": "veryfast", "x264-params": "keyint=300:scenecut=0"},
+    "libvpx-vp9": {"crf": "12", "b:v": "0", "deadline": "realtime", "cpu-used": "8", "g": "300"},
+}
 
 
 def write_one_keyframe_video(path: Path, frames: np.ndarray, codec: str) -> None:
@@ -129,8 +133,12 @@ ORDERS = [
     list(range(0, NUM_FRAMES, 6)),
 ]
 # Every decoder on every kind of file, decord included on .webm (which `auto` never gives it).
-BACKEND_CASES = [runnable_case(f"{kind}{suffix}", backend) for kind in ("", "long-gop-", "prepared-")
-                 for suffix in ("mp4", "webm") for backend in ("auto", *DECODERS)]
+BACKEND_CASES = [
+    runnable_case(f"{kind}{suffix}", backend)
+    for kind in ("", "long-gop-", "prepared-")
+    for suffix in ("mp4", "webm")
+    for backend in ("auto", *DECODERS)
+]
 
 
 @pytest.mark.parametrize("container,backend", BACKEND_CASES)
@@ -189,13 +197,16 @@ def test_auto_reads_with_the_first_decoder_of_its_order(videos, container, monke
 
 def pretend_unavailable(monkeypatch, *names: str) -> None:
     real_probe = decode._probe
-    monkeypatch.setattr(decode, "_probe", lambda name: f"{name} is pretended away" if name in names else real_probe(name))
+    monkeypatch.setattr(
+        decode, "_probe", lambda name: f"{name} is pretended away" if name in names else real_probe(name)
+    )
 
 
 @pytest.mark.parametrize("container", ["mp4", "webm"])
 @pytest.mark.parametrize("second", DECODERS[1:])
 def test_auto_gives_a_file_pyav_cannot_open_to_the_next_decoder_but_never_webm_to_decord(
-        videos, container, second, monkeypatch):
+    videos, container, second, monkeypatch
+):
     if decoder_unavailable_reason(second):
         pytest.skip(str(decoder_unavailable_reason(second)))
     real_open = av.open
@@ -251,8 +262,9 @@ def test_decoding_on_the_gpu_is_checked_and_needs_torchcodec(monkeypatch):
         check_decoder("auto", "tpu")
 
 
-@pytest.mark.skipif(decoder_unavailable_reason("torchcodec") is not None,
-                    reason=str(decoder_unavailable_reason("torchcodec")))
+@pytest.mark.skipif(
+    decoder_unavailable_reason("torchcodec") is not None, reason=str(decoder_unavailable_reason("torchcodec"))
+)
 def test_the_gpu_path_hands_the_device_to_torchcodec_and_returns_host_frames(videos, monkeypatch):
     # No GPU here: a CUDA device is pretended, and torchcodec is told to decode on the CPU after the
     # device it was given has been recorded.
@@ -331,8 +343,20 @@ def test_decode_runs_skip_groups_without_wanted_frames_and_merge_adjacent_ones()
 
 def test_decode_runs_start_open_gop_leading_frames_at_the_previous_keyframe():
     # Decode order I0 P3 B1 B2 | I6 B4 B5 P9 B7 B8: B4 and B5 are shown before I6 and refer to P3.
-    index = fake_index([(0, True), (3, False), (1, False), (2, False), (6, True), (4, False), (5, False),
-                        (9, False), (7, False), (8, False)])
+    index = fake_index(
+        [
+            (0, True),
+            (3, False),
+            (1, False),
+            (2, False),
+            (6, True),
+            (4, False),
+            (5, False),
+            (9, False),
+            (7, False),
+            (8, False),
+        ]
+    )
     assert decode._decode_runs(index, [4]) == [(0, 5)]
     assert decode._decode_runs(index, [6]) == [(4, 4)]
     assert decode._decode_runs(index, [8]) == [(4, 9)]
@@ -387,14 +411,19 @@ EXACT_FRAMES = 72
 VFR_STEPS_MS = np.random.default_rng(2).choice([20, 33, 40, 67, 100], EXACT_FRAMES - 1)
 EXACTNESS_FILES = {
     # x264 with B-frames in a pyramid: display order differs from decode order; keyframes 30 apart.
-    "h264-bframes.mp4": ("libx264", {"crf": "18", "preset": "medium",
-                                     "x264-params": "keyint=30:scenecut=0:bframes=3:b-pyramid=normal"}, False),
+    "h264-bframes.mp4": (
+        "libx264",
+        {"crf": "18", "preset": "medium", "x264-params": "keyint=30:scenecut=0:bframes=3:b-pyramid=normal"},
+        False,
+    ),
     # libvpx's good-quality VP9 with hidden alternate reference frames, as SSv2's files are made.
     "vp9.webm": ("libvpx-vp9", {"crf": "24", "b:v": "0", "deadline": "good", "cpu-used": "4", "g": "30"}, False),
-    "vfr-h264.mp4": ("libx264", {"crf": "18", "preset": "veryfast",
-                                 "x264-params": "keyint=25:scenecut=0:bframes=2"}, True),
-    "vfr-vp9.webm": ("libvpx-vp9", {"crf": "24", "b:v": "0", "deadline": "realtime", "cpu-used": "8", "g": "25"},
-                     True),
+    "vfr-h264.mp4": (
+        "libx264",
+        {"crf": "18", "preset": "veryfast", "x264-params": "keyint=25:scenecut=0:bframes=2"},
+        True,
+    ),
+    "vfr-vp9.webm": ("libvpx-vp9", {"crf": "24", "b:v": "0", "deadline": "realtime", "cpu-used": "8", "g": "25"}, True),
 }
 
 
@@ -505,8 +534,7 @@ def test_truncated_webm_is_an_error_for_frames_past_the_cut(tmp_path, videos, ba
 
 
 @pytest.mark.parametrize("backend", [runnable(name) for name in ("auto", "pyav", "torchcodec")])
-def test_truncated_mp4_with_its_index_up_front_reads_before_the_cut_and_names_the_cut_after(tmp_path, videos,
-                                                                                            backend):
+def test_truncated_mp4_with_its_index_up_front_reads_before_the_cut_and_names_the_cut_after(tmp_path, videos, backend):
     truncated = tmp_path / "cut.mp4"  # `data prepare` writes the index (moov) first: it survives the cut
     truncated.write_bytes(videos["prepared-mp4"].read_bytes()[: videos["prepared-mp4"].stat().st_size * 3 // 4])
     assert count_frames(truncated, backend=backend) == NUM_FRAMES  # what the header declares

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from peft_bench.data.build import build_dataset
-from peft_bench.data.dataset import DataError
-from peft_bench.data.layouts import annotation_folder
 from peft_bench.data.check import check_dataset
 from peft_bench.data.cli import add_data_parser, cmd_data
+from peft_bench.data.dataset import DataError
+from peft_bench.data.layouts import annotation_folder
 from peft_bench.data.synthetic import write_video
 
 FRAMES = np.zeros((16, 32, 32, 3), dtype=np.uint8) + np.arange(16, dtype=np.uint8)[:, None, None, None] * 8
@@ -65,11 +65,22 @@ def test_k400_finds_its_csvs_in_the_cvdf_annotations_folder(cvdf_kinetics, capsy
     assert annotation_folder("kinetics", cvdf_kinetics) == cvdf_kinetics / "annotations"
     report = check_dataset("k400", cvdf_kinetics, workers=1, progress=False, num_frames=1)  # short videos
     assert [(e.video.path.parent.name, e.finding.category) for e in report.entries] == [("train", "ok")] * 2 + [
-        ("val", "ok")] * 2
+        ("val", "ok")
+    ] * 2
     assert report.annotation_files == [cvdf_kinetics / "annotations" / name for name in ("train.csv", "val.csv")]
     # The command with --data-root alone prints where it read the annotations.
-    code = data_command("check", "--dataset", "k400", "--data-root", str(cvdf_kinetics), "--no-progress", "--frames",
-                        "1", "--report", str(cvdf_kinetics.parent / "k400-report.csv"))
+    code = data_command(
+        "check",
+        "--dataset",
+        "k400",
+        "--data-root",
+        str(cvdf_kinetics),
+        "--no-progress",
+        "--frames",
+        "1",
+        "--report",
+        str(cvdf_kinetics.parent / "k400-report.csv"),
+    )
     out = capsys.readouterr().out
     assert f"annotations: {cvdf_kinetics / 'annotations' / 'train.csv'}" in out
     assert f"annotations: {cvdf_kinetics / 'annotations' / 'val.csv'}" in out
@@ -86,11 +97,22 @@ def test_ssv2_finds_its_json_files_in_labels(published_ssv2, capsys):
     assert annotation_folder("ssv2", published_ssv2) == published_ssv2 / "labels"
     report = check_dataset("ssv2", published_ssv2, workers=1, progress=False)
     assert [(e.video.path.name, e.finding.category) for e in report.entries] == [
-        ("1.webm", "ok"), ("2.webm", "ok"), ("3.webm", "ok")]
+        ("1.webm", "ok"),
+        ("2.webm", "ok"),
+        ("3.webm", "ok"),
+    ]
     labels = published_ssv2 / "labels"
     assert report.annotation_files == [labels / "labels.json", labels / "train.json", labels / "validation.json"]
-    data_command("check", "--dataset", "ssv2", "--data-root", str(published_ssv2), "--no-progress",
-                 "--report", str(published_ssv2.parent / "ssv2-report.csv"))
+    data_command(
+        "check",
+        "--dataset",
+        "ssv2",
+        "--data-root",
+        str(published_ssv2),
+        "--no-progress",
+        "--report",
+        str(published_ssv2.parent / "ssv2-report.csv"),
+    )
     assert f"annotations: {labels / 'labels.json'}" in capsys.readouterr().out
 
 
@@ -103,8 +125,7 @@ def test_files_in_the_root_come_first_and_an_explicit_folder_is_taken_as_given(t
 
 
 @pytest.mark.parametrize("dataset,published", [("k400", "annotations"), ("ssv2", "labels")])
-def test_a_folder_without_annotations_gets_one_message_naming_the_places_looked(tmp_path, capsys, dataset,
-                                                                                published):
+def test_a_folder_without_annotations_gets_one_message_naming_the_places_looked(tmp_path, capsys, dataset, published):
     (tmp_path / "train").mkdir()
     code = data_command("check", "--dataset", dataset, "--data-root", str(tmp_path), "--no-progress")
     err = capsys.readouterr().err

@@ -54,8 +54,9 @@ def released_segment_test(num_video_frames: int, num_frames: int) -> list[int]:
 @pytest.mark.parametrize("num_video_frames", [1, 5, 50, 112, 113, 114, 120, 300, 301])
 @pytest.mark.parametrize("num_views", [1, 2, 3])
 def test_dense_test_clips_follow_the_released_formula(num_video_frames, num_views):
-    ours = [dense_indices(num_video_frames, 8, 16, train=False, clip_index=c, num_clips=num_views)
-            for c in range(num_views)]
+    ours = [
+        dense_indices(num_video_frames, 8, 16, train=False, clip_index=c, num_clips=num_views) for c in range(num_views)
+    ]
     assert ours == released_dense_test(num_video_frames, 8, 16, num_views)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peft_bench.data.build import build_dataset
 from peft_bench.data import synthetic
 from peft_bench.data.annotations import read_kinetics, read_ssv2
+from peft_bench.data.build import build_dataset
 from peft_bench.data.decode import count_frames, read_frames
 from peft_bench.data.synthetic import (
     MARKER_FILE,
@@ -101,7 +101,7 @@ def test_appearance_suite_has_the_kinetics_layout_and_every_video_decodes(small_
 def test_motion_classes_come_in_time_reversed_pairs():
     names = motion_class_names()
     assert len(names) == 10
-    assert ("from left to right", "from right to left") == (names[0][-18:], names[1][-18:])
+    assert (names[0][-18:], names[1][-18:]) == ("from left to right", "from right to left")
     for forward in range(0, 10, 2):
         for seed in range(3):
             clip, shape = render_motion_clip(forward, np.random.default_rng([seed, forward]))

@@ -77,7 +77,10 @@ def test_ssv2_recipe_matches_the_released_code():
     assert (recipe.sampling, recipe.num_frames, recipe.frame_indices) == ("segment", 8, "released")
     assert recipe.train_random_resized_crop_area == (0.08, 1.0)
     assert (recipe.randaugment, recipe.randaugment_library, recipe.randaugment_at) == (
-        "rand-m7-n4-mstd0.5-inc1", "timm", "before_crop")
+        "rand-m7-n4-mstd0.5-inc1",
+        "timm",
+        "before_crop",
+    )
     assert (recipe.interpolation, recipe.antialias) == ("bicubic", False)
     assert recipe.hflip is False  # SSv2 has left/right classes
     assert (recipe.test_short_side, recipe.test_crops, recipe.test_clips) == (224, 3, 1)
@@ -280,8 +283,9 @@ def test_randaugment_changes_clips_and_leaves_the_callers_generators_alone():
     before = random.random(), np.random.random()
     random.seed(3)
     np.random.seed(3)
-    changed = sum(not np.array_equal(timm_randaugment_clip(frames, RELEASED_RANDAUGMENT, seed), frames)
-                  for seed in range(20))
+    changed = sum(
+        not np.array_equal(timm_randaugment_clip(frames, RELEASED_RANDAUGMENT, seed), frames) for seed in range(20)
+    )
     assert (random.random(), np.random.random()) == before
     assert changed >= 15  # 4 ops at p = 0.5 each: a clip passes untouched 1 time in 16
 
@@ -316,8 +320,13 @@ def test_ssv2_train_transform_is_reproducible_and_varies_with_the_torch_seed():
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_legacy_torchvision_randaugment_after_the_crop_still_runs(interpolation):
     # Only RandAugment changes here: the resizes keep the recipe's interpolation, whichever it is.
-    recipe = dataclasses.replace(load_recipe("ssv2"), randaugment="rand-m7-n4", randaugment_library="torchvision",
-                                 randaugment_at="after_crop", interpolation=interpolation)
+    recipe = dataclasses.replace(
+        load_recipe("ssv2"),
+        randaugment="rand-m7-n4",
+        randaugment_library="torchvision",
+        randaugment_at="after_crop",
+        interpolation=interpolation,
+    )
     torch.manual_seed(0)
     for seed in range(20):  # enough draws to meet its geometric ops
         out = train_transform(recipe, 32, MEAN, STD)(still_clip(seed=seed))
@@ -372,8 +381,10 @@ def test_recipe_settings_change_one_field_and_name_bad_ones():
     assert changed.interpolation == "bilinear" and changed.train_random_resized_crop_area == (0.5, 1.0)
     assert with_settings(recipe, recipe_settings(recipe)) == recipe
     assert "name" not in recipe_settings(recipe) and "num_frames" not in recipe_settings(recipe)
-    for settings, message in [({"interpolaton": "bilinear"}, "unknown key recipe.interpolaton"),
-                              ({"hflip": "often"}, "recipe.hflip"),
-                              ({"num_frames": 16}, "num_frames")]:
+    for settings, message in [
+        ({"interpolaton": "bilinear"}, "unknown key recipe.interpolaton"),
+        ({"hflip": "often"}, "recipe.hflip"),
+        ({"num_frames": 16}, "num_frames"),
+    ]:
         with pytest.raises(ValueError, match=message):
             with_settings(recipe, settings)

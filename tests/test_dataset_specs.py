@@ -79,11 +79,20 @@ def test_a_name_or_alias_is_registered_once() -> None:
 @pytest.fixture
 def ucf() -> DatasetSpec:
     """A dataset registered once, for one test: list files, the K400 recipe and preset, its own training."""
-    spec = register_dataset(DatasetSpec(
-        "ucf-test", 3, "list", "k400", "UCF (test)", method_preset="k400",
-        training=dict(epochs=3, warmup_epochs=1, batch_size=4, lr=1e-3), feature_cache_methods=("linear_probe",),
-        paper_column="k400", aliases=("UCF_Test_Alias",),
-    ))
+    spec = register_dataset(
+        DatasetSpec(
+            "ucf-test",
+            3,
+            "list",
+            "k400",
+            "UCF (test)",
+            method_preset="k400",
+            training=dict(epochs=3, warmup_epochs=1, batch_size=4, lr=1e-3),
+            feature_cache_methods=("linear_probe",),
+            paper_column="k400",
+            aliases=("UCF_Test_Alias",),
+        )
+    )
     yield spec
     unregister_dataset(spec.name)
 
@@ -132,10 +141,14 @@ def test_the_run_digest_the_tracker_tag_and_the_recipe_hash_are_one_function() -
     config = {"method": "st_adapter", "train": {"lr": 0.001, "epochs": 12}, "seed": 0}
     # The two spellings finished runs carry: the run's digest with JSON's default separators, the tag compact.
     assert config_digest(config) == sha12(json.dumps(config, sort_keys=True))
-    assert config_hash(config) == config_digest(config, compact=True) == sha12(
-        json.dumps(config, sort_keys=True, separators=(",", ":")))
-    params = pd.Series({"method": "st_adapter", "train.lr": "0.001", "seed": "0", "output_dir": "runs",
-                        "version.torch": "2.5"})
+    assert (
+        config_hash(config)
+        == config_digest(config, compact=True)
+        == sha12(json.dumps(config, sort_keys=True, separators=(",", ":")))
+    )
+    params = pd.Series(
+        {"method": "st_adapter", "train.lr": "0.001", "seed": "0", "output_dir": "runs", "version.torch": "2.5"}
+    )
     assert recipe_hash(params) == config_digest({"method": "st_adapter", "train.lr": "0.001"})
     cfg = resolve_config({})
     assert cfg.digest() == sha12(json.dumps(_digested(cfg), sort_keys=True))
@@ -153,8 +166,9 @@ def _digested(cfg) -> dict:
 
 
 def test_the_registry_and_the_tables_name_datasets_without_importing_torch() -> None:
-    script = ("import sys, peft_bench.data.specs, peft_bench.report.table, peft_bench.config; "
-              "print('torch' in sys.modules)")
+    script = (
+        "import sys, peft_bench.data.specs, peft_bench.report.table, peft_bench.config; print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"

@@ -27,11 +27,39 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_two_gloo_processes_make_one_run_with_metrics_gathered_over_both(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "peft_bench.cli", "run", "--methods", "linear_probe", "--dataset", "synthetic-appearance",
-               "--pretrained", "none", "--frames", "2", "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"),
-               "--no-table", "--no-progress", "--set", "train.epochs=1", "--set", "train.val_subset=9",
-               "--set", "train.batch_size=16", "--set", "train.num_workers=0"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "peft_bench.cli",
+        "run",
+        "--methods",
+        "linear_probe",
+        "--dataset",
+        "synthetic-appearance",
+        "--pretrained",
+        "none",
+        "--frames",
+        "2",
+        "--tracking-uri",
+        uri,
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--no-table",
+        "--no-progress",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.val_subset=9",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.num_workers=0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,13 +104,30 @@ class Batches(torch.utils.data.Dataset):
 
 def one_step(method: str, cached: bool, rank: int = 0, world: int = 1) -> dict[str, dict[str, torch.Tensor]]:
     """The gradients of one optimizer step and the trainable weights after it, from the runner's own pieces."""
-    cfg = resolve_config({"method": method, "dataset": "synthetic-motion", "pretrained": "none", "num_frames": FRAMES,
-                          "method_args": {"width": 16} if method == "st_adapter" else {},
-                          "train": {"batch_size": CLIPS, "micro_batch_size": 1 if world > 1 else 0, "head_dropout": 0.0,
-                                    "warmup_epochs": 0, "num_workers": 0}})
+    cfg = resolve_config(
+        {
+            "method": method,
+            "dataset": "synthetic-motion",
+            "pretrained": "none",
+            "num_frames": FRAMES,
+            "method_args": {"width": 16} if method == "st_adapter" else {},
+            "train": {
+                "batch_size": CLIPS,
+                "micro_batch_size": 1 if world > 1 else 0,
+                "head_dropout": 0.0,
+                "warmup_epochs": 0,
+                "num_workers": 0,
+            },
+        }
+    )
     torch.manual_seed(0)
-    built = runner.build_run_model(cfg, get_method(method), create_backbone("tiny", "none"),
-                                   Batches("video", torch.empty(0), torch.empty(0)), torch.device("cpu"))
+    built = runner.build_run_model(
+        cfg,
+        get_method(method),
+        create_backbone("tiny", "none"),
+        Batches("video", torch.empty(0), torch.empty(0)),
+        torch.device("cpu"),
+    )
     generator = torch.Generator().manual_seed(1)
     clips = torch.randn(CLIPS, FRAMES, 3, 32, 32, generator=generator)
     labels = torch.randint(0, CLASSES, (CLIPS,), generator=generator)
@@ -97,10 +142,22 @@ def one_step(method: str, cached: bool, rank: int = 0, world: int = 1) -> dict[s
     optimizer = make_optimizer(built.model, cfg.train, built.pretrained_ids)
     names = {p: name for name, p in built.model.named_parameters() if p.requires_grad}
     grads = {}
-    optimizer.register_step_pre_hook(lambda opt, args, kwargs: grads.update(
-        {names[p]: p.grad.clone() for group in opt.param_groups for p in group["params"]}))
-    runner.train_one_epoch(module, torch.utils.data.DataLoader(items, batch_size=micro), optimizer,
-                           runner.warmup_cosine(optimizer, 0, 1, 0.0), torch.device("cpu"), cfg, accumulate, False, "")
+    optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: grads.update(
+            {names[p]: p.grad.clone() for group in opt.param_groups for p in group["params"]}
+        )
+    )
+    runner.train_one_epoch(
+        module,
+        torch.utils.data.DataLoader(items, batch_size=micro),
+        optimizer,
+        runner.warmup_cosine(optimizer, 0, 1, 0.0),
+        torch.device("cpu"),
+        cfg,
+        accumulate,
+        False,
+        "",
+    )
     return {"grads": grads, "weights": runner.trainable_state_dict(built.model)}
 
 
@@ -109,8 +166,10 @@ def ddp_rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        results = {f"{method}/{cached}": one_step(method, cached, rank, world)
-                   for method, cached in (("st_adapter", False), ("attentional_pooling", True))}
+        results = {
+            f"{method}/{cached}": one_step(method, cached, rank, world)
+            for method, cached in (("st_adapter", False), ("attentional_pooling", True))
+        }
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -122,8 +181,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_on_two_processes_gives_the_gradients_and_step_of_one_process_on_the_whole_batch(tmp_path,
-                                                                                              one_torch_thread):
+def test_ddp_on_two_processes_gives_the_gradients_and_step_of_one_process_on_the_whole_batch(
+    tmp_path, one_torch_thread
+):
     torch.multiprocessing.spawn(ddp_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
     for method, cached in (("st_adapter", False), ("attentional_pooling", True)):
         alone = one_step(method, cached)
@@ -134,5 +194,6 @@ def test_ddp_on_two_processes_gives_the_gradients_and_step_of_one_process_on_the
             assert ranked["weights"].keys() == alone["weights"].keys()
             for kind in ("grads", "weights"):
                 for name, value in alone[kind].items():
-                    torch.testing.assert_close(ranked[kind][name], value, rtol=1e-5, atol=1e-6,
-                                               msg=f"{method} {kind} {name} on rank {rank}")
+                    torch.testing.assert_close(
+                        ranked[kind][name], value, rtol=1e-5, atol=1e-6, msg=f"{method} {kind} {name} on rank {rank}"
+                    )

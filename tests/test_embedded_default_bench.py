@@ -10,7 +10,9 @@ def measurements(case: str, caches: str, walls: list[float], code: int = 0) -> l
 
 
 def test_median_spread_and_targets(tmp_path):
-    found = measurements("default", "cold", [310.0, 250.0, 270.0]) + measurements("default", "warm", [170.0, 200.0, 190.0])
+    found = measurements("default", "cold", [310.0, 250.0, 270.0]) + measurements(
+        "default", "warm", [170.0, 200.0, 190.0]
+    )
     found += measurements("all", "cold", [500.0], code=1)
     rows = {(r["case"], r["caches"]): r for r in summarise(found)}
     cold = rows[("default", "cold")]

@@ -10,23 +10,50 @@ from peft_bench.cli import main
 from peft_bench.config import resolve_config
 from peft_bench.data.decode import decoder_provenance
 
-FAST = ["--pretrained", "none", "--no-progress", "--set", "train.epochs=2", "--set", "train.val_subset=24",
-        "--set", "train.num_workers=0", "--set", "train.batch_size=8"]
+FAST = [
+    "--pretrained",
+    "none",
+    "--no-progress",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.val_subset=24",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.batch_size=8",
+]
 
 
 def small_config(tmp_path, **train):
-    return resolve_config({
-        "method": "st_adapter", "dataset": "synthetic-motion", "pretrained": "none",
-        "method_args": {"width": 16},  # narrow adapters: the same code path, a fraction of the time
-        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "output_dir": str(tmp_path / "runs"),
-        "train": {"epochs": 2, "val_subset": 24, "num_workers": 0, "batch_size": 16, **train},
-    })
+    return resolve_config(
+        {
+            "method": "st_adapter",
+            "dataset": "synthetic-motion",
+            "pretrained": "none",
+            "method_args": {"width": 16},  # narrow adapters: the same code path, a fraction of the time
+            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "output_dir": str(tmp_path / "runs"),
+            "train": {"epochs": 2, "val_subset": 24, "num_workers": 0, "batch_size": 16, **train},
+        }
+    )
 
 
 def test_a_run_lands_in_mlflow_and_comes_back_through_the_table(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["run", "--methods", "linear_probe", "--dataset", "synthetic-appearance", "--tracking-uri", uri,
-            "--output-dir", str(tmp_path / "runs"), "--no-table", *FAST]
+    args = [
+        "run",
+        "--methods",
+        "linear_probe",
+        "--dataset",
+        "synthetic-appearance",
+        "--tracking-uri",
+        uri,
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--no-table",
+        *FAST,
+    ]
     assert main(args) == 0
     client = mlflow.MlflowClient(uri)  # this test's own store, whatever mlflow's default is
     run = client.search_runs([client.get_experiment_by_name("peft-bench").experiment_id])[0]

@@ -25,8 +25,7 @@ def test_the_import_contracts_hold():
     lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     if lint_imports is None:
         pytest.skip("import-linter is not installed (pip install -e '.[test]' installs it)")
-    result = subprocess.run([lint_imports, str(ROOT / "pyproject.toml")], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run([lint_imports, str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
@@ -63,6 +62,8 @@ def test_imports_inside_functions_say_why():
 
 def test_the_check_finds_an_unexplained_function_level_import(tmp_path):
     module = tmp_path / "example.py"
-    module.write_text("import os\n\n\ndef f():\n    import json\n    # fvcore is heavy\n    import fvcore\n"
-                      "    import yaml  # optional\n    return json, fvcore, yaml, os\n")
+    module.write_text(
+        "import os\n\n\ndef f():\n    import json\n    # fvcore is heavy\n    import fvcore\n"
+        "    import yaml  # optional\n    return json, fvcore, yaml, os\n"
+    )
     assert function_level_imports(module) == [(5, "json")]

@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 
-from peft_bench.method_api import checks as method_checks
-from peft_bench.measure.accounting import account, build_for_counting, count_video_flops
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
+from peft_bench.measure.accounting import account, build_for_counting, count_video_flops
+from peft_bench.method_api import checks as method_checks
 from peft_bench.method_api.model import count_parameters
 from peft_bench.method_api.registry import RunContext, get_method
 
@@ -29,8 +29,9 @@ def head(classes: int) -> int:
 def vitb16_trainable(preset: str | None, classes: int) -> int:
     spec = get_method("aim")
     with torch.device("meta"):
-        model = spec.create(create_backbone("clip_vitb16", NO_WEIGHTS), RunContext(num_classes=classes),
-                            spec.make_config(preset))
+        model = spec.create(
+            create_backbone("clip_vitb16", NO_WEIGHTS), RunContext(num_classes=classes), spec.make_config(preset)
+        )
     return count_parameters(model).trainable
 
 
@@ -63,8 +64,12 @@ def test_only_adapters_temporal_embedding_final_norm_and_head_train():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable, "nothing trains"
     for name in trainable:
-        assert (".temporal." in name or ".spatial." in name or ".joint." in name
-                or name.startswith(("backbone.before_pre_norm.", "backbone.final_norm.", "head."))), name
+        assert (
+            ".temporal." in name
+            or ".spatial." in name
+            or ".joint." in name
+            or name.startswith(("backbone.before_pre_norm.", "backbone.final_norm.", "head."))
+        ), name
     assert not any(".inner." in n for n in trainable)  # the block's own weights stay frozen
     assert {"backbone.before_pre_norm.table", "backbone.final_norm.weight", "backbone.final_norm.bias"} <= trainable
     assert not any(".temporal_in." in n for n in trainable)  # K400: one temporal adapter
@@ -114,8 +119,9 @@ def test_temporal_branch_is_the_blocks_frozen_attention_across_frames():
     h = torch.nn.functional.layer_norm(seq, (96,), weights["norm_weight"], weights["norm_bias"])
     q, k, v = (h @ weights["qkv_weight"].T + weights["qkv_bias"]).chunk(3, dim=-1)
     heads = [slice(i * 24, (i + 1) * 24) for i in range(4)]
-    out = torch.cat([torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / 24 ** 0.5, dim=-1) @ v[..., s]
-                     for s in heads], dim=-1)
+    out = torch.cat(
+        [torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / 24**0.5, dim=-1) @ v[..., s] for s in heads], dim=-1
+    )
     expected = (out @ weights["proj_weight"].T + weights["proj_bias"]).transpose(0, 1)
     with torch.no_grad():
         torch.testing.assert_close(block.attend_over_time(x, 3), expected, rtol=1e-4, atol=1e-5)

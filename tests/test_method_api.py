@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_bench.method_api import checks as method_checks
 from peft_bench.backbones import NO_WEIGHTS, Features, create_backbone
 from peft_bench.backbones.base import take_indices
 from peft_bench.config import TrainConfig, resolve_config
+from peft_bench.method_api import checks as method_checks
 from peft_bench.method_api.layers import SITES, HookedBlock, LinearAdapter, hook_blocks, merge_modules
 from peft_bench.method_api.model import FeatureRequest, VideoClassifier
 from peft_bench.method_api.optim import ParamGroup
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _two_block(name: str):
     torch.manual_seed(0)
     backbone = create_backbone(name, NO_WEIGHTS)
@@ -61,8 +61,11 @@ def test_frames_set_on_the_command_line_build_the_temporal_embedding_of_that_len
     from peft_bench.launch.plan import run_configs
     from peft_bench.train.runner import build_model
 
-    (cfg,) = run_configs(build_parser().parse_args(["run", "--methods", "temporal_ft", "--dataset", "synthetic-motion",
-                                                     "--set", "num_frames=16"]))
+    (cfg,) = run_configs(
+        build_parser().parse_args(
+            ["run", "--methods", "temporal_ft", "--dataset", "synthetic-motion", "--set", "num_frames=16"]
+        )
+    )
     assert cfg.method_args["num_frames"] == 16  # resolved once, recorded and hashed with the run
     model = build_model(cfg, 10, create_backbone("tiny", NO_WEIGHTS))
     assert model.backbone.blocks[0].before_attention.time_embedding.table.shape[0] == 16
@@ -104,11 +107,40 @@ def test_a_run_of_st_adapter_with_a_pointwise_kernel_is_tagged_as_not_modelling_
     from peft_bench.cli import main
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert main(["run", "--methods", "st_adapter", "--dataset", "synthetic-appearance", "--tracking-uri", uri,
-                 "--output-dir", str(tmp_path / "runs"), "--no-table", "--pretrained", "none", "--no-progress",
-                 "--frames", "2", "--set", "train.epochs=1", "--set", "train.val_subset=4",
-                 "--set", "train.num_workers=0", "--set", "train.batch_size=16", "--set", "method.width=8",
-                 "--set", "method.kernel_size=[1,1,1]"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--methods",
+                "st_adapter",
+                "--dataset",
+                "synthetic-appearance",
+                "--tracking-uri",
+                uri,
+                "--output-dir",
+                str(tmp_path / "runs"),
+                "--no-table",
+                "--pretrained",
+                "none",
+                "--no-progress",
+                "--frames",
+                "2",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.val_subset=4",
+                "--set",
+                "train.num_workers=0",
+                "--set",
+                "train.batch_size=16",
+                "--set",
+                "method.width=8",
+                "--set",
+                "method.kernel_size=[1,1,1]",
+            ]
+        )
+        == 0
+    )
     run = mlflow.search_runs(experiment_names=["peft-bench"], output_format="list")[0]
     assert run.data.tags["peft_bench.models_time"] == "no"
 
@@ -124,8 +156,10 @@ def test_the_context_reaches_build_and_the_head_dropout_is_the_runs():
     from peft_bench.methods.linear_probe import LinearProbeConfig
 
     spec = MethodSpec("probe", build, LinearProbeConfig, "Linear probe", "SA", False)
-    model = spec.create(create_backbone("tiny", NO_WEIGHTS), RunContext(num_classes=3, num_frames=5, head_dropout=0.25,
-                                                                       class_names=("a", "b", "c")))
+    model = spec.create(
+        create_backbone("tiny", NO_WEIGHTS),
+        RunContext(num_classes=3, num_frames=5, head_dropout=0.25, class_names=("a", "b", "c")),
+    )
     context = seen["context"]
     assert (context.num_classes, context.num_frames, context.input_size, context.backbone.name) == (3, 5, 32, "tiny")
     assert model.dropout.p == 0.25 and model.head.out_features == 3
@@ -222,8 +256,16 @@ def test_hooks_run_at_their_sites_in_the_order_of_the_block():
         hook_blocks(backbone, (0,), site, lambda site=site: Recorder(site, log))
     assert isinstance(backbone.blocks[0], HookedBlock) and not isinstance(backbone.blocks[0].inner, HookedBlock)
     torch.testing.assert_close(backbone(random_clip(backbone)), reference, rtol=0, atol=0)
-    assert log == ["before_attention", "after_norm1", "after_attention", "beside_attention", "before_mlp",
-                   "after_norm2", "after_mlp", "beside_mlp"]
+    assert log == [
+        "before_attention",
+        "after_norm1",
+        "after_attention",
+        "beside_attention",
+        "before_mlp",
+        "after_norm2",
+        "after_mlp",
+        "beside_mlp",
+    ]
     with pytest.raises(ValueError, match="already has a hook at 'after_mlp'"):
         hook_blocks(backbone, (0,), "after_mlp", lambda: Recorder("again", log))
 
@@ -243,7 +285,8 @@ def test_linear_adapters_between_norms_and_projections_merge_into_the_weights(fa
         after = merged(video)
     assert not any(isinstance(block, HookedBlock) for block in merged.backbone.blocks)
     assert sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in merged.backbone.parameters()) + 5 * (
-        backbone.width + 1)
+        backbone.width + 1
+    )
     torch.testing.assert_close(after, unmerged, rtol=1e-10, atol=1e-10)
 
 
@@ -311,15 +354,18 @@ def decay_of(model, cfg=TrainConfig(weight_decay=0.01)):
     return {name: by_id[id(p)] for name, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("method, exempt", [
-    ("prompt_tuning", [r"\.prompts$"]),
-    ("temporal_ft", [r"time_embedding\.table$"]),
-    ("partial_ft_ta", [r"time_embedding\.table$"]),
-    ("attentional_pooling", [r"^pool\.query$", r"^pool\.time_embedding\.table$"]),
-    ("full_ft", [r"^backbone\.positional_embedding$"]),
-    ("full_ft_ta", [r"^backbone\.positional_embedding$", r"time_embedding\.table$"]),
-    ("full_ft_ts", [r"^backbone\.positional_embedding$", r"time_embedding\.table$", r"^pool\.token$"]),
-])
+@pytest.mark.parametrize(
+    "method, exempt",
+    [
+        ("prompt_tuning", [r"\.prompts$"]),
+        ("temporal_ft", [r"time_embedding\.table$"]),
+        ("partial_ft_ta", [r"time_embedding\.table$"]),
+        ("attentional_pooling", [r"^pool\.query$", r"^pool\.time_embedding\.table$"]),
+        ("full_ft", [r"^backbone\.positional_embedding$"]),
+        ("full_ft_ta", [r"^backbone\.positional_embedding$", r"time_embedding\.table$"]),
+        ("full_ft_ts", [r"^backbone\.positional_embedding$", r"time_embedding\.table$", r"^pool\.token$"]),
+    ],
+)
 def test_tokens_and_embeddings_are_exempt_from_weight_decay(method, exempt):
     model = method_checks.build_method(method, create_backbone("tiny", NO_WEIGHTS), 5)
     decay = decay_of(model)
@@ -355,8 +401,9 @@ def test_a_method_declares_parameter_groups_and_the_optimizer_logs_them(caplog):
 
     from peft_bench.train.runner import make_optimizer
 
-    model = VideoClassifier(create_backbone("tiny", NO_WEIGHTS).requires_grad_(False), RunContext(num_classes=3),
-                            pool=Slow(96))
+    model = VideoClassifier(
+        create_backbone("tiny", NO_WEIGHTS).requires_grad_(False), RunContext(num_classes=3), pool=Slow(96)
+    )
     with caplog.at_level("INFO", logger="peft_bench.method_api.optim"):
         optimizer = make_optimizer(model, TrainConfig(lr=1.0, weight_decay=0.01))
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
@@ -378,8 +425,9 @@ def test_packed_features_give_the_heads_logits_and_carry_intermediates_and_qk():
             q, k = features.qk[3]
             return features.final_norm(features.intermediates[2][:, :, 0].mean(1) + (q * k).mean())
 
-    model = VideoClassifier(backbone, RunContext(num_classes=3, head_dropout=0.0), pool=ReadsAll(),
-                            intermediates=[2, 3], qk=True).eval()
+    model = VideoClassifier(
+        backbone, RunContext(num_classes=3, head_dropout=0.0), pool=ReadsAll(), intermediates=[2, 3], qk=True
+    ).eval()
     video = random_clip(backbone, frames=3, batch=2)
     with torch.no_grad():
         features = model.forward_features(video)
@@ -389,15 +437,27 @@ def test_packed_features_give_the_heads_logits_and_carry_intermediates_and_qk():
 
 
 def test_the_cache_stores_and_keys_on_what_the_head_reads(tmp_path):
-    from peft_bench.train import feature_cache
     from peft_bench.data.build import build_dataset
+    from peft_bench.train import feature_cache
 
     backbone = create_backbone("tiny", NO_WEIGHTS).requires_grad_(False)
-    data = torch.utils.data.Subset(build_dataset("synthetic-appearance", "val", root=None, input_size=32,
-                                                 mean=backbone.mean, std=backbone.std, num_frames=2, seed=0), range(3))
+    data = torch.utils.data.Subset(
+        build_dataset(
+            "synthetic-appearance",
+            "val",
+            root=None,
+            input_size=32,
+            mean=backbone.mean,
+            std=backbone.std,
+            num_frames=2,
+            seed=0,
+        ),
+        range(3),
+    )
     plain = VideoClassifier(copy.deepcopy(backbone), RunContext(num_classes=3))
-    deep = VideoClassifier(copy.deepcopy(backbone), RunContext(num_classes=3), pool=LastBlocksWide(),
-                           feature_dim=2 * 96, intermediates=2)
+    deep = VideoClassifier(
+        copy.deepcopy(backbone), RunContext(num_classes=3), pool=LastBlocksWide(), feature_dim=2 * 96, intermediates=2
+    )
 
     def entry(model):
         return feature_cache.get_or_build(tmp_path, model, data, None, "float32", torch.device("cpu"), 3, 0)
@@ -481,12 +541,12 @@ def test_lora_merges_into_the_backbone():
 def readme_plugin(tmp_path) -> str:
     """The Python block of README's "Adding a method", written to a file and loaded as a plugin."""
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Adding a method"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = text[text.index("## Adding a method") :]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     path = tmp_path / "readme_method.py"
     path.write_text(code)
     load_plugin(path)
-    return re.search(r'@register_method\("(\w+)"', code).group(1)
+    return re.search(r'@register_method\(\s*"(\w+)"', code).group(1)
 
 
 def test_the_readme_method_reads_intermediate_blocks_and_passes_the_registry_checks(tmp_path):
@@ -525,6 +585,8 @@ def test_the_default_run_is_the_papers_benchmark_and_all_adds_later_methods():
 
     default = [c.method for c in run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion"]))]
     assert default == paper_method_order()
-    every = [c.method for c in run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion",
-                                                                       "--methods", "all"]))]
-    assert every[:len(default)] == default and {"lora", "bitfit", "adaptformer"} <= set(every[len(default):])
+    every = [
+        c.method
+        for c in run_configs(build_parser().parse_args(["run", "--dataset", "synthetic-motion", "--methods", "all"]))
+    ]
+    assert every[: len(default)] == default and {"lora", "bitfit", "adaptformer"} <= set(every[len(default) :])

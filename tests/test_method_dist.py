@@ -10,10 +10,10 @@ import re
 import pytest
 import torch
 
-from peft_bench.method_api import checks as method_checks
-from peft_bench.measure.accounting import account
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
 from peft_bench.config import ConfigError, TrainConfig, resolve_config
+from peft_bench.measure.accounting import account
+from peft_bench.method_api import checks as method_checks
 from peft_bench.method_api.model import count_parameters
 from peft_bench.method_api.registry import RunContext, get_method
 
@@ -41,15 +41,26 @@ def dist_trainable(classes: int, pooling_layers: int, spatial_frames: int) -> in
     attention = 2 * C + 4 * linear(C, C)  # LN, fused q/k/v, output projection
     mlp = 2 * C + linear(C, 4 * C) + linear(4 * C, C)
     pooling = 2 * attention + 2 * mlp + spatial_frames * C
-    return (stem + (DEPTH - 1) * stage + last_stage + pooling_layers * pooling + 2 * C  # video and frame tokens
-            + linear(D, C) + 2 * C + linear(C, classes))  # [CLS] input, final norm, head
+    return (
+        stem
+        + (DEPTH - 1) * stage
+        + last_stage
+        + pooling_layers * pooling
+        + 2 * C  # video and frame tokens
+        + linear(D, C)
+        + 2 * C
+        + linear(C, classes)
+    )  # [CLS] input, final norm, head
 
 
 def vitb16_dist(preset: str, classes: int, frames: int = 16):
     spec = get_method("dist")
     with torch.device("meta"):
-        return spec.create(create_backbone("clip_vitb16", NO_WEIGHTS), RunContext(num_classes=classes, num_frames=frames),
-                           spec.make_config(preset))
+        return spec.create(
+            create_backbone("clip_vitb16", NO_WEIGHTS),
+            RunContext(num_classes=classes, num_frames=frames),
+            spec.make_config(preset),
+        )
 
 
 @pytest.mark.parametrize("preset, classes, pooling_layers", [("k400", 400, 4), ("ssv2", 174, 2)])
@@ -120,8 +131,15 @@ def test_presets_follow_the_released_configurations_and_scale_to_tiny():
     motion = resolve_config({"method": "dist", "dataset": "synthetic-motion"}).method_args
     assert (motion["pooling_layers"], motion["integration_width"], motion["temporal_width"]) == (2, 48, 12)
     assert motion["num_frames"] == 8
-    k400 = resolve_config({"method": "dist", "dataset": "k400", "backbone": "clip_vitb16", "num_frames": 16}).method_args
-    assert (k400["pooling_layers"], k400["integration_width"], k400["temporal_width"], k400["spatial_stride"]) == (4, 384, 96, 2)
+    k400 = resolve_config(
+        {"method": "dist", "dataset": "k400", "backbone": "clip_vitb16", "num_frames": 16}
+    ).method_args
+    assert (k400["pooling_layers"], k400["integration_width"], k400["temporal_width"], k400["spatial_stride"]) == (
+        4,
+        384,
+        96,
+        2,
+    )
 
 
 def test_released_initialisation():
@@ -162,8 +180,11 @@ def test_the_feature_cache_refuses_it_and_the_run_trains_on_clips():
     assert feature_cache_refusal(model) == "its head reads the clip itself"
     cfg = resolve_config({"method": "dist", "speed": {"feature_cache": True}})
     train, val = object(), object()
-    assert use_feature_cache(model, train, val, cfg, torch.device("cpu"), 2) == (train, val,
-                                                                                "off: its head reads the clip itself")
+    assert use_feature_cache(model, train, val, cfg, torch.device("cpu"), 2) == (
+        train,
+        val,
+        "off: its head reads the clip itself",
+    )
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from peft_bench.method_api import checks as method_checks
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
+from peft_bench.method_api import checks as method_checks
 from peft_bench.method_api.model import count_parameters
 from peft_bench.method_api.optim import optimizer_param_groups
 from peft_bench.method_api.registry import RunContext, get_method
@@ -24,8 +24,11 @@ OFF = {"temporal_conv": False, "temporal_position_embedding": False, "temporal_c
 
 def build(backbone_name: str = "tiny", num_classes: int = 5, num_frames: int = 4, **args):
     torch.manual_seed(0)
-    return get_method("evl").create(create_backbone(backbone_name, NO_WEIGHTS),
-                                    RunContext(num_classes=num_classes, num_frames=num_frames), args or None)
+    return get_method("evl").create(
+        create_backbone(backbone_name, NO_WEIGHTS),
+        RunContext(num_classes=num_classes, num_frames=num_frames),
+        args or None,
+    )
 
 
 def vitb16_on_meta(**args):
@@ -87,7 +90,9 @@ def test_relative_offsets_index_as_the_released_double_loop():
     expected = torch.zeros(height * width, height * width, dtype=torch.long)
     for q in range(height * width):
         for k in range(height * width):
-            expected[q, k] = (q // width - k // width + height - 1) * (2 * width - 1) + (q % width - k % width + width - 1)
+            expected[q, k] = (q // width - k // width + height - 1) * (2 * width - 1) + (
+                q % width - k % width + width - 1
+            )
     assert torch.equal(relative_offset_index(height, width), expected)
     assert expected.max() == (2 * height - 1) * (2 * width - 1) - 1  # every offset has its own row
 
@@ -107,7 +112,7 @@ def test_cross_attention_weighs_offset_vectors_by_the_neighbouring_frames_attent
     assert out[:, 0].abs().max() == 0  # the first frame has no previous frame (and `next` is still zero)
     # Frame 2, patch (1, 0) = patch 2: attention to frame 1's patches, heads averaged, weighs their offsets.
     qp, kp = q[0, 2, :, 3], k[0, 1, :, 1:]
-    attention = torch.softmax(torch.einsum("hd,hkd->hk", qp, kp) / d ** 0.5, dim=-1).mean(0)
+    attention = torch.softmax(torch.einsum("hd,hkd->hk", qp, kp) / d**0.5, dim=-1).mean(0)
     offsets = [(1 - r // side + side - 1) * (2 * side - 1) + (0 - r % side + side - 1) for r in range(side * side)]
     expected = (attention[:, None] * layer.previous[offsets]).sum(0)
     torch.testing.assert_close(out[0, 2, 3], expected)
@@ -179,8 +184,16 @@ def clip_set(count: int):
     from peft_bench.data.build import build_dataset
 
     backbone = create_backbone("tiny", NO_WEIGHTS)
-    data = build_dataset("synthetic-appearance", "val", root=None, input_size=backbone.input_size,
-                         mean=backbone.mean, std=backbone.std, num_frames=3, seed=0)
+    data = build_dataset(
+        "synthetic-appearance",
+        "val",
+        root=None,
+        input_size=backbone.input_size,
+        mean=backbone.mean,
+        std=backbone.std,
+        num_frames=3,
+        seed=0,
+    )
     return torch.utils.data.Subset(data, range(count))
 
 
@@ -204,11 +217,38 @@ def test_a_run_trains_it_from_the_feature_cache(tmp_path):
     from peft_bench.cli import main
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert main(["run", "--methods", "evl", "--dataset", "synthetic-appearance", "--tracking-uri", uri,
-                 "--output-dir", str(tmp_path / "runs"), "--no-table", "--pretrained", "none", "--no-progress",
-                 "--frames", "2", "--set", "train.epochs=1", "--set", "train.val_subset=8",
-                 "--set", "train.num_workers=0", "--set", "train.batch_size=16",
-                 "--set", "speed.feature_cache=true"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--methods",
+                "evl",
+                "--dataset",
+                "synthetic-appearance",
+                "--tracking-uri",
+                uri,
+                "--output-dir",
+                str(tmp_path / "runs"),
+                "--no-table",
+                "--pretrained",
+                "none",
+                "--no-progress",
+                "--frames",
+                "2",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.val_subset=8",
+                "--set",
+                "train.num_workers=0",
+                "--set",
+                "train.batch_size=16",
+                "--set",
+                "speed.feature_cache=true",
+            ]
+        )
+        == 0
+    )
     (run,) = mlflow.search_runs(experiment_names=["peft-bench"], output_format="list")
     assert run.data.tags["peft_bench.train.feature_cache"].startswith("on: 1 augmented copy")
     assert run.data.tags["peft_bench.models_time"] == "yes"

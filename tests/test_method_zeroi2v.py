@@ -8,14 +8,14 @@ import copy
 
 import pytest
 import torch
-from peft_bench.methods.zeroi2v import DualHeadAttentionBlock, ZeroI2VConfig
 
-from peft_bench.method_api import checks as method_checks
-from peft_bench.measure.accounting import count_video_flops
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
+from peft_bench.measure.accounting import count_video_flops
+from peft_bench.method_api import checks as method_checks
 from peft_bench.method_api.layers import HookedBlock, LinearAdapter, merge_modules
 from peft_bench.method_api.model import NormedClsMean, count_parameters
 from peft_bench.method_api.registry import RunContext, get_method
+from peft_bench.methods.zeroi2v import DualHeadAttentionBlock, ZeroI2VConfig
 
 D, DEPTH = 768, 12
 WIDTH = D // 4  # the released mlp_ratio=0.25
@@ -30,8 +30,11 @@ def head(classes: int) -> int:
 def vitb16_trainable(classes: int, preset: str | None = None, **args) -> int:
     spec = get_method("zeroi2v")
     with torch.device("meta"):
-        model = spec.create(create_backbone("clip_vitb16", NO_WEIGHTS), RunContext(num_classes=classes, num_frames=8),
-                            spec.make_config(preset, args or None))
+        model = spec.create(
+            create_backbone("clip_vitb16", NO_WEIGHTS),
+            RunContext(num_classes=classes, num_frames=8),
+            spec.make_config(preset, args or None),
+        )
     return count_parameters(model).trainable
 
 
@@ -81,8 +84,10 @@ def test_merged_model_gives_the_unmerged_logits_with_the_image_models_parameters
     assert not any(isinstance(m, (HookedBlock, LinearAdapter)) for m in merged.modules())
     assert all(isinstance(b, DualHeadAttentionBlock) for b in merged.backbone.blocks)  # STDHA stays: it has no weights
     plain.pool = NormedClsMean()  # the released pooling normalises 8 [CLS] tokens instead of one: same for both
-    flops = {name: count_video_flops(copy.deepcopy(m).float(), 8, 32).total
-             for name, m in {"plain": plain, "merged": merged, "unmerged": unmerged}.items()}
+    flops = {
+        name: count_video_flops(copy.deepcopy(m).float(), 8, 32).total
+        for name, m in {"plain": plain, "merged": merged, "unmerged": unmerged}.items()
+    }
     assert flops["merged"] == flops["plain"] < flops["unmerged"]
 
 
@@ -105,11 +110,11 @@ def released_shift(x: torch.Tensor, num_frames: int, fold: int, long_fold: int =
     feat = x.permute(2, 0, 1, 3).reshape(length, n // num_frames, num_frames, heads * dim)
     out = feat.clone()
     out[:, :, 1:, :fold] = feat[:, :, :-1, :fold]
-    out[:, :, :-1, fold:2 * fold] = feat[:, :, 1:, fold:2 * fold]
+    out[:, :, :-1, fold : 2 * fold] = feat[:, :, 1:, fold : 2 * fold]
     if long_fold:
         a, b = 2 * fold, 2 * fold + long_fold
         out[:, :, 2:, a:b] = feat[:, :, :-2, a:b]
-        out[:, :, :-2, b:b + long_fold] = feat[:, :, 2:, b:b + long_fold]
+        out[:, :, :-2, b : b + long_fold] = feat[:, :, 2:, b : b + long_fold]
     return out.reshape(length, n, heads, dim).permute(1, 2, 0, 3)
 
 

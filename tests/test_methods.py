@@ -11,13 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from peft_bench.method_api import checks as method_checks
 from peft_bench.backbones import NO_WEIGHTS, create_backbone
+from peft_bench.method_api import checks as method_checks
 from peft_bench.method_api.model import count_parameters
 from peft_bench.method_api.registry import RunContext, available_methods, get_method
 
-PAPER_ROWS = ["full_ft", "full_ft_ta", "full_ft_ts", "partial_ft", "partial_ft_ta", "temporal_ft", "prompt_tuning",
-              "attentional_pooling", "linear_probe", "adapter", "st_adapter"]
+PAPER_ROWS = [
+    "full_ft",
+    "full_ft_ta",
+    "full_ft_ts",
+    "partial_ft",
+    "partial_ft_ta",
+    "temporal_ft",
+    "prompt_tuning",
+    "attentional_pooling",
+    "linear_probe",
+    "adapter",
+    "st_adapter",
+]
 ALL = sorted(available_methods())  # registry-wide: a method added as one file in methods/ is checked too
 MERGEABLE = [name for name in ALL if get_method(name).mergeable]
 
@@ -26,7 +37,9 @@ D, DEPTH, CLASSES = 768, 12, 400
 HEAD = D * CLASSES + CLASSES
 LINEAR = D * D + D
 BLOCK = 2 * D + (3 * D * D + 3 * D) + LINEAR + 2 * D + (D * 4 * D + 4 * D) + (4 * D * D + D)
-BACKBONE = 3 * 16 * 16 * D + D + 197 * D + 2 * D + DEPTH * BLOCK + 2 * D  # conv (no bias), cls, pos, ln_pre, blocks, ln_post
+BACKBONE = (
+    3 * 16 * 16 * D + D + 197 * D + 2 * D + DEPTH * BLOCK + 2 * D
+)  # conv (no bias), cls, pos, ln_pre, blocks, ln_post
 TEMPORAL_LAYER = 2 * D + (3 * D * D + 3 * D) + LINEAR + LINEAR  # norm, qkv, proj, temporal fc
 TIME_EMBEDDING = 8 * D
 ATTENTION = 4 * LINEAR
@@ -50,11 +63,19 @@ EXPECTED = {
     "adaptformer": DEPTH * (D * 64 + 64 + 64 * D + D) + HEAD,  # one width-64 adapter beside each MLP
 }
 WITHIN_1_PERCENT = ["full_ft", "full_ft_ta", "partial_ft", "partial_ft_ta", "temporal_ft"]
-STARTS_AS_BACKBONE = ["st_adapter", "adapter", "full_ft_ta", "partial_ft_ta", "temporal_ft", "lora", "bitfit",
-                      "adaptformer"]
+STARTS_AS_BACKBONE = [
+    "st_adapter",
+    "adapter",
+    "full_ft_ta",
+    "partial_ft_ta",
+    "temporal_ft",
+    "lora",
+    "bitfit",
+    "adaptformer",
+]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parity_rows() -> dict[str, dict]:
     return {row["method"]: row for row in method_checks.parameter_parity("clip_vitb16", CLASSES)}
 
@@ -223,7 +244,7 @@ def test_temporal_attention_mixes_frames_only_at_the_same_spatial_position():
 # --- a forward pass through every backbone family ------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def four_block_backbone(name: str):
     """The library's own model with its first four blocks only: the real blocks at 224 px, a third of the
     cost. Four: the most blocks a method reads by default (EVL's decoder reads the last four)."""

@@ -58,8 +58,11 @@ def test_no_code_imports_methods_or_benchmarks_as_top_level_packages():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {name}" for name in names
-                          if name.split(".")[0] in MAPPED_FOLDERS]
+            offenders += [
+                f"{path.relative_to(REPO)}:{node.lineno} {name}"
+                for name in names
+                if name.split(".")[0] in MAPPED_FOLDERS
+            ]
     assert not offenders, "import peft_bench.methods / peft_bench.benchmarks instead: " + ", ".join(offenders)
 
 
@@ -70,11 +73,13 @@ ALLOWED_SOURCE_TREE_USES = {"peft_bench/launch/sweep.py"}
 
 
 def test_the_product_reads_no_file_relative_to_the_source_tree():
-    offenders = [f"{path.relative_to(REPO)}:{number}"
-                 for path in python_files(with_tests=False)
-                 if str(path.relative_to(REPO)) not in ALLOWED_SOURCE_TREE_USES
-                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-                 if SOURCE_TREE_PATTERN.search(line)]
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}"
+        for path in python_files(with_tests=False)
+        if str(path.relative_to(REPO)) not in ALLOWED_SOURCE_TREE_USES
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if SOURCE_TREE_PATTERN.search(line)
+    ]
     assert not offenders, "read package data with importlib.resources instead: " + ", ".join(offenders)
 
 
@@ -100,8 +105,13 @@ def test_a_methods_package_in_the_working_folder_does_not_shadow_the_built_in_me
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(DECOY.format(name=name))
     # `python -m` puts the working folder first on the path, as PYTHONPATH=. would.
-    result = subprocess.run([sys.executable, "-m", "peft_bench.cli", "methods", "--backbone", "tiny"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "peft_bench.cli", "methods", "--backbone", "tiny"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"linear_probe", "st_adapter", "temporal_ft"} <= {line.split()[0] for line in result.stdout.splitlines()[1:]}
     script = "from peft_bench.data.recipes import available_recipes; print(available_recipes())"
@@ -122,19 +132,44 @@ def _wheel_backend_reason() -> str | None:
 @pytest.mark.skipif(_wheel_backend_reason() is not None, reason=str(_wheel_backend_reason()))
 def test_the_wheel_carries_the_data_and_nothing_at_the_top_level(tmp_path):
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "*.egg-info", "build", "dist", "__pycache__", "runs", ".cache", "mlruns", "*.db"))
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "*.egg-info", "build", "dist", "__pycache__", "runs", ".cache", "mlruns", "*.db"
+        ),
+    )
     # Weights shipped as package data (e.g. tiny's) must travel in the wheel wherever they sit in the package.
     (source / "peft_bench" / "backbones" / "shipped.safetensors").write_bytes(b"\0" * 16)
-    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
-                             "--outdir", str(tmp_path / "dist"), str(source)],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--skip-dependency-check",
+            "--outdir",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"peft_bench"}, sorted(tops)
-    for needed in ["peft_bench/methods/st_adapter.py", "peft_bench/data/recipes/k400.yaml",
-                   "peft_bench/benchmarks/loader_speed.py", "peft_bench/reference/paper_cross_modality.csv",
-                   "peft_bench/reference/paper_k400_comparison.csv", "peft_bench/backbones/shipped.safetensors"]:
+    for needed in [
+        "peft_bench/methods/st_adapter.py",
+        "peft_bench/data/recipes/k400.yaml",
+        "peft_bench/benchmarks/loader_speed.py",
+        "peft_bench/reference/paper_cross_modality.csv",
+        "peft_bench/reference/paper_k400_comparison.csv",
+        "peft_bench/backbones/shipped.safetensors",
+    ]:
         assert needed in names, f"{needed} is not in the wheel"

@@ -1,17 +1,18 @@
 """Figure 1 from runs: one marker per method and panel, the paper's figures hollow beside measured ones."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 from matplotlib.lines import Line2D
 
 from peft_bench.cli import main
-from peft_bench.report.plot import figure1, figure_paths, save_figure1
 from peft_bench.reference import followups_table, paper_table
 from peft_bench.report.gather import RUN_COLUMNS
+from peft_bench.report.plot import figure1, figure_paths, save_figure1
 from peft_bench.track.journal import JournaledTracker
 
 
@@ -23,8 +24,14 @@ def runs(*rows: dict) -> pd.DataFrame:
 
 
 def run(method: str, backbone: str, dataset: str, seed: int = 0, top1: float = 50.0, params: float = 1e6) -> dict:
-    return {"method": method, "backbone": backbone, "dataset": dataset, "seed": seed, "top1": top1,
-            "trainable_params": params}
+    return {
+        "method": method,
+        "backbone": backbone,
+        "dataset": dataset,
+        "seed": seed,
+        "top1": top1,
+        "trainable_params": params,
+    }
 
 
 def markers(axis, kind: str) -> dict[str, Line2D]:
@@ -127,8 +134,14 @@ def test_later_methods_are_drawn_with_their_authors_figures_and_labelled() -> No
 def test_the_pareto_front_keeps_only_methods_nothing_beats_on_both_accuracy_and_cost() -> None:
     from peft_bench.report.plot import Point, pareto_front
 
-    points = [Point("a", 10, 50), Point("b", 5, 60), Point("c", 20, 70), Point("d", 20, 65), Point("e", 30, 70),
-              Point("f", 1, 40)]
+    points = [
+        Point("a", 10, 50),
+        Point("b", 5, 60),
+        Point("c", 20, 70),
+        Point("d", 20, 65),
+        Point("e", 30, 70),
+        Point("f", 1, 40),
+    ]
     assert [p.method for p in pareto_front(points)] == ["f", "b", "c"]  # a, d: beaten; e: as good, dearer
     assert pareto_front([]) == []
 
@@ -136,8 +149,9 @@ def test_the_pareto_front_keeps_only_methods_nothing_beats_on_both_accuracy_and_
 def test_a_pareto_plot_draws_the_front_and_the_papers_gflops_hollow(frame: pd.DataFrame) -> None:
     from peft_bench.report.plot import pareto_figure
 
-    with_costs = frame.assign(gflops=[455.0, 455.0, 419.0, 0.2, 0.13, 0.13],
-                              peak_memory_bytes=[2**31, 2**31, 2**30, 2**28, 2**27, 2**29])
+    with_costs = frame.assign(
+        gflops=[455.0, 455.0, 419.0, 0.2, 0.13, 0.13], peak_memory_bytes=[2**31, 2**31, 2**30, 2**28, 2**27, 2**29]
+    )
     figure = pareto_figure(with_costs, "gflops")
     k400, motion = [axis for axis in figure.axes if axis.get_title()]
     assert k400.get_xlabel() == "GFLOPs (all test views)"
@@ -166,7 +180,23 @@ def test_the_table_command_draws_a_pareto_plot(store: str, tmp_path: Path) -> No
             tracker.set_tags({"method": method, "backbone": "tiny", "dataset": "synthetic-motion", "seed": "0"})
             tracker.log_metrics({"top1": top1, "trainable_params": 1e4, "peak_memory_bytes": memory})
     out = tmp_path / "pareto"
-    assert main(["table", "--tracking-uri", store, "--results-dir", str(tmp_path), "--plot", "pareto", "--x", "memory",
-                 "--plot-out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "table",
+                "--tracking-uri",
+                store,
+                "--results-dir",
+                str(tmp_path),
+                "--plot",
+                "pareto",
+                "--x",
+                "memory",
+                "--plot-out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     svg = out.with_suffix(".svg").read_text(encoding="utf-8")
     assert 'id="front"' in svg and 'id="measured:st_adapter"' in svg

@@ -10,20 +10,25 @@ import mlflow
 import pytest
 
 import peft_bench.train.runner as runner
-from peft_bench.track.journal import JOURNAL, Journal
-from peft_bench.train.preemption import PreemptionGuard, Preempted, preemption_signal
-from peft_bench.track.records import RECORD_NAME, validation_errors
-
 from peft_bench.config import resolve_config
+from peft_bench.track.journal import JOURNAL, Journal
+from peft_bench.track.records import RECORD_NAME, validation_errors
+from peft_bench.train.preemption import Preempted, PreemptionGuard, preemption_signal
 
 
 def small_config(tmp_path, **train):
-    return resolve_config({
-        "method": "st_adapter", "dataset": "synthetic-appearance", "pretrained": "none", "num_frames": 2,
-        "method_args": {"width": 16},  # narrow adapters, 2 frames: the same code path, a fraction of the time
-        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "output_dir": str(tmp_path / "runs"),
-        "train": {"epochs": 1, "val_subset": 8, "num_workers": 0, "batch_size": 16, **train},
-    })
+    return resolve_config(
+        {
+            "method": "st_adapter",
+            "dataset": "synthetic-appearance",
+            "pretrained": "none",
+            "num_frames": 2,
+            "method_args": {"width": 16},  # narrow adapters, 2 frames: the same code path, a fraction of the time
+            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "output_dir": str(tmp_path / "runs"),
+            "train": {"epochs": 1, "val_subset": 8, "num_workers": 0, "batch_size": 16, **train},
+        }
+    )
 
 
 def signal_at_step(monkeypatch, step: int) -> None:
@@ -38,6 +43,7 @@ def signal_at_step(monkeypatch, step: int) -> None:
             steps.append(1)
             if len(steps) == step:
                 os.kill(os.getpid(), preemption_signal())
+
         optimizer.register_step_post_hook(count_and_maybe_signal)
         return optimizer
 
@@ -88,8 +94,14 @@ def test_a_run_preempted_mid_epoch_resumes_from_that_step_and_matches_an_unbroke
     # The result record of the killed-and-resumed run names the same config and the same videos.
     records = [json.loads((result.run_dir / RECORD_NAME).read_text()) for result in (unbroken, resumed)]
     assert all(validation_errors(record) == [] for record in records)
-    same = [lambda r: r["config_digest"], lambda r: r["results"],
-            lambda r: r["data"]["train"], lambda r: r["data"]["val"], lambda r: r["params"], lambda r: r["flops"]]
+    same = [
+        lambda r: r["config_digest"],
+        lambda r: r["results"],
+        lambda r: r["data"]["train"],
+        lambda r: r["data"]["val"],
+        lambda r: r["params"],
+        lambda r: r["flops"],
+    ]
     assert [pick(records[1]) for pick in same] == [pick(records[0]) for pick in same]
     assert (records[0]["run"]["segments"], records[1]["run"]["segments"]) == (1, 2)
     assert records[1]["cost"]["train_clips"] == records[0]["cost"]["train_clips"]  # each clip counted once

@@ -30,15 +30,21 @@ def test_each_row_changes_only_its_own_settings_from_the_released_recipe(tmp_pat
             assert changed_keys(cfg, baseline) == expected, row.name
             assert expected and cfg.digest() != baseline.digest(), row.name
     motion = bench.row_config(bench.ROWS[0], "synthetic-motion", "adapter", 0, workdir)
-    assert motion.recipe["randaugment"] == "rand-m7-n4-mstd0.5-inc1" and motion.recipe["randaugment_at"] == "before_crop"
+    assert (
+        motion.recipe["randaugment"] == "rand-m7-n4-mstd0.5-inc1" and motion.recipe["randaugment_at"] == "before_crop"
+    )
 
 
 def test_the_table_gives_per_seed_differences_against_the_baseline():
     def result(row, seed, top1):
         return bench.Result(row, "synthetic-motion", "adapter", seed, top1, 100.0, 1.0, "d")
 
-    results = [result("baseline", 0, 50.0), result("baseline", 1, 60.0),
-               result("resize", 0, 45.0), result("resize", 1, 57.0)]
+    results = [
+        result("baseline", 0, 50.0),
+        result("baseline", 1, 60.0),
+        result("resize", 0, 45.0),
+        result("resize", 1, 57.0),
+    ]
     text = bench.markdown(results, ["synthetic-motion"], ["adapter"])
     assert "| baseline | released recipe | 55.0 ± 7.1 (n=2) |" in text
     assert "| resize | resize: bilinear with antialias | -4.0 ± 1.4 |" in text  # -5 and -3, paired by seed

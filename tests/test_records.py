@@ -1,5 +1,6 @@
 """Result records: one per finished run, valid against the schema, logged to mlflow, and read back into the
 same table as mlflow gives; the meter behind their cost figures; the sample-list hash."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from peft_bench.cli import main
+from peft_bench.report.cells import COST_COLUMNS, cost_column_names, format_bytes, format_duration
+from peft_bench.report.table import PARETO_COSTS
 from peft_bench.track.records import (
     COST_METRICS,
     RECORD_NAME,
@@ -25,8 +28,6 @@ from peft_bench.track.records import (
     split_summary,
     validation_errors,
 )
-from peft_bench.report.cells import COST_COLUMNS, cost_column_names, format_bytes, format_duration
-from peft_bench.report.table import PARETO_COSTS
 
 
 def record_files(runs: Path) -> list[Path]:
@@ -37,8 +38,9 @@ def record_files(runs: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_every_run_of_the_embedded_default_leaves_a_valid_record_beside_it_and_in_mlflow(embedded_default_runs,
-                                                                                           tmp_path):
+def test_every_run_of_the_embedded_default_leaves_a_valid_record_beside_it_and_in_mlflow(
+    embedded_default_runs, tmp_path
+):
     files = record_files(embedded_default_runs["runs"])
     assert len(files) == 4  # two methods on two datasets
     client = MlflowClient(embedded_default_runs["uri"])
@@ -74,17 +76,59 @@ def test_a_table_from_records_copied_elsewhere_is_the_table_from_mlflow(embedded
     elsewhere = tmp_path / "from-the-cluster"
     shutil.copytree(embedded_default_runs["runs"], elsewhere)  # run folders: records, configs, journals
     for fmt in ("markdown", "json"):
-        assert main(["table", "--tracking-uri", embedded_default_runs["uri"], "--results-dir", str(tmp_path),
-                     "--columns", "cost", "--format", fmt]) == 0
+        assert (
+            main(
+                [
+                    "table",
+                    "--tracking-uri",
+                    embedded_default_runs["uri"],
+                    "--results-dir",
+                    str(tmp_path),
+                    "--columns",
+                    "cost",
+                    "--format",
+                    fmt,
+                ]
+            )
+            == 0
+        )
         from_mlflow = capsys.readouterr().out
-        assert main(["table", "--records", str(elsewhere), "--results-dir", str(tmp_path), "--columns", "cost",
-                     "--format", fmt]) == 0
+        assert (
+            main(
+                [
+                    "table",
+                    "--records",
+                    str(elsewhere),
+                    "--results-dir",
+                    str(tmp_path),
+                    "--columns",
+                    "cost",
+                    "--format",
+                    fmt,
+                ]
+            )
+            == 0
+        )
         from_records = capsys.readouterr().out
         assert from_records == from_mlflow
     assert "peak memory" in from_mlflow and "linear_probe" in from_mlflow and "runs: 4" in from_mlflow
     # Filters work the same on records.
-    assert main(["table", "--records", str(elsewhere), "--results-dir", str(tmp_path),
-                 "--dataset", "synthetic-motion", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "table",
+                "--records",
+                str(elsewhere),
+                "--results-dir",
+                str(tmp_path),
+                "--dataset",
+                "synthetic-motion",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert {row["method"] for row in rows} == {"linear_probe", "st_adapter"}
     assert all("synthetic-appearance" not in key for row in rows for key in row)
@@ -185,8 +229,9 @@ def test_the_sample_list_hash_names_the_videos_not_where_they_are():
     assert here == sample_list_hash(samples("/scratch/k400-copy/val", ["b/2.mp4", "a/1.mp4"], [1, 0]), classes)
     assert here != sample_list_hash(samples("/data/k400/val", ["a/1.mp4"], [0]), classes)  # one video fewer
     assert here != sample_list_hash(samples("/data/k400/val", ["a/1.mp4", "b/2.mp4"], [1, 1]), classes)
-    dataset = SimpleNamespace(samples=samples("/d", ["1.webm", "2.webm", "3.webm"], [0, 1, 0]), missing_count=2,
-                              class_names=classes)
+    dataset = SimpleNamespace(
+        samples=samples("/d", ["1.webm", "2.webm", "3.webm"], [0, 1, 0]), missing_count=2, class_names=classes
+    )
     summary = split_summary(dataset, used=2)
     assert (summary["listed"], summary["missing"], summary["used"], summary["left_out"]) == (5, 2, 2, 1)
     assert summary["sample_list_sha256"] == sample_list_hash(dataset.samples[:2], classes)
@@ -213,7 +258,20 @@ def test_a_record_that_cannot_be_made_is_logged_and_the_run_goes_on(tmp_path, ca
 
     cfg = SimpleNamespace(run_name=lambda: "broken-run", run_dir=lambda: tmp_path)
     meter = RunMeter.open(tmp_path, "cpu", resuming=False)
-    returned = record_finished_run(None, meter, cfg, model=None, tags={}, counts=None, gflops_per_view=0.0,
-                                   val_set=None, final={}, splits={}, clip_sets={}, input_size=32, world_size=1)
+    returned = record_finished_run(
+        None,
+        meter,
+        cfg,
+        model=None,
+        tags={},
+        counts=None,
+        gflops_per_view=0.0,
+        val_set=None,
+        final={},
+        splits={},
+        clip_sets={},
+        input_size=32,
+        world_size=1,
+    )
     assert returned is None and not (tmp_path / RECORD_NAME).exists()
     assert "broken-run: the result record could not be written" in caplog.text

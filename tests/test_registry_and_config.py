@@ -11,7 +11,7 @@ from peft_bench.config import load_config, resolve_config
 from peft_bench.dataclass_io import ConfigError, parse_overrides
 from peft_bench.method_api.registry import available_methods, get_method, load_plugin
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     from dataclasses import dataclass
     import torch
     from peft_bench.method_api.model import VideoClassifier
@@ -26,7 +26,7 @@ PLUGIN = textwrap.dedent('''
         model = VideoClassifier(backbone, context)
         torch.nn.init.normal_(model.head.weight, std=cfg.head_std)
         return model
-''')
+""")
 
 
 def test_every_module_in_methods_registers_itself():
@@ -76,19 +76,22 @@ def test_overrides_reach_the_method_and_training_config():
     assert cfg.method_args["width"] == 128 and cfg.train.lr == 0.01
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"method": "no_such_method"}, "unknown method 'no_such_method'; available: .*st_adapter"),
-    ({"backbone": "resnet"}, "unknown backbone 'resnet'; available: .*clip_vitb16"),
-    ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; available: .*k400"),
-    ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
-    ({"train": {"epochs": 0}}, "epochs"),
-    ({"train": {"head_dropout": 1.5}}, r"head_dropout must lie in \[0, 1\), got 1.5"),
-    ({"method": "linear_probe", "method_args": {"dropout": 0.1}}, "unknown key method.dropout"),
-    ({"train": {"nonsense": 1}}, "unknown key train.nonsense"),
-    ({"method": "st_adapter", "method_args": {"width": "wide"}}, "method.width: expected an integer"),
-    ({"method": "st_adapter", "method_args": {"positions": ["attention", "head"]}}, "positions"),
-    ({"method": "st_adapter", "preset": "k700"}, "no preset 'k700'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"method": "no_such_method"}, "unknown method 'no_such_method'; available: .*st_adapter"),
+        ({"backbone": "resnet"}, "unknown backbone 'resnet'; available: .*clip_vitb16"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; available: .*k400"),
+        ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
+        ({"train": {"epochs": 0}}, "epochs"),
+        ({"train": {"head_dropout": 1.5}}, r"head_dropout must lie in \[0, 1\), got 1.5"),
+        ({"method": "linear_probe", "method_args": {"dropout": 0.1}}, "unknown key method.dropout"),
+        ({"train": {"nonsense": 1}}, "unknown key train.nonsense"),
+        ({"method": "st_adapter", "method_args": {"width": "wide"}}, "method.width: expected an integer"),
+        ({"method": "st_adapter", "method_args": {"positions": ["attention", "head"]}}, "positions"),
+        ({"method": "st_adapter", "preset": "k700"}, "no preset 'k700'"),
+    ],
+)
 def test_malformed_config_stops_with_a_message(overrides, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config(overrides)
@@ -118,24 +121,42 @@ def test_a_saved_config_is_the_base_and_only_given_flags_override_it(tmp_path):
     from peft_bench.cli import build_parser
     from peft_bench.launch.plan import run_configs
 
-    saved = resolve_config({"method": "st_adapter", "backbone": "clip_vitb16", "dataset": "ssv2",
-                            "pretrained": "none", "seed": 3, "method_args": {"width": 128}})
+    saved = resolve_config(
+        {
+            "method": "st_adapter",
+            "backbone": "clip_vitb16",
+            "dataset": "ssv2",
+            "pretrained": "none",
+            "seed": 3,
+            "method_args": {"width": 128},
+        }
+    )
     path = tmp_path / "config.yaml"
     path.write_text(saved.to_yaml())
 
     (again,) = run_configs(build_parser().parse_args(["run", "--config", str(path)]))
-    assert (again.method, again.backbone, again.dataset, again.pretrained, again.seed) == \
-        ("st_adapter", "clip_vitb16", "ssv2", "none", 3)
+    assert (again.method, again.backbone, again.dataset, again.pretrained, again.seed) == (
+        "st_adapter",
+        "clip_vitb16",
+        "ssv2",
+        "none",
+        3,
+    )
     assert again.digest() == saved.digest()
 
-    (changed,) = run_configs(build_parser().parse_args(
-        ["run", "--config", str(path), "--backbone", "in21k_vitb16", "--set", "train.lr=0.01"]))
+    (changed,) = run_configs(
+        build_parser().parse_args(
+            ["run", "--config", str(path), "--backbone", "in21k_vitb16", "--set", "train.lr=0.01"]
+        )
+    )
     assert changed.backbone == "in21k_vitb16" and changed.train.lr == 0.01 and changed.dataset == "ssv2"
 
 
 def test_decoder_is_checked_and_left_out_of_the_digest():
     # Every decoder returns the same frames, so choosing one must not make a run look like another recipe.
-    digests = {resolve_config({"data": {"decoder": name}}).digest() for name in ("auto", "pyav", "torchcodec", "decord")}
+    digests = {
+        resolve_config({"data": {"decoder": name}}).digest() for name in ("auto", "pyav", "torchcodec", "decord")
+    }
     assert len(digests) == 1
     assert resolve_config({"data": {"decode_device": "cuda"}, "train": {"num_workers": 0}}).digest() in digests
     with pytest.raises(ConfigError, match="unknown decoder 'ffmpeg'"):

@@ -1,5 +1,6 @@
 """The leaderboard page, in a real headless browser: it loads without errors or network requests, sorting and
 filtering change the rows, its cells link to records copied beside it; and a broken page fails the check."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ def site(embedded_default_runs, tmp_path_factory) -> Path:
 def browser():
     executable = find_chromium()
     if executable is None:
-        pytest.skip("no Chromium (chromium, chromium-browser or google-chrome on PATH, or PEFT_BENCH_CHROMIUM): "
-                    "the page cannot be tested in a browser here; .ci/run installs Debian's chromium")
+        pytest.skip(
+            "no Chromium (chromium, chromium-browser or google-chrome on PATH, or PEFT_BENCH_CHROMIUM): "
+            "the page cannot be tested in a browser here; .ci/run installs Debian's chromium"
+        )
     playwright = pytest.importorskip("playwright.sync_api", reason="the Python package playwright drives the browser")
     with playwright.sync_playwright() as driver:
         launched = driver.chromium.launch(executable_path=executable, args=["--no-sandbox"])
@@ -38,18 +41,27 @@ class Page:
     def __init__(self, browser, path: Path):
         self.problems: list[str] = []
         self.page = browser.new_page()
-        self.page.on("console", lambda message: message.type in ("error", "warning")
-                     and self.problems.append(f"console {message.type}: {message.text}"))
+        self.page.on(
+            "console",
+            lambda message: (
+                message.type in ("error", "warning") and self.problems.append(f"console {message.type}: {message.text}")
+            ),
+        )
         self.page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
         self.page.on("requestfailed", lambda request: self.problems.append(f"failed request: {request.url}"))
-        self.page.on("request", lambda request: request.url.startswith("file://")
-                     or self.problems.append(f"network request: {request.url}"))
+        self.page.on(
+            "request",
+            lambda request: (
+                request.url.startswith("file://") or self.problems.append(f"network request: {request.url}")
+            ),
+        )
         self.page.goto(path.resolve().as_uri())
         self.page.wait_for_load_state("load")
 
     def visible_rows(self) -> list[list[str]]:
         return self.page.eval_on_selector_all(
-            "#leaderboard tbody tr:not([hidden])", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+            "#leaderboard tbody tr:not([hidden])", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
 
     def column(self, label: str) -> int:
         headers = self.page.eval_on_selector_all("#leaderboard thead th", "cells => cells.map(c => c.textContent)")
@@ -117,7 +129,9 @@ def test_the_page_from_records_has_the_rows_of_the_page_from_mlflow(embedded_def
     assert main(["report", "--out", str(out), "--records", str(embedded_default_runs["runs"])]) == 0
 
     def leaderboard(folder: Path) -> str:
-        return re.search(r'<table id="leaderboard">.*?</table>', (folder / "index.html").read_text(), re.S).group(0)
+        return re.search(r'<table id="leaderboard">.*?</table>', (folder / "index.html").read_text(), re.DOTALL).group(
+            0
+        )
 
     assert leaderboard(out) == leaderboard(site)
     assert sorted(p.name for p in (out / "records").iterdir()) == sorted(p.name for p in (site / "records").iterdir())

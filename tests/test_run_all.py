@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from peft_bench.launch import progress as progress_module
-from peft_bench.method_api import registry
 from peft_bench.cli import main
 from peft_bench.config import resolve_config
+from peft_bench.launch import progress as progress_module
 from peft_bench.launch.progress import CommandProgress, RunState, StatusLine
 from peft_bench.launch.run_all import longest_first, plan_runs
+from peft_bench.method_api import registry
 
 GIB = 2**30
 
@@ -27,17 +27,23 @@ def configs(*pairs, backbone="tiny", device="cpu"):
     return [resolve_config({"method": m, "dataset": d, "backbone": backbone, "device": device}) for m, d in pairs]
 
 
-EMBEDDED = [("full_ft", "synthetic-appearance"), ("st_adapter", "synthetic-appearance"),
-            ("full_ft", "synthetic-motion"), ("st_adapter", "synthetic-motion")]
+EMBEDDED = [
+    ("full_ft", "synthetic-appearance"),
+    ("st_adapter", "synthetic-appearance"),
+    ("full_ft", "synthetic-motion"),
+    ("st_adapter", "synthetic-motion"),
+]
 
 
 # --- the plan ---------------------------------------------------------------------------------------
 
+
 def test_tiny_on_cpu_runs_one_per_core_on_one_thread_each():
     plan = plan_runs(configs(*EMBEDDED), cores=2, memory_bytes=16 * GIB)
     assert (plan.jobs, plan.threads) == (2, 1)
-    assert plan_runs(configs(*EMBEDDED), cores=16, memory_bytes=64 * GIB) == plan_runs(configs(*EMBEDDED), jobs=4,
-                                                                                        cores=16)
+    assert plan_runs(configs(*EMBEDDED), cores=16, memory_bytes=64 * GIB) == plan_runs(
+        configs(*EMBEDDED), jobs=4, cores=16
+    )
     assert plan_runs(configs(*EMBEDDED), cores=16, memory_bytes=64 * GIB).threads == 4  # 4 runs, 16 cores
 
 
@@ -57,6 +63,7 @@ def test_longest_runs_start_first_so_short_ones_fill_the_end():
 
 # --- the estimate -----------------------------------------------------------------------------------
 
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -67,8 +74,12 @@ class FakeClock:
 
 def test_time_left_comes_from_each_methods_measured_speed():
     clock = FakeClock()
-    runs = [RunState("slow on motion", "slow", epochs=10), RunState("fast on motion", "fast", epochs=10),
-            RunState("slow on appearance", "slow", epochs=5), RunState("new on appearance", "new", epochs=5)]
+    runs = [
+        RunState("slow on motion", "slow", epochs=10),
+        RunState("fast on motion", "fast", epochs=10),
+        RunState("slow on appearance", "slow", epochs=5),
+        RunState("new on appearance", "new", epochs=5),
+    ]
     progress = CommandProgress(runs, parallel=2, clock=clock)
     assert progress.seconds_left() is None and "time left: measuring" in progress.line()
     progress.start(0), progress.start(1)
@@ -83,8 +94,10 @@ def test_time_left_comes_from_each_methods_measured_speed():
     assert expected > 90  # more than the slow run alone needs
     assert progress.seconds_left() == pytest.approx(expected)
     line = progress.line()
-    assert line.startswith(f"peft-bench run: 0 of 4 runs done, about {int(expected // 60)}:"
-                           f"{round(expected % 60):02d} left (0:10 elapsed) · running ")
+    assert line.startswith(
+        f"peft-bench run: 0 of 4 runs done, about {int(expected // 60)}:"
+        f"{round(expected % 60):02d} left (0:10 elapsed) · running "
+    )
     assert "slow on motion (epoch 2/10)" in line and "fast on motion (epoch 5/10)" in line
 
 
@@ -104,6 +117,7 @@ def test_time_left_adds_the_measured_setup_and_evaluation_of_a_run():
 
 
 # --- the line ---------------------------------------------------------------------------------------
+
 
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
@@ -139,8 +153,20 @@ def runs_in(uri: str) -> list:
 
 # --- side by side, end to end -----------------------------------------------------------------------
 
-FAST = ["--pretrained", "none", "--set", "train.epochs=1", "--set", "train.warmup_epochs=0",
-        "--set", "train.val_subset=16", "--set", "train.batch_size=16", "--set", "method.width=8"]
+FAST = [
+    "--pretrained",
+    "none",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.warmup_epochs=0",
+    "--set",
+    "train.val_subset=16",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "method.width=8",
+]
 
 
 @pytest.mark.slow
@@ -148,8 +174,20 @@ def test_runs_side_by_side_land_in_tracking_and_a_failure_costs_only_its_run(tmp
     caplog.set_level(logging.INFO)
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # empty: the command creates it before the runs start
     # The k400 runs have no videos and fail in their workers; the synthetic ones beside them still run.
-    args = ["run", "--methods", "st_adapter,adapter", "--dataset", "k400,synthetic-motion", "--jobs", "2",
-            "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"), *FAST]
+    args = [
+        "run",
+        "--methods",
+        "st_adapter,adapter",
+        "--dataset",
+        "k400,synthetic-motion",
+        "--jobs",
+        "2",
+        "--tracking-uri",
+        uri,
+        "--output-dir",
+        str(tmp_path / "runs"),
+        *FAST,
+    ]
     assert main(args) == 1
     out = capsys.readouterr()
     assert "4 runs, 2 at a time on 1 thread each" in out.out
@@ -165,7 +203,7 @@ def test_runs_side_by_side_land_in_tracking_and_a_failure_costs_only_its_run(tmp
     assert sorted(finished) == ["adapter", "st_adapter"]
 
 
-DIES = '''
+DIES = """
 import os, signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +221,7 @@ def build(backbone, context, cfg):
         Path(marker).touch()
         os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
     return VideoClassifier(backbone, context)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -192,9 +230,23 @@ def test_a_worker_killed_mid_run_fails_that_run_and_the_waiting_ones_still_run(t
     plugin.write_text(DIES)
     monkeypatch.setenv("DIES_MARKER", str(tmp_path / "died"))
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))  # "dies" leaves with this test
-    args = ["run", "--plugin", str(plugin), "--methods", "linear_probe,dies", "--jobs", "2",
-            "--dataset", "synthetic-motion,synthetic-appearance", "--no-table",
-            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--output-dir", str(tmp_path / "runs"), *FAST[:-2]]
+    args = [
+        "run",
+        "--plugin",
+        str(plugin),
+        "--methods",
+        "linear_probe,dies",
+        "--jobs",
+        "2",
+        "--dataset",
+        "synthetic-motion,synthetic-appearance",
+        "--no-table",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        *FAST[:-2],
+    ]
     assert main(args) == 1
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert len(lines) == 4 and lines[-1].startswith("[4/4]")
@@ -216,11 +268,28 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
 def test_sigterm_stops_the_command_and_its_workers_and_marks_the_runs_killed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "peft_bench.cli", "run", "--methods", "st_adapter,adapter", "--jobs", "2",
-               "--dataset", "synthetic-motion", "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"),
-               *FAST, "--set", "train.epochs=200"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ))
+    command = [
+        sys.executable,
+        "-m",
+        "peft_bench.cli",
+        "run",
+        "--methods",
+        "st_adapter,adapter",
+        "--jobs",
+        "2",
+        "--dataset",
+        "synthetic-motion",
+        "--tracking-uri",
+        uri,
+        "--output-dir",
+        str(tmp_path / "runs"),
+        *FAST,
+        "--set",
+        "train.epochs=200",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
     started = 0
     for line in process.stderr:  # the workers' log records, forwarded by the command
         started += "trainable of" in line
@@ -231,6 +300,9 @@ def test_sigterm_stops_the_command_and_its_workers_and_marks_the_runs_killed(tmp
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) != 0
     process.stderr.close()
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
-                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    assert not [
+        pid
+        for pid in workers
+        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    ]
     assert sorted(r.info.status for r in runs_in(uri)) == ["KILLED", "KILLED"]

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 import peft_bench.train.runner as runner
-from peft_bench.train import feature_cache
 from peft_bench.backbones import create_backbone
 from peft_bench.cli import main
 from peft_bench.config import SpeedConfig, TrainConfig, resolve_config
 from peft_bench.data.build import build_dataset
-from peft_bench.train.efficiency import enable_activation_checkpointing, hold_frozen_in_bf16
 from peft_bench.method_api.checks import build_method
+from peft_bench.train import feature_cache
+from peft_bench.train.efficiency import enable_activation_checkpointing, hold_frozen_in_bf16
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,6 +48,7 @@ def saved_tensor_count(fn) -> int:
 
 
 # --- the backbone runs without autograd when nothing in it trains --------------------------------------
+
 
 @pytest.mark.parametrize("method", ["linear_probe", "attentional_pooling"])
 def test_post_backbone_methods_run_the_backbone_without_autograd(method):
@@ -131,17 +132,27 @@ def test_frozen_weights_in_bf16_leave_trainable_ones_in_fp32():
 
 # --- the feature cache --------------------------------------------------------------------------------
 
+
 def small_clip_set(split: str, count: int):
     """The first ``count`` clips of the embedded appearance dataset (augmented in training) for tiny."""
     backbone = create_backbone("tiny", "none")
-    data = build_dataset("synthetic-appearance", split, root=None, input_size=backbone.input_size,
-                         mean=backbone.mean, std=backbone.std, num_frames=4, seed=0)
+    data = build_dataset(
+        "synthetic-appearance",
+        split,
+        root=None,
+        input_size=backbone.input_size,
+        mean=backbone.mean,
+        std=backbone.std,
+        num_frames=4,
+        seed=0,
+    )
     return torch.utils.data.Subset(data, range(count))
 
 
 def build(cache_dir, model, dataset, epoch=0, dtype="float32"):
-    return feature_cache.get_or_build(cache_dir, model, dataset, epoch, dtype, torch.device("cpu"),
-                                      batch_size=4, num_workers=0)
+    return feature_cache.get_or_build(
+        cache_dir, model, dataset, epoch, dtype, torch.device("cpu"), batch_size=4, num_workers=0
+    )
 
 
 def test_cache_miss_then_hit_with_the_same_tokens_the_backbone_gives(tmp_path):
@@ -200,9 +211,15 @@ def test_training_from_the_cache_gives_the_same_losses_as_training_on_clips(tmp_
     """With one augmented copy per epoch, cached training sees exactly the clips uncached training sees."""
     epochs = 2
     train, val = small_clip_set("train", 16), small_clip_set("val", 8)
-    cfg = resolve_config({"method": "attentional_pooling", "dataset": "synthetic-appearance",
-                          "pretrained": "none", "num_frames": 4,
-                          "train": {"epochs": epochs, "batch_size": 4, "num_workers": 0}})
+    cfg = resolve_config(
+        {
+            "method": "attentional_pooling",
+            "dataset": "synthetic-appearance",
+            "pretrained": "none",
+            "num_frames": 4,
+            "train": {"epochs": epochs, "batch_size": 4, "num_workers": 0},
+        }
+    )
 
     def train_and_evaluate(cached: bool):
         torch.manual_seed(0)
@@ -211,7 +228,8 @@ def test_training_from_the_cache_gives_the_same_losses_as_training_on_clips(tmp_
         if cached:
             speed = SpeedConfig(feature_cache=True, augmented_copies=epochs)
             train_set, val_set, report = feature_cache.cached_datasets(
-                model, train, val, epochs, speed, torch.device("cpu"), 4, 0, cache_dir=tmp_path)
+                model, train, val, epochs, speed, torch.device("cpu"), 4, 0, cache_dir=tmp_path
+            )
             assert report.copies == epochs and report.misses == epochs + 1
         optimizer = runner.make_optimizer(model, cfg.train)
         scheduler = runner.warmup_cosine(optimizer, 1, epochs * 4, 0.0)
@@ -222,8 +240,7 @@ def test_training_from_the_cache_gives_the_same_losses_as_training_on_clips(tmp_
         for epoch in range(epochs):
             (train_set if cached else train.dataset).set_epoch(epoch)
             sampler.set_position(epoch, 0)
-            stats = runner.train_one_epoch(model, loader, optimizer, scheduler, torch.device("cpu"), cfg, 1,
-                                           False, "")
+            stats = runner.train_one_epoch(model, loader, optimizer, scheduler, torch.device("cpu"), cfg, 1, False, "")
             losses.append(stats["loss"])
         top1 = runner.evaluate(model, runner._loader(val_set, 4, cfg), torch.device("cpu"))["top1"]
         return losses, top1
@@ -238,13 +255,36 @@ def test_training_from_the_cache_gives_the_same_losses_as_training_on_clips(tmp_
 @pytest.mark.slow
 def test_a_cached_run_records_its_choice_and_a_backbone_training_method_ignores_the_cache(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = ["run", "--dataset", "synthetic-appearance", "--tracking-uri", uri, "--output-dir",
-              str(tmp_path / "runs"), "--no-table", "--pretrained", "none", "--no-progress", "--frames", "2",
-              "--set", "train.epochs=1", "--set", "train.val_subset=8", "--set", "train.num_workers=0",
-              "--set", "train.batch_size=16", "--set", "speed.feature_cache=true"]
+    common = [
+        "run",
+        "--dataset",
+        "synthetic-appearance",
+        "--tracking-uri",
+        uri,
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--no-table",
+        "--pretrained",
+        "none",
+        "--no-progress",
+        "--frames",
+        "2",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.val_subset=8",
+        "--set",
+        "train.num_workers=0",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "speed.feature_cache=true",
+    ]
     assert main([*common, "--methods", "linear_probe,prompt_tuning"]) == 0
-    runs = {r.data.tags["peft_bench.method"]: r for r in mlflow.search_runs(experiment_names=["peft-bench"],
-                                                                             output_format="list")}
+    runs = {
+        r.data.tags["peft_bench.method"]: r
+        for r in mlflow.search_runs(experiment_names=["peft-bench"], output_format="list")
+    }
     assert runs["linear_probe"].data.tags["peft_bench.train.feature_cache"].startswith("on: 1 augmented copy")
     assert runs["linear_probe"].data.params["speed.augmented_copies"] == "1"
     assert runs["prompt_tuning"].data.tags["peft_bench.train.feature_cache"] == "off: the backbone trains"

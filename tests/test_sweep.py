@@ -8,8 +8,19 @@ from mlflow.tracking import MlflowClient
 from peft_bench.cli import main
 from peft_bench.launch.sweep import Manifest, parse_sbatch_options, parse_timeout_minutes, sweep_status
 
-GRID = ["sweep", "--methods", "linear_probe,st_adapter", "--seeds", "0,1", "--datasets", "synthetic-appearance",
-        "--pretrained", "none", "--set", "train.epochs=1"]
+GRID = [
+    "sweep",
+    "--methods",
+    "linear_probe,st_adapter",
+    "--seeds",
+    "0,1",
+    "--datasets",
+    "synthetic-appearance",
+    "--pretrained",
+    "none",
+    "--set",
+    "train.epochs=1",
+]
 
 
 def test_timeouts_and_sbatch_options_parse_or_say_what_is_wrong():
@@ -59,8 +70,19 @@ def test_bad_sweep_input_is_refused_with_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_status_names_a_failed_job_and_shows_the_end_of_its_log(tmp_path, capsys):
     # A dataset folder with no annotations: the job fails as soon as it starts.
-    args = ["sweep", "--methods", "linear_probe", "--datasets", "list", "--data-root", str(tmp_path / "empty"),
-            "--pretrained", "none", "--set", "train.num_workers=0"]
+    args = [
+        "sweep",
+        "--methods",
+        "linear_probe",
+        "--datasets",
+        "list",
+        "--data-root",
+        str(tmp_path / "empty"),
+        "--pretrained",
+        "none",
+        "--set",
+        "train.num_workers=0",
+    ]
     (tmp_path / "empty").mkdir()
     assert main(args) == 1  # the local sweep waits for its jobs and reports the failure
     statuses = sweep_status(tmp_path / "runs" / "peft-bench" / "sweep")

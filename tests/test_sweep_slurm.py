@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from peft_bench.cli import main
-from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
 from peft_bench.launch.sweep import Manifest, sweep_status
+from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
 
 WAIT_S = 900
 
@@ -64,13 +64,43 @@ def mid_training_checkpoint(run_dir: Path, epochs: int):
 
 def test_a_slurm_sweep_survives_a_preemption_and_is_not_submitted_twice(tmp_path, capsys):
     epochs = 1  # 30 steps of 16 clips: room to preempt mid-epoch, and CI stays short
-    args = ["sweep", "--executor", "slurm", "--partition", "debug", "--cpus-per-task", "1",
-            "--timeout", "30",  # over submitit's 12.5 min threshold: the signal counts as a preemption
-            "--signal-delay", "60", "--methods", "linear_probe,st_adapter", "--seeds", "0,1",
-            "--datasets", "synthetic-appearance", "--pretrained", "none", "--frames", "2",
-            "--set", f"train.epochs={epochs}", "--set", "train.val_subset=8", "--set", "train.num_workers=0",
-            "--set", "train.batch_size=16", "--set", "train.checkpoint_every=1",
-            "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    args = [
+        "sweep",
+        "--executor",
+        "slurm",
+        "--partition",
+        "debug",
+        "--cpus-per-task",
+        "1",
+        "--timeout",
+        "30",  # over submitit's 12.5 min threshold: the signal counts as a preemption
+        "--signal-delay",
+        "60",
+        "--methods",
+        "linear_probe,st_adapter",
+        "--seeds",
+        "0,1",
+        "--datasets",
+        "synthetic-appearance",
+        "--pretrained",
+        "none",
+        "--frames",
+        "2",
+        "--set",
+        f"train.epochs={epochs}",
+        "--set",
+        "train.val_subset=8",
+        "--set",
+        "train.num_workers=0",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.checkpoint_every=1",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--results-dir",
+        str(tmp_path / "results"),
+    ]
     assert main(args) == 0
     assert "4 to run" in capsys.readouterr().out
     sweep_dir = tmp_path / "runs" / "peft-bench" / "sweep"
@@ -79,8 +109,9 @@ def test_a_slurm_sweep_survives_a_preemption_and_is_not_submitted_twice(tmp_path
     assert len(set(job_ids)) == 4 and len({j.split("_")[0] for j in job_ids}) == 1  # one job array
 
     victim = next(c for c in manifest.combinations if c.name.startswith("st_adapter"))
-    before = wait_for(lambda: mid_training_checkpoint(Path(victim.run_dir), epochs), "a mid-training checkpoint",
-                      every=0.3)
+    before = wait_for(
+        lambda: mid_training_checkpoint(Path(victim.run_dir), epochs), "a mid-training checkpoint", every=0.3
+    )
     subprocess.run(["scancel", "--signal=USR2", victim.job_id], check=True)  # what SLURM sends before preempting
 
     def all_ended():
@@ -89,8 +120,10 @@ def test_a_slurm_sweep_survives_a_preemption_and_is_not_submitted_twice(tmp_path
 
     statuses = wait_for(all_ended, "the sweep to end", every=3)
     array = job_ids[0].split("_")[0]
-    wait_for(lambda: array not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout,
-             "the job array to leave the queue")
+    wait_for(
+        lambda: array not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout,
+        "the job array to leave the queue",
+    )
     assert main(["sweep", "sync", "--sweep-dir", str(sweep_dir)]) == 0  # what the SQLite store refused meanwhile
     log = Path(manifest.folder)
     victim_log = "".join(p.read_text(errors="replace") for p in log.glob(f"{victim.job_id}_*_log.*"))
@@ -105,7 +138,9 @@ def test_a_slurm_sweep_survives_a_preemption_and_is_not_submitted_twice(tmp_path
     runs = client.search_runs([client.get_experiment_by_name("peft-bench").experiment_id])
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # the requeued job kept its run
     victim_run = next(r for r in runs if r.info.run_name == victim.name)
-    assert [m.step for m in client.get_metric_history(victim_run.info.run_id, "train_loss")] == list(range(1, epochs + 1))
+    assert [m.step for m in client.get_metric_history(victim_run.info.run_id, "train_loss")] == list(
+        range(1, epochs + 1)
+    )
 
     jobs_before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
     assert main(args) == 0

@@ -1,4 +1,5 @@
 """The cross-modality table from runs: reading the store, reducing reruns and seeds, rendering."""
+
 from __future__ import annotations
 
 import html
@@ -51,8 +52,12 @@ def run(method: str, dataset: str = "k400", seed: int = 0, top1: float = 80.0, *
 
 
 def log_run(store: str, experiment: str, tags: dict, metrics: dict) -> str:
-    with JournaledTracker(Path("runs") / experiment / f"{tags['method']}-{tags['seed']}", store, experiment,
-                          f"{tags['method']}-{tags['seed']}") as tracker:
+    with JournaledTracker(
+        Path("runs") / experiment / f"{tags['method']}-{tags['seed']}",
+        store,
+        experiment,
+        f"{tags['method']}-{tags['seed']}",
+    ) as tracker:
         tracker.set_tags(tags)
         tracker.log_config({"method": tags["method"]})
         tracker.log_environment(device="cpu")
@@ -232,7 +237,6 @@ def test_paper_table_is_the_reference_copy() -> None:
     assert len(paper) == 11
 
 
-
 def test_random_init_runs_get_their_own_column_and_never_replace_pretrained_ones(store: str) -> None:
     tags = {"method": "st_adapter", "backbone": "clip_vitb16", "dataset": "k400", "seed": "0"}
     log_run(store, "e", {**tags, "pretrained": "/weights/ViT-B-16.safetensors"}, {"top1": 82.0})
@@ -298,7 +302,7 @@ def test_with_paper_puts_the_reported_figure_and_the_difference_beside_measured_
     paper = paper_table().set_index("method")
 
     k400 = "clip_vitb16 / k400"
-    assert cells.columns.tolist()[cells.columns.get_loc(k400):][:3] == [k400, f"{k400} paper", f"{k400} Δ"]
+    assert cells.columns.tolist()[cells.columns.get_loc(k400) :][:3] == [k400, f"{k400} paper", f"{k400} Δ"]
     assert cells.loc["st_adapter", f"{k400} paper"] == f"{paper.loc['st_adapter', 'clip_k400']:.1f}"
     assert cells.loc["st_adapter", f"{k400} Δ"] == f"{83.5 - paper.loc['st_adapter', 'clip_k400']:+.1f}"
     # No run: the measured cell and its difference stay empty; the paper's figure stays in its own column.
@@ -377,7 +381,7 @@ def test_latex_is_booktabs_with_the_best_of_each_column_in_bold() -> None:
     assert "\\textbf{82.5 $\\pm$ 0.7 (n=2)}" in st_adapter and "\\textbf" not in full_ft.split("&")[-2]
     assert st_adapter.rstrip().endswith("\\textbf{66.0} \\\\")  # the only run of its column is its best
     # A rule between the paper's groups: header rule, then one between full_ft and st_adapter.
-    body = lines[lines.index("\\toprule"):lines.index("\\bottomrule")]
+    body = lines[lines.index("\\toprule") : lines.index("\\bottomrule")]
     assert body.count("\\midrule") == 2
     assert body.index(st_adapter) - body.index(full_ft) == 2
 
@@ -412,7 +416,7 @@ def test_system_table_keeps_the_papers_rows_and_adds_marked_measured_ones() -> N
     published = pd.read_csv(io.StringIO(reference_text("paper_k400_comparison.csv")))
     assert cells.index.tolist()[: len(published)] == published["model"].tolist()
     assert (cells["source"].iloc[: len(published)] == "reported by the paper").all()
-    measured = cells.iloc[len(published):]
+    measured = cells.iloc[len(published) :]
     assert measured.index.tolist() == ["clip_vitb16 + st_adapter (k400)"]
     row = measured.iloc[0]
     assert row["source"] == "measured here" and row["top-1"] == "82.5 ± 0.7 (n=2)" and row["GFLOPs"] == "455.3"
@@ -475,8 +479,12 @@ def test_later_methods_come_after_the_papers_groups_with_their_authors_figures_l
 
     cells = cross_modality_report(frame, with_paper=True).cells
     k400 = "clip_vitb16 / k400"
-    assert cells.columns.tolist()[cells.columns.get_loc(k400):][:4] == [k400, f"{k400} paper", f"{k400} authors",
-                                                                        f"{k400} Δ"]
+    assert cells.columns.tolist()[cells.columns.get_loc(k400) :][:4] == [
+        k400,
+        f"{k400} paper",
+        f"{k400} authors",
+        f"{k400} Δ",
+    ]
     authors = followups_table().set_index("method")
     assert cells.loc["aim", f"{k400} paper"] == ""  # the ST-Adapter paper has no AIM row
     assert cells.loc["aim", f"{k400} authors"] == f"{authors.loc['aim', 'k400_top1']:.1f}"

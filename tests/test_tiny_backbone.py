@@ -46,8 +46,10 @@ def test_tiny_loads_its_cached_weights(tmp_path, monkeypatch):
 
 def _shipped() -> tuple[dict, dict]:
     found = tiny.read_shipped(tiny.TinyConfig())
-    assert found is not None, ("the package ships no tiny weights for the default config: regenerate them with "
-                               "`peft-bench tiny pretrain --out peft_bench/backbones/tiny.safetensors`")
+    assert found is not None, (
+        "the package ships no tiny weights for the default config: regenerate them with "
+        "`peft-bench tiny pretrain --out peft_bench/backbones/tiny.safetensors`"
+    )
     return found
 
 
@@ -84,8 +86,10 @@ def test_a_config_other_than_the_shipped_one_is_not_given_the_shipped_weights(tm
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("PEFT_BENCH_SLOW"), reason="the whole pre-training (about a minute "
-                    "on one core); set PEFT_BENCH_SLOW=1 (the CI does)")
+@pytest.mark.skipif(
+    not os.environ.get("PEFT_BENCH_SLOW"),
+    reason="the whole pre-training (about a minute on one core); set PEFT_BENCH_SLOW=1 (the CI does)",
+)
 def test_regenerating_the_whole_pre_training_gives_the_shipped_weights():
     from peft_bench.system import cpu_model_name
 

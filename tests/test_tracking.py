@@ -1,4 +1,5 @@
 """The tracker writes what the schema in peft_bench.track.tracking promises, into a throw-away sqlite store."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,7 @@ def test_default_tracking_uri_is_a_sqlite_file_in_the_results_folder(
     assert results.is_dir()
 
 
-def test_default_tracking_uri_prefers_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_tracking_uri_prefers_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert default_tracking_uri(tmp_path) == "http://tracking.example:5000"
 
@@ -207,8 +206,11 @@ def test_every_tag_survives_a_sync_and_the_run_equals_one_that_reached_mlflow_li
     assert synced.data.params == live.data.params and synced.data.metrics == live.data.metrics
     assert synced.info.status == live.info.status == RunStatus.FINISHED
     artifacts = {a.path for a in MlflowClient(store).list_artifacts(synced.info.run_id)}
-    assert artifacts == {a.path for a in MlflowClient(store).list_artifacts(live.info.run_id)} == \
-        {"config.json", "result.json"}
+    assert (
+        artifacts
+        == {a.path for a in MlflowClient(store).list_artifacts(live.info.run_id)}
+        == {"config.json", "result.json"}
+    )
 
 
 def test_the_run_id_is_known_inside_the_block_when_the_store_answers(store) -> None:

@@ -12,8 +12,20 @@ from mlflow_server import MlflowServer
 from peft_bench.cli import main
 from peft_bench.track.journal import JOURNAL, Journal, JournaledTracker, sync_run_dir
 
-FAST = ["--pretrained", "none", "--frames", "2", "--set", "train.epochs=1", "--set", "train.val_subset=8",
-        "--set", "train.num_workers=0", "--set", "train.batch_size=16"]
+FAST = [
+    "--pretrained",
+    "none",
+    "--frames",
+    "2",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.val_subset=8",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.batch_size=16",
+]
 
 
 @pytest.fixture
@@ -35,9 +47,24 @@ def metrics_in_journal(run_dir) -> dict[str, int]:
 def test_parallel_sweep_jobs_against_a_tracking_server_lose_no_run_or_metric(tmp_path, quick_http_failures, capsys):
     server = MlflowServer(tmp_path / "server").start()
     try:
-        args = ["sweep", "--executor", "local", "--max-parallel", "3", "--methods", "linear_probe",
-                "--datasets", "synthetic-appearance", "--seeds", "0,1,2", "--tracking-uri", server.uri,
-                "--output-dir", str(tmp_path / "runs"), *FAST]
+        args = [
+            "sweep",
+            "--executor",
+            "local",
+            "--max-parallel",
+            "3",
+            "--methods",
+            "linear_probe",
+            "--datasets",
+            "synthetic-appearance",
+            "--seeds",
+            "0,1,2",
+            "--tracking-uri",
+            server.uri,
+            "--output-dir",
+            str(tmp_path / "runs"),
+            *FAST,
+        ]
         assert main(args) == 0
         manifest = json.loads((tmp_path / "runs" / "peft-bench" / "sweep" / "sweep.json").read_text())
         client = MlflowClient(server.uri)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from peft_bench.train import runner
 from peft_bench.backbones import create_backbone
 from peft_bench.config import resolve_config
 from peft_bench.dataclass_io import ConfigError, parse_overrides
 from peft_bench.precision import autocast, grad_scaler, hold_frozen_in, resolve_precision
+from peft_bench.train import runner
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,8 +57,14 @@ class Clips(torch.utils.data.Dataset):
 
 def train(method: str, overrides: dict, steps_seen: list[float] | None = None, frozen_dtype=None):
     """One epoch of 2 steps (batch 4) of `method` on tiny with random weights; returns (model, scaler)."""
-    cfg = resolve_config({"method": method, "dataset": "synthetic-motion", "pretrained": "none",
-                          "train": {"batch_size": 4, "warmup_epochs": 0, "num_workers": 0, **overrides}})
+    cfg = resolve_config(
+        {
+            "method": method,
+            "dataset": "synthetic-motion",
+            "pretrained": "none",
+            "train": {"batch_size": 4, "warmup_epochs": 0, "num_workers": 0, **overrides},
+        }
+    )
     torch.manual_seed(0)
     model = runner.build_model(cfg, 4, create_backbone("tiny", "none"))
     if frozen_dtype is not None:
@@ -82,8 +88,10 @@ def test_no_gradient_clipping_unless_asked(monkeypatch):
     assert calls == [5.0, 5.0]
 
 
-@pytest.mark.parametrize("precision,expected", [("auto", torch.float32), ("fp32", torch.float32),
-                                                ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+@pytest.mark.parametrize(
+    "precision,expected",
+    [("auto", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)],
+)
 def test_autocast_on_cpu_computes_in_the_asked_precision(precision, expected):
     with autocast(CPU, precision):
         out = nn.Linear(8, 8)(torch.randn(2, 8))
@@ -140,15 +148,20 @@ def test_the_released_recipes_train_in_fp16_and_the_embedded_default_as_before()
 def test_a_run_carries_its_data_recipe_and_changes_to_it():
     plain = resolve_config({"dataset": "ssv2"})
     assert plain.recipe["randaugment"] == "rand-m7-n4-mstd0.5-inc1" and plain.recipe["interpolation"] == "bicubic"
-    changed = resolve_config({"dataset": "ssv2",
-                              **parse_overrides(["recipe.interpolation=bilinear", "recipe.antialias=true"])})
+    changed = resolve_config(
+        {"dataset": "ssv2", **parse_overrides(["recipe.interpolation=bilinear", "recipe.antialias=true"])}
+    )
     assert changed.recipe["interpolation"] == "bilinear" and changed.recipe["antialias"] is True
     assert changed.digest() != plain.digest()  # a changed recipe is another experiment
-    assert resolve_config(base=plain.__dict__ | {"train": plain.train.__dict__, "speed": plain.speed.__dict__}
-                          ).digest() == plain.digest()
-    for recipe, message in [({"interpolaton": "bilinear"}, "recipe.interpolaton"),
-                            ({"randaugment": "rand-q1"}, "recipe.randaugment"),
-                            ({"num_frames": 16}, "num_frames")]:
+    assert (
+        resolve_config(base=plain.__dict__ | {"train": plain.train.__dict__, "speed": plain.speed.__dict__}).digest()
+        == plain.digest()
+    )
+    for recipe, message in [
+        ({"interpolaton": "bilinear"}, "recipe.interpolaton"),
+        ({"randaugment": "rand-q1"}, "recipe.randaugment"),
+        ({"num_frames": 16}, "num_frames"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             resolve_config({"dataset": "ssv2", "recipe": recipe})
 
@@ -177,8 +190,14 @@ def test_the_runner_warms_up_as_the_config_says(monkeypatch, from_zero):
         raise RuntimeError("enough")
 
     monkeypatch.setattr(runner, "warmup_cosine", stop_after_recording)
-    cfg = resolve_config({"dataset": "synthetic-appearance", "pretrained": "none", "num_frames": 2,
-                          "train": {"warmup_from_zero": from_zero, "num_workers": 0}})
+    cfg = resolve_config(
+        {
+            "dataset": "synthetic-appearance",
+            "pretrained": "none",
+            "num_frames": 2,
+            "train": {"warmup_from_zero": from_zero, "num_workers": 0},
+        }
+    )
     with pytest.raises(RuntimeError, match="enough"):
         runner.run(cfg, progress=False)
     assert seen == [from_zero]

@@ -7,13 +7,22 @@ a path to a weights file, or ``"none"`` (random initialisation, on explicit requ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from peft_bench.backbones.base import BackboneInfo, Features, FrameBlock, VideoBackbone, take_indices
 from peft_bench.backbones.clip import ClipBackbone
 from peft_bench.backbones.timm_vit import TimmViTBackbone
-from peft_bench.backbones.weights import AUTO, NO_WEIGHTS, MissingWeightsError, find_in_hf_cache, load_into, load_state_dict, missing_weights, strip_prefix
+from peft_bench.backbones.weights import (
+    AUTO,
+    NO_WEIGHTS,
+    MissingWeightsError,
+    find_in_hf_cache,
+    load_into,
+    load_state_dict,
+    missing_weights,
+    strip_prefix,
+)
 from peft_bench.errors import UserError
 
 BackboneFactory = Callable[[str], VideoBackbone]
@@ -84,8 +93,15 @@ def _make_clip(name: str):
             load_into(visual, state, str(path))
             pretrained = str(path)
         blocks = visual.transformer.resblocks
-        info = BackboneInfo(name, pretrained, visual.class_embedding.shape[0], len(blocks),
-                            blocks[0].attn.num_heads, visual.conv1.kernel_size[0], input_size)
+        info = BackboneInfo(
+            name,
+            pretrained,
+            visual.class_embedding.shape[0],
+            len(blocks),
+            blocks[0].attn.num_heads,
+            visual.conv1.kernel_size[0],
+            input_size,
+        )
         return ClipBackbone(visual, info)
 
     return factory
@@ -113,7 +129,9 @@ def _make_timm(name: str):
                 repo = f"timm/{model_name}"
                 path = find_in_hf_cache(repo, _TIMM_FILES)
                 if path is None:
-                    raise missing_weights(name, [f"Hugging Face cache, repo {repo}"], "a timm checkpoint, .safetensors/.bin/.npz")
+                    raise missing_weights(
+                        name, [f"Hugging Face cache, repo {repo}"], "a timm checkpoint, .safetensors/.bin/.npz"
+                    )
             else:
                 path = Path(pretrained)
             if path.suffix == ".npz":  # the original big_vision/augreg release
@@ -123,8 +141,15 @@ def _make_timm(name: str):
             else:
                 load_into(vit, load_state_dict(path), str(path), ignore=("head.",))
             pretrained = str(path)
-        info = BackboneInfo(name, pretrained, vit.embed_dim, len(vit.blocks), vit.blocks[0].attn.num_heads,
-                            vit.patch_embed.patch_size[0], vit.patch_embed.img_size[0])
+        info = BackboneInfo(
+            name,
+            pretrained,
+            vit.embed_dim,
+            len(vit.blocks),
+            vit.blocks[0].attn.num_heads,
+            vit.patch_embed.patch_size[0],
+            vit.patch_embed.img_size[0],
+        )
         return TimmViTBackbone(vit, info)
 
     return factory
@@ -137,6 +162,15 @@ for _name in _TIMM_ARCHS:
 from peft_bench.backbones import tiny  # noqa: E402  (registers "tiny")
 
 __all__ = [
-    "AUTO", "NO_WEIGHTS", "BackboneInfo", "Features", "FrameBlock", "MissingWeightsError", "VideoBackbone",
-    "available_backbones", "create_backbone", "register_backbone", "take_indices",
+    "AUTO",
+    "NO_WEIGHTS",
+    "BackboneInfo",
+    "Features",
+    "FrameBlock",
+    "MissingWeightsError",
+    "VideoBackbone",
+    "available_backbones",
+    "create_backbone",
+    "register_backbone",
+    "take_indices",
 ]

@@ -254,8 +254,9 @@ class VideoBackbone(nn.Module):
             x = self.run_block(i, x, t)
         return x.view(b, t, *x.shape[1:])
 
-    def forward_intermediates(self, video: Tensor, indices: int | Sequence[int] | None = None,
-                              qk: bool = False) -> Features:
+    def forward_intermediates(
+        self, video: Tensor, indices: int | Sequence[int] | None = None, qk: bool = False
+    ) -> Features:
         """The final tokens and the outputs of the blocks in ``indices`` (timm's convention, see
         :func:`take_indices`), with each of those blocks' attention q and k when ``qk`` is set.
 
@@ -285,7 +286,9 @@ class VideoBackbone(nn.Module):
     def _record_qk(self, index: int, into: dict[int, tuple[Tensor, Tensor]]):
         tap = getattr(self.blocks[index].base_block(), "qk_tap", None)
         if tap is None:
-            raise RuntimeError(f"block {index} ({type(self.blocks[index]).__name__}) has no qk_tap to read q and k from")
+            raise RuntimeError(
+                f"block {index} ({type(self.blocks[index]).__name__}) has no qk_tap to read q and k from"
+            )
 
         def keep(module, inputs, outputs) -> None:
             into[index] = outputs

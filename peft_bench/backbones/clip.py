@@ -9,7 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from peft_bench.backbones.base import BackboneInfo, FrameBlock, QKTap, VideoBackbone, linear_over, merge_heads, split_heads
+from peft_bench.backbones.base import (
+    BackboneInfo,
+    FrameBlock,
+    QKTap,
+    VideoBackbone,
+    linear_over,
+    merge_heads,
+    split_heads,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -72,8 +80,14 @@ class ClipBlock(FrameBlock):
 
     def attention_weights(self) -> dict[str, Tensor | None]:
         b = self.block
-        return {"norm_weight": b.ln_1.weight, "norm_bias": b.ln_1.bias, "qkv_weight": b.attn.qkv.weight,
-                "qkv_bias": b.attn.qkv.bias, "proj_weight": b.attn.proj.weight, "proj_bias": b.attn.proj.bias}
+        return {
+            "norm_weight": b.ln_1.weight,
+            "norm_bias": b.ln_1.bias,
+            "qkv_weight": b.attn.qkv.weight,
+            "qkv_bias": b.attn.qkv.bias,
+            "proj_weight": b.attn.proj.weight,
+            "proj_bias": b.attn.proj.bias,
+        }
 
 
 class ClipBackbone(VideoBackbone):

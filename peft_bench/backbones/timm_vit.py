@@ -59,8 +59,14 @@ class TimmBlock(FrameBlock):
 
     def attention_weights(self) -> dict[str, Tensor | None]:
         b = self.block
-        return {"norm_weight": b.norm1.weight, "norm_bias": b.norm1.bias, "qkv_weight": b.attn.qkv.weight,
-                "qkv_bias": b.attn.qkv.bias, "proj_weight": b.attn.proj.weight, "proj_bias": b.attn.proj.bias}
+        return {
+            "norm_weight": b.norm1.weight,
+            "norm_bias": b.norm1.bias,
+            "qkv_weight": b.attn.qkv.weight,
+            "qkv_bias": b.attn.qkv.bias,
+            "proj_weight": b.attn.proj.weight,
+            "proj_bias": b.attn.proj.bias,
+        }
 
 
 class TimmViTBackbone(VideoBackbone):

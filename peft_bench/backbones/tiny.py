@@ -75,16 +75,22 @@ def build_visual(cfg: TinyConfig) -> nn.Module:
     from open_clip.model import VisionTransformer  # heavy (seconds): only building the model needs it
 
     return VisionTransformer(
-        image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.width, layers=cfg.depth,
-        heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, output_dim=cfg.width,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        width=cfg.width,
+        layers=cfg.depth,
+        heads=cfg.heads,
+        mlp_ratio=cfg.mlp_ratio,
+        output_dim=cfg.width,
     )
 
 
 def still_images(cfg: TinyConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised still images at the backbone's input size, and their targets (N, 5): shape, then the
     hue, size, x and y bins of ``STILL_ATTRIBUTE_BINS``."""
-    images, labels, _, attributes = random_still_images(cfg.pretrain_images, cfg.render_size, seed=cfg.seed,
-                                                        with_attributes=True)
+    images, labels, _, attributes = random_still_images(
+        cfg.pretrain_images, cfg.render_size, seed=cfg.seed, with_attributes=True
+    )
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
     x = F.interpolate(x, size=cfg.image_size, mode="bilinear", antialias=True, align_corners=False)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
@@ -107,8 +113,9 @@ def torch_threads(count: int):
         torch.set_num_threads(before)
 
 
-def pretrain(cfg: TinyConfig, stop_after: int | None = None,
-             losses: list[float] | None = None) -> dict[str, torch.Tensor]:
+def pretrain(
+    cfg: TinyConfig, stop_after: int | None = None, losses: list[float] | None = None
+) -> dict[str, torch.Tensor]:
     """Supervised pre-training on still images; returns the vision tower's state dict.
 
     The targets are the shape and generic attributes (hue, size, position), predicted both from the
@@ -118,8 +125,11 @@ def pretrain(cfg: TinyConfig, stop_after: int | None = None,
     prefix of the full run, for the fingerprint); ``losses`` collects each step's loss.
     """
     with torch_threads(PRETRAIN_THREADS):
-        return _pretrain(cfg, cfg.pretrain_steps if stop_after is None else min(stop_after, cfg.pretrain_steps),
-                         losses if losses is not None else [])
+        return _pretrain(
+            cfg,
+            cfg.pretrain_steps if stop_after is None else min(stop_after, cfg.pretrain_steps),
+            losses if losses is not None else [],
+        )
 
 
 def _pretrain(cfg: TinyConfig, steps: int, losses: list[float]) -> dict[str, torch.Tensor]:
@@ -127,8 +137,9 @@ def _pretrain(cfg: TinyConfig, steps: int, losses: list[float]) -> dict[str, tor
     visual = build_visual(cfg)
     # open_clip's names for the very tensors that train: ClipBackbone renames the attention projections.
     saved = visual.state_dict(keep_vars=True)
-    backbone = ClipBackbone(visual, BackboneInfo("tiny", NO_WEIGHTS, cfg.width, cfg.depth, cfg.heads,
-                                                 cfg.patch_size, cfg.image_size))
+    backbone = ClipBackbone(
+        visual, BackboneInfo("tiny", NO_WEIGHTS, cfg.width, cfg.depth, cfg.heads, cfg.patch_size, cfg.image_size)
+    )
     images, targets = still_images(cfg)
     sizes = target_sizes()
     head = nn.Linear(cfg.width, sum(sizes))
@@ -150,8 +161,13 @@ def _pretrain(cfg: TinyConfig, steps: int, losses: list[float]) -> dict[str, tor
         sched.step()
         losses.append(loss.item())
         if step % 100 == 0 or step == steps - 1:
-            log.info("tiny pre-training step %d/%d loss %.3f (%.0f s)", step + 1, cfg.pretrain_steps, losses[-1],
-                     time.time() - start)
+            log.info(
+                "tiny pre-training step %d/%d loss %.3f (%.0f s)",
+                step + 1,
+                cfg.pretrain_steps,
+                losses[-1],
+                time.time() - start,
+            )
     return {name: tensor.detach() for name, tensor in saved.items()}
 
 
@@ -179,8 +195,13 @@ def make_weights_file(cfg: TinyConfig, path: Path) -> Path:
     """Pre-train and write the weights with their config and fingerprint (what the package ships)."""
     state = pretrain(cfg)
     # Where it was made: on the same CPU model and torch version, regenerating gives these bits exactly.
-    metadata = {"config": json.dumps(asdict(cfg), sort_keys=True), "fingerprint": json.dumps(fingerprint(cfg)),
-                "threads": str(PRETRAIN_THREADS), "torch": torch.__version__, "cpu": cpu_model_name()}
+    metadata = {
+        "config": json.dumps(asdict(cfg), sort_keys=True),
+        "fingerprint": json.dumps(fingerprint(cfg)),
+        "threads": str(PRETRAIN_THREADS),
+        "torch": torch.__version__,
+        "cpu": cpu_model_name(),
+    }
     save_weights(state, path, metadata)
     return path
 
@@ -207,7 +228,7 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     """The metadata of a safetensors file's bytes."""
     # safetensors: an 8-byte little-endian header length, then the JSON header with "__metadata__".
     length = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + length]).get("__metadata__", {})
+    return json.loads(data[8 : 8 + length]).get("__metadata__", {})
 
 
 def weights_path(cfg: TinyConfig = TinyConfig()) -> Path:
@@ -236,12 +257,16 @@ def create_tiny(pretrained: str, cfg: TinyConfig = TinyConfig()) -> VideoBackbon
 
 # --- `peft-bench tiny pretrain` -----------------------------------------------------------------------
 
+
 def add_tiny_parser(sub) -> None:
     tiny = sub.add_parser("tiny", help="the embedded tiny backbone: regenerate its shipped weights")
     actions = tiny.add_subparsers(dest="tiny_command", required=True)
     pre = actions.add_parser("pretrain", help="pre-train tiny on synthetic still images (one thread, ~1 min)")
-    pre.add_argument("--out", required=True,
-                     help="the safetensors file to write (the package's: peft_bench/backbones/tiny.safetensors)")
+    pre.add_argument(
+        "--out",
+        required=True,
+        help="the safetensors file to write (the package's: peft_bench/backbones/tiny.safetensors)",
+    )
 
 
 def cmd_tiny(args) -> int:

@@ -70,11 +70,13 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Keep the entries under ``prefix`` (without it), or the whole dict when none has it."""
-    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return picked or state
 
 
-def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
+def load_into(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, ignore: tuple[str, ...] = ()
+) -> None:
     """Load strictly except for keys starting with ``ignore``; a missing key is an error, never a silent gap."""
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(ignore)]

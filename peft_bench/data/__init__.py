@@ -23,5 +23,4 @@ from peft_bench.data.specs import (
     register_dataset,
 )
 
-__all__ = ["DatasetSpec", "available_datasets", "embedded_datasets", "find_dataset", "get_dataset",
-           "register_dataset"]
+__all__ = ["DatasetSpec", "available_datasets", "embedded_datasets", "find_dataset", "get_dataset", "register_dataset"]

@@ -52,8 +52,11 @@ def select_classes(annotations: Annotations, classes: list[str], where: str) -> 
     unknown = [name for name in classes if name not in index_of]
     if unknown:
         shown = ", ".join(repr(name) for name in annotations.class_names[:5])
-        raise AnnotationError(where, None, f"dataset.classes names {unknown[0]!r}, not one of its "
-                                           f"{annotations.num_classes} classes ({shown}, ...)")
+        raise AnnotationError(
+            where,
+            None,
+            f"dataset.classes names {unknown[0]!r}, not one of its {annotations.num_classes} classes ({shown}, ...)",
+        )
     new_label = {index_of[name]: label for label, name in enumerate(classes)}
     samples = [VideoSample(s.path, new_label[s.label]) for s in annotations.samples if s.label in new_label]
     return Annotations(samples, list(classes), annotations.num_classes)
@@ -82,9 +85,7 @@ def kinetics_file_name(youtube_id: str, time_start: int, time_end: int) -> str:
     return f"{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 
 
-def read_kinetics(
-    csv_path: str | Path, video_root: str | Path, class_names: list[str] | None = None
-) -> Annotations:
+def read_kinetics(csv_path: str | Path, video_root: str | Path, class_names: list[str] | None = None) -> Annotations:
     """Kinetics CSV (`label,youtube_id,time_start,time_end,split`), videos flat or in per-label folders.
 
     Class names default to the sorted unique labels of this file; pass the training classes when reading a
@@ -283,8 +284,9 @@ def _skip_whitespace(text: str, position: int) -> int:
 # ------------------------------------------------------------------------------------------- list files
 
 
-def read_list_file(path: str | Path, video_root: str | Path, num_classes: int | None = None,
-                   classes_from: str = "") -> Annotations:
+def read_list_file(
+    path: str | Path, video_root: str | Path, num_classes: int | None = None, classes_from: str = ""
+) -> Annotations:
     """Lines `relative/path label_index` (blank lines and `#` comments skipped); class names are the indices.
 
     ``num_classes`` (from the training list, named by ``classes_from``) makes a label outside it an error:
@@ -307,8 +309,11 @@ def read_list_file(path: str | Path, video_root: str | Path, num_classes: int | 
         if label < 0:
             raise AnnotationError(path, line, f"label must be non-negative, got {label}")
         if num_classes is not None and label >= num_classes:
-            raise AnnotationError(path, line, f"label {label} is outside the {num_classes} classes of the "
-                                              f"training list {classes_from}".rstrip())
+            raise AnnotationError(
+                path,
+                line,
+                f"label {label} is outside the {num_classes} classes of the training list {classes_from}".rstrip(),
+            )
         samples.append(VideoSample(video_root / relative, label))
     if num_classes is None:
         num_classes = max((sample.label for sample in samples), default=-1) + 1

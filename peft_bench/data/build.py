@@ -81,14 +81,16 @@ def build_dataset(
     )
 
 
-def read_annotations(spec: DatasetSpec, split: str, root: Path | None, annotations: Path | None,
-                     cache_dir: Path | None) -> Annotations:
+def read_annotations(
+    spec: DatasetSpec, split: str, root: Path | None, annotations: Path | None, cache_dir: Path | None
+) -> Annotations:
     """The annotations of `split`: a synthetic dataset's from its folder under the cache (made if missing),
     a real one's from `annotations` (or the published place under `root`) with its videos under `root`."""
     read = READERS[spec.layout]
     if spec.synthetic:
-        folder = ensure_synthetic(spec.name, Path(cache_dir) if cache_dir else default_cache_dir(),
-                                  seed=SYNTHETIC_DATA_SEED)
+        folder = ensure_synthetic(
+            spec.name, Path(cache_dir) if cache_dir else default_cache_dir(), seed=SYNTHETIC_DATA_SEED
+        )
         return read(split, folder, folder)
     root = required_root(spec.name, spec.layout, root)
     return read(split, root, annotation_folder(spec.layout, root, annotations))

@@ -92,8 +92,9 @@ def clip_span(recipe: Recipe) -> ClipSpan:
     if recipe.sampling == "dense":
         n, stride = recipe.num_frames, recipe.stride
         frames = (n - 1) * stride + 1
-        return ClipSpan(frames, f"dense sampling of {n} frames at stride {stride} spans ({n}-1)*{stride}+1 = "
-                                f"{frames} frames")
+        return ClipSpan(
+            frames, f"dense sampling of {n} frames at stride {stride} spans ({n}-1)*{stride}+1 = {frames} frames"
+        )
     return ClipSpan(recipe.num_frames, f"segment sampling needs a frame in each of its {recipe.num_frames} segments")
 
 
@@ -136,20 +137,31 @@ class CheckReport:
         return per_split
 
     def summary(self) -> str:
-        lines = [f"data check of {self.dataset} at {self.root}",
-                 *(f"annotations: {path}" for path in self.annotation_files),
-                 f"too_short means fewer than {self.span.frames} frames: {self.span.reason}", ""]
+        lines = [
+            f"data check of {self.dataset} at {self.root}",
+            *(f"annotations: {path}" for path in self.annotation_files),
+            f"too_short means fewer than {self.span.frames} frames: {self.span.reason}",
+            "",
+        ]
         header = ["split", *CATEGORIES, "total"]
-        rows = [[split, *(str(counts[c]) for c in CATEGORIES), str(sum(counts.values()))]
-                for split, counts in self.counts().items()]
+        rows = [
+            [split, *(str(counts[c]) for c in CATEGORIES), str(sum(counts.values()))]
+            for split, counts in self.counts().items()
+        ]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            lines.append("  ".join(cell.rjust(width) if i else cell.ljust(width)
-                                   for i, (cell, width) in enumerate(zip(row, widths))))
+            lines.append(
+                "  ".join(
+                    cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))
+                )
+            )
         lines += [""] + [f"note: {note}" for note in self.notes]
         total = len(self.entries)
-        lines.append(f"{len(self.problems)} of {total} entries have problems" if self.has_problems
-                     else f"all {total} entries are ok")
+        lines.append(
+            f"{len(self.problems)} of {total} entries have problems"
+            if self.has_problems
+            else f"all {total} entries are ok"
+        )
         return "\n".join(lines)
 
     def write(self, csv_path: Path) -> Path:
@@ -175,9 +187,7 @@ def summary_path_for(csv_path: Path) -> Path:
 # ------------------------------------------------------------------------------- reading annotations
 
 
-def list_videos(
-    dataset: str, split: str, root: Path, annotation_folder: Path
-) -> tuple[list[ListedVideo], int]:
+def list_videos(dataset: str, split: str, root: Path, annotation_folder: Path) -> tuple[list[ListedVideo], int]:
     """Every entry of one split, unknown labels included, and the number of classes the split is read with."""
     return _LISTERS[get_dataset(dataset).layout](split, root, annotation_folder)
 
@@ -196,8 +206,9 @@ def _kinetics_videos(split: str, root: Path, annotation_folder: Path) -> tuple[l
     for line, label, file_name in rows:
         unlabelled = None
         if label not in known:
-            unlabelled = str(AnnotationError(csv_path, line, f"unknown label {label!r} (not among the "
-                                                             f"{len(class_names)} classes)"))
+            unlabelled = str(
+                AnnotationError(csv_path, line, f"unknown label {label!r} (not among the {len(class_names)} classes)")
+            )
         path = _kinetics_video_path(video_root, label, file_name, listing)
         looked_in = f"looked in {video_root} and in its per-label folder {label!r}"
         videos.append(ListedVideo(split, path, label, unlabelled, looked_in))
@@ -307,8 +318,10 @@ def check_dataset(
         videos += split_videos
         expected = spec.num_classes
         if expected is not None and num_classes != expected:
-            notes.append(f"the {split} split is read with {num_classes} classes, but {dataset} has {expected}: "
-                         "build_dataset will refuse it")
+            notes.append(
+                f"the {split} split is read with {num_classes} classes, but {dataset} has {expected}: "
+                "build_dataset will refuse it"
+            )
     findings = _inspect_all(videos, span.frames, backend, workers, progress)
     entries = [CheckedEntry(video, finding) for video, finding in zip(videos, findings)]
     return CheckReport(dataset, root, span, entries, notes, files)
@@ -339,13 +352,21 @@ def _inspect_all(
         if video.unlabelled:
             findings[index] = Finding("unlabelled", None, video.unlabelled)
         elif not listing.exists(video.path):
-            findings[index] = Finding("missing", None, "file does not exist" + (f" ({video.looked_in})"
-                                                                                 if video.looked_in else ""))
+            findings[index] = Finding(
+                "missing", None, "file does not exist" + (f" ({video.looked_in})" if video.looked_in else "")
+            )
         else:
             to_decode.append(index)
     jobs = [VideoJob(videos[index].path, min_frames, backend) for index in to_decode]
-    decoded = parallel_map(inspect_video, jobs, workers=default_workers() if workers is None else workers,
-                           on_crash=_crashed, progress=progress, desc="checking videos", unit="video")
+    decoded = parallel_map(
+        inspect_video,
+        jobs,
+        workers=default_workers() if workers is None else workers,
+        on_crash=_crashed,
+        progress=progress,
+        desc="checking videos",
+        unit="video",
+    )
     for index, finding in zip(to_decode, decoded):
         findings[index] = finding
     return findings  # type: ignore[return-value]
@@ -414,8 +435,9 @@ def _run_until_a_worker_dies(function, items, todo: deque, results: list, worker
                 try:
                     result = future.result()
                 except BrokenProcessPool:
-                    log.warning("a worker process died; re-running the %d items it may have held one by one",
-                                len(in_flight))
+                    log.warning(
+                        "a worker process died; re-running the %d items it may have held one by one", len(in_flight)
+                    )
                     return sorted(in_flight.values())
                 results[in_flight.pop(future)] = result
                 bar.update()

@@ -213,8 +213,9 @@ class VideoClipDataset(Dataset):
             key = _file_key(sample.path)
             whole = DECODED.get(key)
             if whole is None:
-                whole, _ = read_clip(sample.path, lambda num_frames: list(range(num_frames)), self.decoder,
-                                     self.decode_device)
+                whole, _ = read_clip(
+                    sample.path, lambda num_frames: list(range(num_frames)), self.decoder, self.decode_device
+                )
                 DECODED[key] = whole
             frames = whole[indices(len(whole))]
         else:
@@ -233,15 +234,26 @@ class VideoClipDataset(Dataset):
         """Frame indices of the training clip, or of all test clips one after another."""
         recipe = self.recipe
         if recipe.sampling == "segment":
-            clips = [segment_indices(num_video_frames, recipe.num_frames, train=self.train, rng=rng,
-                                     formula=recipe.frame_indices)]
+            clips = [
+                segment_indices(
+                    num_video_frames, recipe.num_frames, train=self.train, rng=rng, formula=recipe.frame_indices
+                )
+            ]
             if not self.train:
                 clips = clips * recipe.test_clips  # segments cover the whole video: all test clips agree
         else:
             num_clips = 1 if self.train else recipe.test_clips
             clips = [
-                dense_indices(num_video_frames, recipe.num_frames, recipe.stride, train=self.train, rng=rng,
-                              clip_index=clip_index, num_clips=num_clips, formula=recipe.frame_indices)
+                dense_indices(
+                    num_video_frames,
+                    recipe.num_frames,
+                    recipe.stride,
+                    train=self.train,
+                    rng=rng,
+                    clip_index=clip_index,
+                    num_clips=num_clips,
+                    formula=recipe.frame_indices,
+                )
                 for clip_index in range(num_clips)
             ]
         return [index for clip in clips for index in clip]

@@ -138,7 +138,9 @@ def _probe(name: str) -> str | None:
             return f"{name} is not installed (pip install peft-bench[{name}])"
         return f"{name} cannot be imported ({_short_cause(error)})"
     except Exception as error:  # noqa: BLE001  -- torchcodec raises RuntimeError/OSError without FFmpeg's libraries
-        return f"{name} cannot load FFmpeg's shared libraries ({_short_cause(error)}); on Debian: apt-get install ffmpeg"
+        return (
+            f"{name} cannot load FFmpeg's shared libraries ({_short_cause(error)}); on Debian: apt-get install ffmpeg"
+        )
     return None
 
 
@@ -169,8 +171,11 @@ def decoders_for(path: Path, backend: str = "auto", device: str = "cpu") -> list
         return ["torchcodec"]
     if backend != "auto":
         return [backend]
-    return [name for name in AUTO_ORDER if _probe(name) is None
-            and not (name == "decord" and path.suffix.lower() in _DECORD_WRONG_SUFFIXES)]
+    return [
+        name
+        for name in AUTO_ORDER
+        if _probe(name) is None and not (name == "decord" and path.suffix.lower() in _DECORD_WRONG_SUFFIXES)
+    ]
 
 
 def auto_choice() -> str:
@@ -187,9 +192,12 @@ def decoder_provenance(backend: str = "auto", device: str = "cpu") -> dict[str, 
     For `auto` the decoder is the one it chooses first (others only for files that one cannot open).
     """
     name = "torchcodec" if device == "cuda" else (auto_choice() if backend == "auto" else backend)
-    return {"decoder": name if backend != "auto" else f"{name} (auto)", "decode_device": device,
-            "decoder_version": f"{_PACKAGES[name]} {_package_version(_PACKAGES[name])}",
-            "ffmpeg": _ffmpeg_description(name)}
+    return {
+        "decoder": name if backend != "auto" else f"{name} (auto)",
+        "decode_device": device,
+        "decoder_version": f"{_PACKAGES[name]} {_package_version(_PACKAGES[name])}",
+        "ffmpeg": _ffmpeg_description(name),
+    }
 
 
 _PACKAGES = {"pyav": "av", "torchcodec": "torchcodec", "decord": "decord"}
@@ -272,8 +280,9 @@ def _read_with_torchcodec(path: Path, choose_indices: IndexChooser, device: str 
     try:
         # Exact seeking: the file is scanned once on opening, so frame i is the i-th in display order. One
         # thread per decoder: parallelism comes from DataLoader workers.
-        decoder = VideoDecoder(str(path), seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC",
-                               device=device)
+        decoder = VideoDecoder(
+            str(path), seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC", device=device
+        )
         stream = decoder.metadata
         found = int(stream.num_frames_from_content or 0)
     except Exception as error:  # RuntimeError from its C++ core, ValueError for streams it rejects
@@ -384,8 +393,9 @@ def _refuse_frames_past_the_end(path: Path, wanted: list[int], found: int, decla
     missing = sorted({frame for frame in wanted if frame >= found})
     if missing:
         raise VideoDecodeError(
-            path, f"frames {missing[:5]} could not be decoded: the file holds {found} of the {declared} frames "
-            "its header declares (truncated?)"
+            path,
+            f"frames {missing[:5]} could not be decoded: the file holds {found} of the {declared} frames "
+            "its header declares (truncated?)",
         )
 
 

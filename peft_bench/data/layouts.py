@@ -65,7 +65,8 @@ def annotation_folder(layout: str, root: Path, annotations: Path | None = None) 
         return Path(annotations).expanduser()
     places = [root] + ([root / PUBLISHED_ANNOTATION_FOLDERS[layout]] if layout in PUBLISHED_ANNOTATION_FOLDERS else [])
     names = [name for names in SPLIT_FILES[layout].values() for name in names] + (
-        [CLASS_FILES[layout]] if layout in CLASS_FILES else [])
+        [CLASS_FILES[layout]] if layout in CLASS_FILES else []
+    )
     for place in places:
         if any((place / name).is_file() for name in names):
             return place
@@ -135,8 +136,9 @@ def list_annotations(split: str, root: Path, annotation_folder: Path) -> Annotat
     split_file = split_files("list", split, annotation_folder).split_file
     if split == "train":
         return read_list_file(split_file, root)
-    train_file = next((annotation_folder / n for n in SPLIT_FILES["list"]["train"] if (annotation_folder / n).is_file()),
-                      None)
+    train_file = next(
+        (annotation_folder / n for n in SPLIT_FILES["list"]["train"] if (annotation_folder / n).is_file()), None
+    )
     if train_file is None:  # no training list beside it: its own labels define the classes
         return read_list_file(split_file, root)
     # Class indices must agree with training: a label the training list never reaches is an error.

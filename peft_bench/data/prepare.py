@@ -77,8 +77,14 @@ class EncodeSettings:
         """(codec, options) for an output file with this suffix; one thread: parallelism is across files."""
         if suffix.lower() == ".webm":
             crf = 32 if self.crf is None else self.crf
-            return "libvpx-vp9", {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": "5",
-                                  "row-mt": "1", "threads": "1"}
+            return "libvpx-vp9", {
+                "crf": str(crf),
+                "b:v": "0",
+                "deadline": "good",
+                "cpu-used": "5",
+                "row-mt": "1",
+                "threads": "1",
+            }
         options = {"crf": str(23 if self.crf is None else self.crf), "preset": "fast", "threads": "1"}
         if self.fast_decode:
             options["tune"] = "fastdecode"
@@ -122,8 +128,9 @@ def transcode(source: Path, target: Path, settings: EncodeSettings, suffix: str)
                     out_stream = writer.add_stream(codec, rate=rate, options=options)
                     out_stream.width, out_stream.height, out_stream.pix_fmt = width, height, "yuv420p"
                     out_stream.codec_context.gop_size = settings.keyframe_interval
-                converted = reformatter.reformat(frame, width=width, height=height, format="yuv420p",
-                                                 interpolation="AREA")
+                converted = reformatter.reformat(
+                    frame, width=width, height=height, format="yuv420p", interpolation="AREA"
+                )
                 # Frame i at time i / rate: readers index frames, and variable-rate sources keep every frame.
                 converted.pts, converted.time_base = written, 1 / rate
                 writer.mux(out_stream.encode(converted))
@@ -185,8 +192,10 @@ class PrepareSummary:
     annotation_files: list[Path] = field(default_factory=list)
 
     def text(self) -> str:
-        lines = [f"prepared {self.prepared} videos, skipped {self.skipped} already prepared, "
-                 f"{len(self.failures)} failed; {len(self.annotation_files)} annotation files in {self.out}"]
+        lines = [
+            f"prepared {self.prepared} videos, skipped {self.skipped} already prepared, "
+            f"{len(self.failures)} failed; {len(self.annotation_files)} annotation files in {self.out}"
+        ]
         for failure in self.failures[:10]:
             lines.append(f"  failed: {failure.source}: {failure.detail}")
         if len(self.failures) > 10:
@@ -210,8 +219,15 @@ def prepare_videos(
             summary.skipped += 1
         else:
             jobs.append(PrepareJob(source, target, settings))
-    outcomes = parallel_map(prepare_one, jobs, workers=default_workers() if workers is None else workers,
-                            on_crash=_crashed, progress=progress, desc="preparing videos", unit="video")
+    outcomes = parallel_map(
+        prepare_one,
+        jobs,
+        workers=default_workers() if workers is None else workers,
+        on_crash=_crashed,
+        progress=progress,
+        desc="preparing videos",
+        unit="video",
+    )
     for outcome in outcomes:
         if outcome.ok:
             summary.prepared += 1
@@ -240,8 +256,10 @@ def prepare_dataset(
     """
     preparable = [name for name in available_datasets() if not get_dataset(name).synthetic]
     if dataset not in preparable:
-        raise ValueError(f"cannot prepare dataset {dataset!r}; preparable: {', '.join(preparable)} "
-                         "(synthetic datasets are generated small already)")
+        raise ValueError(
+            f"cannot prepare dataset {dataset!r}; preparable: {', '.join(preparable)} "
+            "(synthetic datasets are generated small already)"
+        )
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"video root {root} does not exist")
@@ -252,8 +270,11 @@ def prepare_dataset(
         folder = Path(annotations).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"annotation folder {folder} does not exist")
-        sources += [(path, summary.out / path.name) for path in sorted(folder.iterdir())
-                    if path.is_file() and path.suffix.lower() in suffixes]
+        sources += [
+            (path, summary.out / path.name)
+            for path in sorted(folder.iterdir())
+            if path.is_file() and path.suffix.lower() in suffixes
+        ]
     summary.annotation_files = [_copy_if_changed(source, target) for source, target in sources]
     return summary
 
@@ -270,8 +291,10 @@ def _files_under(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
 def _refuse_overlap(root: Path, out: Path) -> None:
     source, target = root.resolve(), out.resolve()
     if source == target or source in target.parents or target in source.parents:
-        raise ValueError(f"the output folder {out} must be outside the source {root} (and not contain it): "
-                         "the source is never written to")
+        raise ValueError(
+            f"the output folder {out} must be outside the source {root} (and not contain it): "
+            "the source is never written to"
+        )
 
 
 def _copy_if_changed(source: Path, target: Path) -> Path:

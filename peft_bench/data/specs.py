@@ -122,16 +122,32 @@ def recipe_file(name: str) -> Traversable:
 # --blr 1e-3 per 256 clips at 64 clips x 3 GPUs (K400) or x 4 (SSv2), AdamW with weight decay 0.01, warm-up
 # from lr 0, cosine to 0, no clipping, fp16 autocast with a gradient scaler over fp16 frozen weights). The data
 # side is each dataset's recipe.
-register_dataset(DatasetSpec(
-    "k400", 400, "kinetics", "k400", "Kinetics-400", method_preset="k400",
-    training=dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4, precision="fp16"),
-    paper_column="k400", aliases=("kinetics400", "kinetics-400", "kinetics_400"),
-))
-register_dataset(DatasetSpec(
-    "ssv2", 174, "ssv2", "ssv2", "Something-Something v2", method_preset="ssv2",
-    training=dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3, precision="fp16"),
-    paper_column="ssv2", aliases=("something-something-v2", "sthsthv2", "sth-sth-v2"),
-))
+register_dataset(
+    DatasetSpec(
+        "k400",
+        400,
+        "kinetics",
+        "k400",
+        "Kinetics-400",
+        method_preset="k400",
+        training=dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4, precision="fp16"),
+        paper_column="k400",
+        aliases=("kinetics400", "kinetics-400", "kinetics_400"),
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "ssv2",
+        174,
+        "ssv2",
+        "ssv2",
+        "Something-Something v2",
+        method_preset="ssv2",
+        training=dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3, precision="fp16"),
+        paper_column="ssv2",
+        aliases=("something-something-v2", "sthsthv2", "sth-sth-v2"),
+    )
+)
 
 # The stand-ins' cheap optimisation, for the embedded default.
 # No loader worker: the runs of a command go side by side on the cores (run_all.py), and in the run's
@@ -143,23 +159,48 @@ register_dataset(DatasetSpec(
 # The stand-ins keep the optimisation they were tuned with, not the released one: with warm-up from lr 0
 # and no clipping, temporal_ft's motion top-1 fell from 41.9 to 36.9 (seed 0), below the 20-point margin
 # over the order-blind methods that the embedded default exists to show.
-_STAND_IN_TRAINING = dict(batch_size=16, lr=2e-3, backbone_lr_scale=0.1, head_dropout=0.0, num_workers=0,
-                          warmup_from_zero=False, grad_clip_norm=1000.0)
+_STAND_IN_TRAINING = dict(
+    batch_size=16,
+    lr=2e-3,
+    backbone_lr_scale=0.1,
+    head_dropout=0.0,
+    num_workers=0,
+    warmup_from_zero=False,
+    grad_clip_norm=1000.0,
+)
 # Methods trained from the frozen-feature cache by default: where it was measured to keep top-1
 # (results/feature_cache.md, three seeds). The linear probe on both synthetic datasets and attentional
 # pooling on appearance kept it within a point; attentional pooling on motion lost 5.6 points (12 epochs
 # over one fixed draw of segments and crops), so it trains on clips there. `--set speed.feature_cache=false`
 # turns it off.
-register_dataset(DatasetSpec(
-    # Appearance saturates (97-99% top-1 for every method after 4 epochs), so two epochs suffice.
-    "synthetic-appearance", 8, "kinetics", "synthetic-appearance", "synthetic appearance (K400 stand-in)",
-    method_preset="k400", training=dict(epochs=2, warmup_epochs=0.5, **_STAND_IN_TRAINING),
-    feature_cache_methods=("linear_probe", "attentional_pooling"), synthetic=True, stands_in_for="k400",
-))
-register_dataset(DatasetSpec(
-    "synthetic-motion", 10, "ssv2", "synthetic-motion", "synthetic motion (SSv2 stand-in)",
-    method_preset="ssv2", training=dict(epochs=12, warmup_epochs=1, **_STAND_IN_TRAINING),
-    feature_cache_methods=("linear_probe",), synthetic=True, stands_in_for="ssv2",
-))
+register_dataset(
+    DatasetSpec(
+        # Appearance saturates (97-99% top-1 for every method after 4 epochs), so two epochs suffice.
+        "synthetic-appearance",
+        8,
+        "kinetics",
+        "synthetic-appearance",
+        "synthetic appearance (K400 stand-in)",
+        method_preset="k400",
+        training=dict(epochs=2, warmup_epochs=0.5, **_STAND_IN_TRAINING),
+        feature_cache_methods=("linear_probe", "attentional_pooling"),
+        synthetic=True,
+        stands_in_for="k400",
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "synthetic-motion",
+        10,
+        "ssv2",
+        "synthetic-motion",
+        "synthetic motion (SSv2 stand-in)",
+        method_preset="ssv2",
+        training=dict(epochs=12, warmup_epochs=1, **_STAND_IN_TRAINING),
+        feature_cache_methods=("linear_probe",),
+        synthetic=True,
+        stands_in_for="ssv2",
+    )
+)
 # Any video collection as list files: the K400 recipe, and no preset or training defaults of its own.
 register_dataset(DatasetSpec("list", None, "list", "k400", "list files"))

@@ -52,9 +52,14 @@ ROTATION_SHAPES = ("ell", "half_disc")
 # The appearance dataset's objects: each has its own shape and its own hue band (centre, in turns), the way
 # a Kinetics class comes with its own objects and scenery, so that appearance alone tells the class.
 APPEARANCE_OBJECTS = {
-    "red circle": ("circle", 0.0), "orange square": ("square", 0.09), "yellow triangle": ("triangle", 0.16),
-    "green cross": ("cross", 0.33), "cyan ring": ("ring", 0.5), "blue bar": ("bar", 0.64),
-    "purple ell": ("ell", 0.76), "pink half_disc": ("half_disc", 0.89),
+    "red circle": ("circle", 0.0),
+    "orange square": ("square", 0.09),
+    "yellow triangle": ("triangle", 0.16),
+    "green cross": ("cross", 0.33),
+    "cyan ring": ("ring", 0.5),
+    "blue bar": ("bar", 0.64),
+    "purple ell": ("ell", 0.76),
+    "pink half_disc": ("half_disc", 0.89),
 }
 APPEARANCE_HUE_SPREAD = 0.025  # +- around the band centre
 
@@ -203,10 +208,12 @@ def random_still_images(n: int, size: int, seed: int, with_attributes: bool = Fa
         coverage = render_shape(STILL_CLASSES[label], size, centre[0], centre[1], radius, rng.uniform(0, 2 * np.pi))
         images[i] = to_uint8(composite(canvas, coverage, colour))[0]
         hue_bins, size_bins, x_bins, y_bins = STILL_ATTRIBUTE_BINS
-        attributes[i] = (min(int(hue * hue_bins), hue_bins - 1),
-                         min(int((relative_radius - 0.18) / 0.16 * size_bins), size_bins - 1),
-                         min(int(centre[0] / size * x_bins), x_bins - 1),
-                         min(int(centre[1] / size * y_bins), y_bins - 1))
+        attributes[i] = (
+            min(int(hue * hue_bins), hue_bins - 1),
+            min(int((relative_radius - 0.18) / 0.16 * size_bins), size_bins - 1),
+            min(int(centre[0] / size * x_bins), x_bins - 1),
+            min(int(centre[1] / size * y_bins), y_bins - 1),
+        )
     if with_attributes:
         return images, labels.astype(np.int64), list(STILL_CLASSES), attributes
     return images, labels.astype(np.int64), list(STILL_CLASSES)
@@ -510,8 +517,13 @@ def ensure_synthetic(
     try:
         started = time.perf_counter()
         runner = _JobRunner(workers)
-        log.info("writing %s (%d videos, once) with %d process%s", final, num_train + num_val, runner.workers,
-                 "es" if runner.workers > 1 else "")
+        log.info(
+            "writing %s (%d videos, once) with %d process%s",
+            final,
+            num_train + num_val,
+            runner.workers,
+            "es" if runner.workers > 1 else "",
+        )
         with runner as run:
             SYNTHETIC_WRITERS[name](temporary, seed, num_train, num_val, run)
         marker = dict(expected, seconds=round(time.perf_counter() - started, 2))

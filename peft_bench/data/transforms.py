@@ -107,9 +107,13 @@ def _validate_recipe(recipe: Recipe) -> None:
     if not isinstance(recipe.name, str) or not recipe.name:
         raise RecipeValueError("name", f"must be a non-empty string, got {recipe.name!r}")
     choices = {
-        "sampling": SAMPLINGS, "frame_indices": FRAME_INDEX_FORMULAS, "short_side_draw": SHORT_SIDE_DRAWS,
-        "crop_offsets": CROP_OFFSETS, "randaugment_library": RANDAUGMENT_LIBRARIES,
-        "randaugment_at": RANDAUGMENT_PLACES, "interpolation": INTERPOLATIONS,
+        "sampling": SAMPLINGS,
+        "frame_indices": FRAME_INDEX_FORMULAS,
+        "short_side_draw": SHORT_SIDE_DRAWS,
+        "crop_offsets": CROP_OFFSETS,
+        "randaugment_library": RANDAUGMENT_LIBRARIES,
+        "randaugment_at": RANDAUGMENT_PLACES,
+        "interpolation": INTERPOLATIONS,
     }
     for key, allowed in choices.items():
         if getattr(recipe, key) not in allowed:
@@ -257,8 +261,9 @@ def _crop_offset(length: int, size: int, offsets: str) -> int:
     return int(torch.randint(0, last + 1, (1,)))
 
 
-def random_resized_crop(clip: Tensor, area: tuple[float, float], size: int, interpolation: str,
-                        antialias: bool) -> Tensor:
+def random_resized_crop(
+    clip: Tensor, area: tuple[float, float], size: int, interpolation: str, antialias: bool
+) -> Tensor:
     # One box for the whole clip: get_params reads only the clip's height and width. Its draw has the
     # distribution of the released _get_param_spatial_crop (area, log aspect ratio 3/4..4/3, 10 tries,
     # then the centre).
@@ -331,8 +336,9 @@ def timm_randaugment_clip(frames: np.ndarray, config: str, seed: int, interpolat
 
     height, width = frames.shape[1:3]
     pil_mode = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
-    transform = rand_augment_transform(config, {"translate_const": int(min(height, width) * 0.45),
-                                                "interpolation": pil_mode})
+    transform = rand_augment_transform(
+        config, {"translate_const": int(min(height, width) * 0.45), "interpolation": pil_mode}
+    )
     out = np.empty_like(frames)
     with replayed_global_rngs(seed) as replay:
         for t, frame in enumerate(frames):
@@ -404,14 +410,16 @@ class TrainTransform:
             x = self.randaugment(x)
         x = x.float()  # resizing floats: no rounding back to uint8 after a resize, as in the released code
         if recipe.train_random_resized_crop_area is not None:
-            x = random_resized_crop(x, recipe.train_random_resized_crop_area, size, recipe.interpolation,
-                                    recipe.antialias)
+            x = random_resized_crop(
+                x, recipe.train_random_resized_crop_area, size, recipe.interpolation, recipe.antialias
+            )
         else:
             short_side = draw_short_side(*self.short_side_range, recipe.short_side_draw)
             height, width = x.shape[-2:]
             new_size = short_side_size(height, width, short_side, integer_division=False)
-            x = random_square_crop(resize(x, new_size, recipe.interpolation, recipe.antialias), size,
-                                   recipe.crop_offsets)
+            x = random_square_crop(
+                resize(x, new_size, recipe.interpolation, recipe.antialias), size, recipe.crop_offsets
+            )
         if recipe.hflip:
             x = random_horizontal_flip(x)
         if self.randaugment is not None and recipe.randaugment_at == "after_crop":
@@ -440,9 +448,7 @@ class TestViews:
         return normalize(torch.stack(crops), self.mean, self.std)
 
 
-def train_transform(
-    recipe: Recipe, input_size: int, mean: Sequence[float], std: Sequence[float]
-) -> ClipTransform:
+def train_transform(recipe: Recipe, input_size: int, mean: Sequence[float], std: Sequence[float]) -> ClipTransform:
     """The recipe's training augmentation at `input_size` (see TrainTransform)."""
     return TrainTransform(recipe, input_size, tuple(mean), tuple(std))
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 
 from peft_bench.config import RunConfig, dataset_options, load_config, resolve_config
+from peft_bench.data.specs import embedded_datasets
 from peft_bench.dataclass_io import ConfigError, merge, parse_overrides, to_dict
 from peft_bench.method_api.registry import available_methods
-from peft_bench.data.specs import embedded_datasets
 from peft_bench.reference import paper_method_order
 from peft_bench.report.aggregate import registered_method_order
 
@@ -16,7 +16,7 @@ EMBEDDED_DATASETS = ",".join(embedded_datasets())  # the K400 and SSv2 stand-ins
 
 
 def split_list(value: str) -> list[str]:
-    """"a, b,,c" -> ["a", "b", "c"]: a comma-separated flag."""
+    """ "a, b,,c" -> ["a", "b", "c"]: a comma-separated flag."""
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
@@ -39,12 +39,23 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
         overrides["method_args"] = overrides.pop("method")  # "method" it would replace the method's name
     configs = []
     for backbone in backbones:
-        flags = {k: v for k, v in {
-            "backbone": backbone, "pretrained": args.pretrained, "data_root": args.data_root,
-            "annotations": args.annotations, "num_frames": args.frames, "preset": args.preset, "device": args.device,
-            "experiment": args.experiment, "tracking_uri": args.tracking_uri, "results_dir": args.results_dir,
-            "output_dir": args.output_dir,
-        }.items() if v is not None}
+        flags = {
+            k: v
+            for k, v in {
+                "backbone": backbone,
+                "pretrained": args.pretrained,
+                "data_root": args.data_root,
+                "annotations": args.annotations,
+                "num_frames": args.frames,
+                "preset": args.preset,
+                "device": args.device,
+                "experiment": args.experiment,
+                "tracking_uri": args.tracking_uri,
+                "results_dir": args.results_dir,
+                "output_dir": args.output_dir,
+            }.items()
+            if v is not None
+        }
         for dataset in datasets:
             for method in methods:
                 for one_seed in seeds:

@@ -52,6 +52,7 @@ class CommandProgress:
     def __post_init__(self) -> None:
         if self.started is None:
             self.started = self.clock()
+
     clock: Callable[[], float] = time.monotonic
 
     # --- events -----------------------------------------------------------------------------------
@@ -89,8 +90,11 @@ class CommandProgress:
 
     def _overhead_s(self) -> float | None:
         """Mean seconds a finished run spent outside its training steps (setup, data, evaluation)."""
-        spent = [run.finished - run.started - run.training_s for run in self.runs
-                 if run.finished is not None and not run.failed and run.started is not None]
+        spent = [
+            run.finished - run.started - run.training_s
+            for run in self.runs
+            if run.finished is not None and not run.failed and run.started is not None
+        ]
         return sum(spent) / len(spent) if spent else None
 
     def _steps_per_epoch(self) -> float | None:
@@ -174,7 +178,7 @@ class StatusLine:
         self._last_shown = now
         if self.tty:
             width = shutil.get_terminal_size((120, 24)).columns - 1
-            text = text if len(text) <= width else text[:width - 1] + "…"
+            text = text if len(text) <= width else text[: width - 1] + "…"
             self.stream.write("\r" + text + "\x1b[K")
             self._drawn = True
         else:

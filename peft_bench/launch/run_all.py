@@ -70,15 +70,17 @@ class Outcome:
     error: str | None = None
 
 
-def plan_runs(configs: list[RunConfig], jobs: int | None = None, cores: int | None = None,
-              memory_bytes: float | None = None) -> Plan:
+def plan_runs(
+    configs: list[RunConfig], jobs: int | None = None, cores: int | None = None, memory_bytes: float | None = None
+) -> Plan:
     """How many runs at once (``jobs`` when given) and how many threads each."""
     cores = cores or usable_cpu_count()
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     if jobs is None:
-        small_on_cpu = all(cfg.backbone in SMALL_BACKBONES and resolve_device(cfg.device).type == "cpu"
-                           for cfg in configs)
+        small_on_cpu = all(
+            cfg.backbone in SMALL_BACKBONES and resolve_device(cfg.device).type == "cpu" for cfg in configs
+        )
         jobs = cores if small_on_cpu and not distributed.is_distributed() else 1
         memory_bytes = memory_bytes if memory_bytes is not None else available_memory()
         if memory_bytes:
@@ -98,9 +100,11 @@ def prepare_shared_inputs(configs: list[RunConfig], plan: Plan) -> None:
     """Make what several runs read before any of them starts (the first would, but two at once race)."""
     stores = []
     if plan.jobs > 1:  # SQLite files only (a server creates its own tables), in children while the videos are written
-        stores = [_start_tracking_store(uri, experiment)
-                  for uri, experiment in dict.fromkeys((_tracking_uri(cfg), cfg.experiment) for cfg in configs)
-                  if uri.startswith("sqlite:")]
+        stores = [
+            _start_tracking_store(uri, experiment)
+            for uri, experiment in dict.fromkeys((_tracking_uri(cfg), cfg.experiment) for cfg in configs)
+            if uri.startswith("sqlite:")
+        ]
     for dataset in dict.fromkeys(cfg.dataset for cfg in configs):
         prepare_dataset(dataset)
     for uri, child in stores:
@@ -129,8 +133,16 @@ def _create_store(uri: str, experiment: str) -> None:
 
 # --- running -----------------------------------------------------------------------------------------
 
-def run_all(configs: list[RunConfig], plan: Plan, *, resume: bool, status: StatusLine,
-            on_outcome: Callable[[Outcome], None], started: float | None = None) -> None:
+
+def run_all(
+    configs: list[RunConfig],
+    plan: Plan,
+    *,
+    resume: bool,
+    status: StatusLine,
+    on_outcome: Callable[[Outcome], None],
+    started: float | None = None,
+) -> None:
     """Every run, ``plan.jobs`` at a time; ``on_outcome`` hears of each as it ends (in this process).
     ``started`` (time.monotonic) is when the command began, for the elapsed time it shows."""
     runs = [RunState(f"{cfg.method} on {cfg.dataset}", cfg.method, cfg.train.epochs) for cfg in configs]
@@ -153,8 +165,9 @@ def run_all(configs: list[RunConfig], plan: Plan, *, resume: bool, status: Statu
 def _one_after_another(configs, resume, progress: CommandProgress, status: StatusLine, on_outcome) -> None:
     for index, cfg in enumerate(configs):
         if preemption.requested():  # a stop signal between two runs: the next one does not start
-            raise preemption.Preempted(f"stopped by {preemption.received().name} before {cfg.run_name()}",
-                                       preemption.received())
+            raise preemption.Preempted(
+                f"stopped by {preemption.received().name} before {cfg.run_name()}", preemption.received()
+            )
         progress.start(index)
         status.show(progress.line(), force=True)
 
@@ -178,8 +191,7 @@ def longest_first(configs: list[RunConfig]) -> list[int]:
     return sorted(range(len(configs)), key=lambda i: -configs[i].train.epochs)
 
 
-def _side_by_side(configs, plan: Plan, resume: bool, progress: CommandProgress, status: StatusLine,
-                  on_outcome) -> None:
+def _side_by_side(configs, plan: Plan, resume: bool, progress: CommandProgress, status: StatusLine, on_outcome) -> None:
     todo = longest_first(configs)
     previous_sigterm = _exit_on_sigterm()
     try:
@@ -197,14 +209,19 @@ def _side_by_side(configs, plan: Plan, resume: bool, progress: CommandProgress, 
             signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _in_one_pool(configs, todo: list[int], plan: Plan, resume: bool, progress: CommandProgress,
-                 status: StatusLine, on_outcome) -> list[int]:
+def _in_one_pool(
+    configs, todo: list[int], plan: Plan, resume: bool, progress: CommandProgress, status: StatusLine, on_outcome
+) -> list[int]:
     """Run ``todo`` in one pool of workers; returns the runs that never began because a worker died
     (killed, out of memory): they go to a fresh pool, while the run it was doing is reported failed."""
     context = multiprocessing.get_context("fork")  # no re-import of torch and the registry per worker
     events, stop = context.Queue(), context.Event()
-    pool = ProcessPoolExecutor(plan.jobs, mp_context=context, initializer=_start_worker,
-                               initargs=(events, stop, plan.threads, logging.getLogger().level))
+    pool = ProcessPoolExecutor(
+        plan.jobs,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(events, stop, plan.threads, logging.getLogger().level),
+    )
     futures: dict[Future, int] = {pool.submit(_run_in_worker, i, configs[i], resume): i for i in todo}
     pending, never_began = set(futures), []
     try:

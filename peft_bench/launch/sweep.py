@@ -40,9 +40,9 @@ from peft_bench.method_api.registry import load_plugin
 from peft_bench.track.journal import read_record, sync_unsent
 from peft_bench.track.states import RunStatus, TextEnum
 from peft_bench.track.tracking import default_tracking_uri, prepare_store, quiet_mlflow_logging
+from peft_bench.train import runner
 from peft_bench.train.distributed import distributed_from_environment
 from peft_bench.train.preemption import PreemptionGuard
-from peft_bench.train import runner
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,25 @@ class Submission(TextEnum):
 
 # Scheduler states (sacct's, and submitit's local ones) -> what `sweep status` says.
 SCHEDULER_STATES = {
-    **dict.fromkeys(["PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING"],
-                    State.PENDING),
+    **dict.fromkeys(
+        ["PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING"], State.PENDING
+    ),
     **dict.fromkeys(["RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"], State.RUNNING),
     **dict.fromkeys(["COMPLETED", "FINISHED"], State.DONE),
-    **dict.fromkeys(["FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-                     "DEADLINE", "INTERRUPTED"], State.FAILED),
+    **dict.fromkeys(
+        [
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+            "PREEMPTED",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "INTERRUPTED",
+        ],
+        State.FAILED,
+    ),
 }
 
 
@@ -90,8 +103,7 @@ class SweepTask(submitit.helpers.Checkpointable):
     returns the same task with ``resume=True``, which submitit requeues.
     """
 
-    def __init__(self, config: dict, plugins: list[str] | None = None, resume: bool = True,
-                 run_dir: str | None = None):
+    def __init__(self, config: dict, plugins: list[str] | None = None, resume: bool = True, run_dir: str | None = None):
         self.config, self.plugins, self.resume, self.run_dir = config, list(plugins or []), resume, run_dir
 
     def __call__(self) -> dict:
@@ -123,8 +135,9 @@ class SweepTask(submitit.helpers.Checkpointable):
             write_json(Path(run_dir) / JOB_OUTCOME, {"job_id": job.job_id, "state": state, "error": error})
 
     def checkpoint(self, *args, **kwargs):
-        return submitit.helpers.DelayedSubmission(SweepTask(self.config, self.plugins, True,
-                                                            getattr(self, "run_dir", None)))
+        return submitit.helpers.DelayedSubmission(
+            SweepTask(self.config, self.plugins, True, getattr(self, "run_dir", None))
+        )
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -135,6 +148,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 # --- the grid --------------------------------------------------------------------------------------
+
 
 @dataclass
 class Combination:
@@ -188,8 +202,12 @@ def grid_configs(args) -> list:
 def _absolute_paths(cfg):
     """Jobs may start in another folder: every place a run writes is made absolute, the store pinned."""
     uri = cfg.tracking_uri or default_tracking_uri(Path(cfg.results_dir))
-    return replace(cfg, output_dir=str(Path(cfg.output_dir).resolve()),
-                   results_dir=str(Path(cfg.results_dir).resolve()), tracking_uri=uri)
+    return replace(
+        cfg,
+        output_dir=str(Path(cfg.output_dir).resolve()),
+        results_dir=str(Path(cfg.results_dir).resolve()),
+        tracking_uri=uri,
+    )
 
 
 def parse_timeout_minutes(text: str) -> int:
@@ -223,6 +241,7 @@ def parse_sbatch_options(items: list[str]) -> dict[str, str]:
 
 # --- what is already done ---------------------------------------------------------------------------
 
+
 def tracked_runs(tracking_uri: str, experiment: str) -> dict[str, tuple[str, str]]:
     """digest -> (run id, status) of the experiment's runs; a FINISHED run wins over any other."""
     prepare_store(tracking_uri)  # created safely if new; a damaged one stops the command, saying how to recover
@@ -254,6 +273,7 @@ def local_record_finished(run_dir: Path) -> str | None:
 
 # --- executors -------------------------------------------------------------------------------------
 
+
 def make_executor(args, folder: Path):
     _export_code_location()
     if args.executor == "local":
@@ -262,10 +282,15 @@ def make_executor(args, folder: Path):
         return executor
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     tasks = max(1, args.gpus_per_node or 0)  # one process per GPU: DDP inside the job
-    params = dict(timeout_min=parse_timeout_minutes(args.timeout), nodes=1, tasks_per_node=tasks,
-                  cpus_per_task=args.cpus_per_task, slurm_signal_delay_s=args.signal_delay,
-                  slurm_additional_parameters=parse_sbatch_options(args.sbatch),
-                  slurm_setup=[f"export PYTHONPATH={code_root()}${{PYTHONPATH:+:$PYTHONPATH}}"])
+    params = dict(
+        timeout_min=parse_timeout_minutes(args.timeout),
+        nodes=1,
+        tasks_per_node=tasks,
+        cpus_per_task=args.cpus_per_task,
+        slurm_signal_delay_s=args.signal_delay,
+        slurm_additional_parameters=parse_sbatch_options(args.sbatch),
+        slurm_setup=[f"export PYTHONPATH={code_root()}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    )
     if args.partition:
         params["slurm_partition"] = args.partition
     if args.gpus_per_node:
@@ -292,8 +317,7 @@ def submit_slurm(executor, tasks: list[SweepTask]) -> list:
     return jobs
 
 
-def run_local(executor, tasks: list[SweepTask], combos: list[Combination], max_parallel: int,
-              on_submit) -> list:
+def run_local(executor, tasks: list[SweepTask], combos: list[Combination], max_parallel: int, on_submit) -> list:
     """Local processes, at most ``max_parallel`` at once; returns when all are done."""
     running, jobs = [], []
     for task, combo in zip(tasks, combos):
@@ -311,6 +335,7 @@ def run_local(executor, tasks: list[SweepTask], combos: list[Combination], max_p
 
 
 # --- status ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class CombinationStatus:
@@ -370,8 +395,9 @@ def combination_status(manifest: Manifest, combo: Combination, tracked: dict) ->
         return CombinationStatus(combo.name, State.SKIPPED, combo.finished_run_id or run_id, combo.job_id)
     local_finished = local_record_finished(Path(combo.run_dir))
     if status == RunStatus.FINISHED or local_finished:
-        return CombinationStatus(combo.name, State.DONE, run_id if status == RunStatus.FINISHED else local_finished,
-                                 combo.job_id)
+        return CombinationStatus(
+            combo.name, State.DONE, run_id if status == RunStatus.FINISHED else local_finished, combo.job_id
+        )
     if combo.job_id is None:
         return CombinationStatus(combo.name, State.PENDING, run_id, None)
     job = job_object(manifest, combo.job_id)
@@ -398,11 +424,21 @@ def sync_journals(manifest: Manifest) -> tuple[int, int]:
 
 # --- the command -----------------------------------------------------------------------------------
 
+
 def add_sweep_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="submit a grid of runs (local processes or a SLURM job array); status; sync",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", nargs="?", choices=["submit", "status", "sync"], default="submit",
-                   help="submit (default) the grid; status of each combination; sync local records to mlflow")
+    p = sub.add_parser(
+        "sweep",
+        help="submit a grid of runs (local processes or a SLURM job array); status; sync",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["submit", "status", "sync"],
+        default="submit",
+        help="submit (default) the grid; status of each combination; sync local records to mlflow",
+    )
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
     p.add_argument("--backbones", default="tiny", help="comma-separated backbones (default tiny)")
     p.add_argument("--datasets", default=None, help="comma-separated datasets (default: the embedded two)")
@@ -427,10 +463,16 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per job; one DDP process per GPU")
     p.add_argument("--cpus-per-task", type=int, default=4, help="CPUs per process (loader workers + 1)")
     p.add_argument("--timeout", default="24h", help="per-job time limit: minutes, '90m', '24h' (default 24h)")
-    p.add_argument("--signal-delay", type=int, default=90,
-                   help="seconds between SLURM's warning signal and the kill (default 90)")
-    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
-                   help="extra sbatch option passed through, e.g. qos=high (repeatable)")
+    p.add_argument(
+        "--signal-delay", type=int, default=90, help="seconds between SLURM's warning signal and the kill (default 90)"
+    )
+    p.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="extra sbatch option passed through, e.g. qos=high (repeatable)",
+    )
     p.add_argument("--rerun", action="store_true", help="run combinations again even if they finished")
     p.add_argument("--dry-run", action="store_true", help="print the grid and what would be skipped; submit nothing")
 
@@ -472,8 +514,10 @@ def plan(args, sweep_dir: Path) -> tuple[Manifest, list[Combination]]:
     manifest = Manifest(args.executor, str(sweep_dir / "logs"), first.tracking_uri, first.experiment)
     if previous is not None:
         if previous.executor != args.executor:  # its job ids mean nothing to the other executor
-            raise UserError(f"{sweep_dir} holds a sweep submitted with --executor {previous.executor}; "
-                             f"use that executor or another --sweep-dir")
+            raise UserError(
+                f"{sweep_dir} holds a sweep submitted with --executor {previous.executor}; "
+                f"use that executor or another --sweep-dir"
+            )
         manifest.combinations = previous.combinations
     tracked = tracked_runs(first.tracking_uri, first.experiment)
     earlier = {(c.name, c.digest): c for c in manifest.combinations}
@@ -487,8 +531,13 @@ def plan(args, sweep_dir: Path) -> tuple[Manifest, list[Combination]]:
             combo.submitted, combo.finished_run_id = Submission.SKIPPED_FINISHED, run_id or local
             if before is not None:
                 combo.job_id = before.job_id
-        elif not args.rerun and before is not None and before.job_id and previous is not None and \
-                combination_status(previous, before, tracked).state in (State.PENDING, State.RUNNING):
+        elif (
+            not args.rerun
+            and before is not None
+            and before.job_id
+            and previous is not None
+            and combination_status(previous, before, tracked).state in (State.PENDING, State.RUNNING)
+        ):
             combo.submitted, combo.job_id = Submission.SKIPPED_QUEUED, before.job_id
         combos.append(combo)
     return manifest, combos
@@ -497,16 +546,24 @@ def plan(args, sweep_dir: Path) -> tuple[Manifest, list[Combination]]:
 def submit(args, sweep_dir: Path) -> int:
     manifest, combos = plan(args, sweep_dir)
     todo = [c for c in combos if not c.submitted]
-    print(f"sweep of {len(combos)} combination(s): {len(todo)} to run, {len(combos) - len(todo)} skipped "
-          f"({args.executor}; manifest {sweep_dir / MANIFEST})")
+    print(
+        f"sweep of {len(combos)} combination(s): {len(todo)} to run, {len(combos) - len(todo)} skipped "
+        f"({args.executor}; manifest {sweep_dir / MANIFEST})"
+    )
     for combo in combos:
-        print(f"  {'run ' if not combo.submitted else 'skip'}  {combo.name}  [{combo.digest}]"
-              + (f"  {combo.submitted}" + (f" as {combo.finished_run_id}" if combo.finished_run_id else "")
-                 if combo.submitted else ""))
+        print(
+            f"  {'run ' if not combo.submitted else 'skip'}  {combo.name}  [{combo.digest}]"
+            + (
+                f"  {combo.submitted}" + (f" as {combo.finished_run_id}" if combo.finished_run_id else "")
+                if combo.submitted
+                else ""
+            )
+        )
     if args.dry_run:
         return 0
-    tasks = [SweepTask(c.config, [str(Path(p).resolve()) for p in args.plugin], not args.rerun, c.run_dir)
-             for c in todo]
+    tasks = [
+        SweepTask(c.config, [str(Path(p).resolve()) for p in args.plugin], not args.rerun, c.run_dir) for c in todo
+    ]
     for combo in todo:
         combo.submitted = Submission.SUBMITTED
     manifest.merge(combos)
@@ -519,8 +576,10 @@ def submit(args, sweep_dir: Path) -> int:
         for combo, job in zip(todo, jobs):
             combo.job_id = job.job_id
         manifest.save(sweep_dir)
-        print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s)); "
-              f"`peft-bench sweep status --sweep-dir {sweep_dir}` follows it")
+        print(
+            f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s)); "
+            f"`peft-bench sweep status --sweep-dir {sweep_dir}` follows it"
+        )
         return 0
     run_local(executor, tasks, todo, args.max_parallel, on_submit=lambda: manifest.save(sweep_dir))
     manifest.save(sweep_dir)

@@ -36,9 +36,10 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from peft_bench.data.specs import available_datasets, get_dataset
 from peft_bench.method_api.registry import RunContext, available_methods, get_method
@@ -160,7 +161,7 @@ def matrix_product_handles() -> dict[str, Handle]:
         "aten::einsum": fvcore_handles.einsum_flop_jit,
         "aten::_native_multi_head_attention": native_mha_flop_jit,
     }
-    handles.update({op: sdpa_flop_jit for op in ATTENTION_OPS})
+    handles.update(dict.fromkeys(ATTENTION_OPS, sdpa_flop_jit))
     return handles
 
 
@@ -171,37 +172,129 @@ def other_handles() -> dict[str, Handle]:
     # Resampling, in fvcore's units (the 2-D nearest and bilinear cases are its own): per output element,
     # one per neighbour interpolated. ``F.interpolate`` resizes position embeddings for other clip lengths.
     per_output = _fvcore("fvcore.nn.jit_handles").elementwise_flop_counter
-    handles.update({
-        "aten::upsample_nearest1d": per_output(0, 1),
-        "aten::upsample_nearest3d": per_output(0, 1),
-        "aten::upsample_linear1d": per_output(0, 2),
-        "aten::upsample_bicubic2d": per_output(0, 16),
-        "aten::upsample_trilinear3d": per_output(0, 8),
-        "aten::adaptive_avg_pool1d": per_output(1, 0),
-        "aten::adaptive_avg_pool3d": per_output(1, 0),
-    })
-    handles.update({
-        "aten::convolution": convolution_flop_jit,
-        **{f"aten::conv{n}d": conv_nd_flop_jit for n in (1, 2, 3)},
-        **{f"aten::conv_transpose{n}d": conv_transpose_nd_flop_jit for n in (1, 2, 3)},
-    })
+    handles.update(
+        {
+            "aten::upsample_nearest1d": per_output(0, 1),
+            "aten::upsample_nearest3d": per_output(0, 1),
+            "aten::upsample_linear1d": per_output(0, 2),
+            "aten::upsample_bicubic2d": per_output(0, 16),
+            "aten::upsample_trilinear3d": per_output(0, 8),
+            "aten::adaptive_avg_pool1d": per_output(1, 0),
+            "aten::adaptive_avg_pool3d": per_output(1, 0),
+        }
+    )
+    handles.update(
+        {
+            "aten::convolution": convolution_flop_jit,
+            **{f"aten::conv{n}d": conv_nd_flop_jit for n in (1, 2, 3)},
+            **{f"aten::conv_transpose{n}d": conv_transpose_nd_flop_jit for n in (1, 2, 3)},
+        }
+    )
     return handles
 
 
 # Ops that cost nothing meaningful next to the matrix products: elementwise arithmetic, activations,
 # softmax, reductions and data movement (fvcore already ignores reshapes, slicing, cat and the like).
-FREE_OPS: frozenset[str] = frozenset(f"aten::{name}" for name in (
-    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "neg", "reciprocal", "pow", "sqrt",
-    "rsqrt", "exp", "log", "abs", "sign", "lerp", "addcmul", "sigmoid", "sigmoid_", "tanh", "gelu", "gelu_",
-    "silu", "silu_", "hardswish", "leaky_relu", "elu", "softplus", "softmax", "log_softmax", "_softmax",
-    "mean", "sum", "amax", "amin", "min", "std", "var", "norm", "linalg_vector_norm", "cumsum", "argmax",
-    "topk", "sort", "lt", "le", "ne", "logical_and", "logical_or", "logical_not", "where", "masked_fill_",
-    "clone", "repeat", "repeat_interleave", "expand_as", "view_as", "flip", "tile", "pad", "index_select",
-    "scatter", "scatter_add", "new_ones", "ones_like", "empty_like", "rand", "randn", "rand_like",
-    "bernoulli_", "dropout_", "feature_dropout", "alpha_dropout", "fill_", "zero_", "detach_", "item",
-    "movedim", "moveaxis", "swapaxes", "unflatten", "mT", "numpy_T", "resolve_conj", "resolve_neg",
-    "lift_fresh", "scalar_tensor", "tensor", "as_strided", "_unsafe_view", "alias", "linspace",
-))
+FREE_OPS: frozenset[str] = frozenset(
+    f"aten::{name}"
+    for name in (
+        "add",
+        "add_",
+        "sub",
+        "sub_",
+        "rsub",
+        "mul",
+        "mul_",
+        "div",
+        "div_",
+        "neg",
+        "reciprocal",
+        "pow",
+        "sqrt",
+        "rsqrt",
+        "exp",
+        "log",
+        "abs",
+        "sign",
+        "lerp",
+        "addcmul",
+        "sigmoid",
+        "sigmoid_",
+        "tanh",
+        "gelu",
+        "gelu_",
+        "silu",
+        "silu_",
+        "hardswish",
+        "leaky_relu",
+        "elu",
+        "softplus",
+        "softmax",
+        "log_softmax",
+        "_softmax",
+        "mean",
+        "sum",
+        "amax",
+        "amin",
+        "min",
+        "std",
+        "var",
+        "norm",
+        "linalg_vector_norm",
+        "cumsum",
+        "argmax",
+        "topk",
+        "sort",
+        "lt",
+        "le",
+        "ne",
+        "logical_and",
+        "logical_or",
+        "logical_not",
+        "where",
+        "masked_fill_",
+        "clone",
+        "repeat",
+        "repeat_interleave",
+        "expand_as",
+        "view_as",
+        "flip",
+        "tile",
+        "pad",
+        "index_select",
+        "scatter",
+        "scatter_add",
+        "new_ones",
+        "ones_like",
+        "empty_like",
+        "rand",
+        "randn",
+        "rand_like",
+        "bernoulli_",
+        "dropout_",
+        "feature_dropout",
+        "alpha_dropout",
+        "fill_",
+        "zero_",
+        "detach_",
+        "item",
+        "movedim",
+        "moveaxis",
+        "swapaxes",
+        "unflatten",
+        "mT",
+        "numpy_T",
+        "resolve_conj",
+        "resolve_neg",
+        "lift_fresh",
+        "scalar_tensor",
+        "tensor",
+        "as_strided",
+        "_unsafe_view",
+        "alias",
+        "linspace",
+    )
+)
 
 
 def handles_for(convention: Convention) -> tuple[dict[str, Handle], set[str]]:
@@ -230,7 +323,7 @@ def flop_analysis(model: nn.Module, inputs: tuple[torch.Tensor, ...], convention
     counted, ignored = handles_for(convention)
     analysis = _fvcore().FlopCountAnalysis(model, inputs).clear_op_handles()
     analysis.set_op_handle(**counted)
-    analysis.set_op_handle(**{op: None for op in ignored})
+    analysis.set_op_handle(**dict.fromkeys(ignored))
     # We report uncounted ops ourselves; fvcore's per-trace warnings would only repeat them.
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
 
@@ -245,8 +338,12 @@ def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...], convention: 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         total = int(analysis.total())  # the trace happens here; the calls below reuse it
-    return FlopCount(total, {k: int(v) for k, v in analysis.by_operator().items()},
-                     dict(analysis.unsupported_ops()), time.perf_counter() - start)
+    return FlopCount(
+        total,
+        {k: int(v) for k, v in analysis.by_operator().items()},
+        dict(analysis.unsupported_ops()),
+        time.perf_counter() - start,
+    )
 
 
 def count_video_flops(model: nn.Module, frames: int, input_size: int, convention: Convention = "all") -> FlopCount:
@@ -287,8 +384,9 @@ class Account:
     preset: str | None = None
 
 
-def build_for_counting(method: str, backbone: str, num_classes: int, preset: str | None,
-                       frames: int = 8) -> tuple[nn.Module, str | None]:
+def build_for_counting(
+    method: str, backbone: str, num_classes: int, preset: str | None, frames: int = 8
+) -> tuple[nn.Module, str | None]:
     """The method on a frozen backbone with random weights, as the runner builds it (for ``frames``-frame
     clips), and the preset applied (None when the method has no such preset: a linear probe is the same
     on every dataset)."""
@@ -301,8 +399,17 @@ def build_for_counting(method: str, backbone: str, num_classes: int, preset: str
     return spec.create(create_backbone(backbone, NO_WEIGHTS), context, spec.make_config(applied)), applied
 
 
-def account(method: str, backbone: str, *, num_classes: int, frames: int = 8, views: int = 3,
-            preset: str | None = None, input_size: int | None = None, convention: Convention = "all") -> Account:
+def account(
+    method: str,
+    backbone: str,
+    *,
+    num_classes: int,
+    frames: int = 8,
+    views: int = 3,
+    preset: str | None = None,
+    input_size: int | None = None,
+    convention: Convention = "all",
+) -> Account:
     """Parameters and GFLOPs of ``method`` on ``backbone`` (random weights; 1 multiply-add = 1 FLOP)."""
     # heavy (torch): when counting
     from peft_bench.method_api.model import count_parameters
@@ -312,14 +419,37 @@ def account(method: str, backbone: str, *, num_classes: int, frames: int = 8, vi
     size = input_size or model.backbone.input_size
     per_view = count_video_flops(model, frames, size, convention)
     gflops = per_view.total / 1e9
-    return Account(method, backbone, num_classes, frames, views, params.trainable, params.total, gflops,
-                   gflops * views, per_view.uncounted_ops, convention, size, applied)
+    return Account(
+        method,
+        backbone,
+        num_classes,
+        frames,
+        views,
+        params.trainable,
+        params.total,
+        gflops,
+        gflops * views,
+        per_view.uncounted_ops,
+        convention,
+        size,
+        applied,
+    )
 
 
 # --- tables ---------------------------------------------------------------------------------------------
 
-COLUMNS = ("method", "backbone", "num_classes", "frames", "views", "trainable_params", "total_params",
-           "gflops_per_view", "gflops_total", "uncounted_ops")
+COLUMNS = (
+    "method",
+    "backbone",
+    "num_classes",
+    "frames",
+    "views",
+    "trainable_params",
+    "total_params",
+    "gflops_per_view",
+    "gflops_total",
+    "uncounted_ops",
+)
 
 
 CONVENTION_NOTES = {
@@ -333,16 +463,23 @@ def _uncounted_text(ops: dict[str, int]) -> str:
 
 
 def _markdown(accounts: list[Account]) -> str:
-    header = ("| method | preset | backbone | classes | frames | views | trainable (M) | total (M) | GFLOPs/view "
-              "| GFLOPs, all views | uncounted ops |")
+    header = (
+        "| method | preset | backbone | classes | frames | views | trainable (M) | total (M) | GFLOPs/view "
+        "| GFLOPs, all views | uncounted ops |"
+    )
     lines = [header, "|" + " --- |" * 11]
     for a in accounts:
-        lines.append(f"| {a.method} | {a.preset or '-'} | {a.backbone} | {a.num_classes} | {a.frames} | {a.views} | "
-                     f"{a.trainable_params / 1e6:.2f} | {a.total_params / 1e6:.2f} | {a.gflops_per_view:.2f} | "
-                     f"{a.gflops_total:.2f} | {_uncounted_text(a.uncounted_ops)} |")
+        lines.append(
+            f"| {a.method} | {a.preset or '-'} | {a.backbone} | {a.num_classes} | {a.frames} | {a.views} | "
+            f"{a.trainable_params / 1e6:.2f} | {a.total_params / 1e6:.2f} | {a.gflops_per_view:.2f} | "
+            f"{a.gflops_total:.2f} | {_uncounted_text(a.uncounted_ops)} |"
+        )
     notes = "; ".join(f"'{c}': {CONVENTION_NOTES[c]}" for c in sorted({a.convention for a in accounts}))
-    lines += ["", f"GFLOPs: fvcore trace, 1 multiply-add = 1 FLOP, convention {notes}. Random weights "
-                  "(counts depend on shapes only); ops listed as uncounted had no FLOP handler."]
+    lines += [
+        "",
+        f"GFLOPs: fvcore trace, 1 multiply-add = 1 FLOP, convention {notes}. Random weights "
+        "(counts depend on shapes only); ops listed as uncounted had no FLOP handler.",
+    ]
     return "\n".join(lines)
 
 
@@ -368,6 +505,7 @@ def render(accounts: list[Account], fmt: str = "markdown") -> str:
 
 
 # --- command --------------------------------------------------------------------------------------------
+
 
 def counted_datasets() -> list[str]:
     """The registered datasets with a fixed number of classes (a list file's depends on the file)."""
@@ -398,18 +536,31 @@ def add_account_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("account", help="trainable parameters and GFLOPs of methods (random weights, CPU)")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
     p.add_argument("--backbone", default="clip_vitb16", help="clip_vitb16 (default), clip_vitl14, in21k_vitb16, tiny")
-    p.add_argument("--dataset", default="k400", choices=sorted(counted_datasets()),
-                   help="decides the number of classes and the method preset (default k400)")
+    p.add_argument(
+        "--dataset",
+        default="k400",
+        choices=sorted(counted_datasets()),
+        help="decides the number of classes and the method preset (default k400)",
+    )
     p.add_argument("--preset", help="method preset (default: the dataset's)")
     p.add_argument("--frames", type=int, default=8, help="frames per view (default 8)")
     p.add_argument("--views", default="3x1", help="test views as CROPSxCLIPS (default 3x1)")
     p.add_argument("--input-size", type=int, help="frame side in pixels (default: the backbone's)")
-    p.add_argument("--convention", choices=CONVENTIONS, default="all",
-                   help="'all': matmuls, attention, convs, norms (default); 'matmul': linear + matmul only")
+    p.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        default="all",
+        help="'all': matmuls, attention, convs, norms (default); 'matmul': linear + matmul only",
+    )
     p.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     p.add_argument("--out", help="also write the table to this file")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                   help="a method file of your own to register (repeatable)")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="a method file of your own to register (repeatable)",
+    )
     return p
 
 
@@ -426,9 +577,18 @@ def cmd_account(args) -> int:
     accounts, failed = [], []
     for method in _method_names(args.methods):
         try:
-            accounts.append(account(method, args.backbone, num_classes=num_classes, frames=args.frames, views=views,
-                                    preset=args.preset or dataset_preset, input_size=args.input_size,
-                                    convention=args.convention))
+            accounts.append(
+                account(
+                    method,
+                    args.backbone,
+                    num_classes=num_classes,
+                    frames=args.frames,
+                    views=views,
+                    preset=args.preset or dataset_preset,
+                    input_size=args.input_size,
+                    convention=args.convention,
+                )
+            )
         except Exception as err:  # one method that cannot be built or traced must not cost the others their rows
             failed.append((method, err))
             print(f"peft-bench account: {method}: {type(err).__name__}: {err}", file=sys.stderr)

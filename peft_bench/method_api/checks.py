@@ -50,8 +50,9 @@ def authors_params_m() -> dict[str, float]:
     return {row["method"]: float(row["params_m"]) for row in rows if row.get("params_m")}
 
 
-def build_method(method_name: str, backbone: VideoBackbone, num_classes: int, method_args: dict | None = None,
-                 num_frames: int = 8) -> nn.Module:
+def build_method(
+    method_name: str, backbone: VideoBackbone, num_classes: int, method_args: dict | None = None, num_frames: int = 8
+) -> nn.Module:
     """The method with its default configuration (or ``method_args``) on ``backbone``, built as the runner
     builds it (``MethodSpec.create``: backbone frozen, config resolved against the context)."""
     context = RunContext(num_classes=num_classes, num_frames=num_frames)
@@ -77,18 +78,20 @@ def parameter_parity(backbone_name: str, num_classes: int) -> list[dict]:
         paper_m = paper.get(name)
         # A paper row is compared with the paper; a later method with its own authors' figure.
         reported, reported_by = (paper_m, "paper") if paper_m is not None else (authors.get(name), "authors")
-        rows.append({
-            "method": name,
-            "group": spec.group,
-            "architecture": spec.architecture,
-            "models_time": spec.models_time,
-            "trainable": counts.trainable,
-            "total": counts.total,
-            "paper_m": paper_m,
-            "reported_m": reported,
-            "reported_by": reported_by if reported is not None else None,
-            "diff_pct": None if reported is None else 100.0 * (counts.trainable / 1e6 - reported) / reported,
-        })
+        rows.append(
+            {
+                "method": name,
+                "group": spec.group,
+                "architecture": spec.architecture,
+                "models_time": spec.models_time,
+                "trainable": counts.trainable,
+                "total": counts.total,
+                "paper_m": paper_m,
+                "reported_m": reported,
+                "reported_by": reported_by if reported is not None else None,
+                "diff_pct": None if reported is None else 100.0 * (counts.trainable / 1e6 - reported) / reported,
+            }
+        )
     return rows
 
 
@@ -108,8 +111,9 @@ def shuffled_order(num_frames: int) -> list[int]:
     return [*range(1, num_frames, 2), *range(0, num_frames, 2)]
 
 
-def measures_time(method_name: str, method_args: dict | None = None, backbone_name: str = "tiny",
-                  num_frames: int = 4) -> bool:
+def measures_time(
+    method_name: str, method_args: dict | None = None, backbone_name: str = "tiny", num_frames: int = 4
+) -> bool:
     """True when the method's output changes once the frames of a clip are shuffled, for its default config
     or ``method_args`` (a run's own config: ST-Adapter with a (1, 1, 1) kernel does not model time).
 
@@ -150,8 +154,11 @@ def params_without_gradient(method_name: str, backbone_name: str = "tiny") -> li
     clip = _random_clip(model.backbone, num_frames=2)
     labels = torch.arange(clip.shape[0]) % NUM_CLASSES
     F.cross_entropy(model(clip), labels).backward()
-    return [name for name, p in model.named_parameters()
-            if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    return [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
 
 
 def merge_difference(method_name: str, backbone_name: str = "tiny") -> tuple[float, nn.Module, nn.Module]:

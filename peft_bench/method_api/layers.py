@@ -36,8 +36,10 @@ SITES = SERIAL_SITES + PARALLEL_SITES
 SITE_ALIASES = {"attention": "before_attention", "mlp": "before_mlp"}
 # Where a hook at a site folds into: (the block's linear layer, which side of it the hook sits on).
 MERGE_TARGETS: dict[str, tuple[str, Literal["input", "output"]]] = {
-    "after_norm1": ("qkv", "input"), "after_attention": ("proj", "output"),
-    "after_norm2": ("fc1", "input"), "after_mlp": ("fc2", "output"),
+    "after_norm1": ("qkv", "input"),
+    "after_attention": ("proj", "output"),
+    "after_norm2": ("fc1", "input"),
+    "after_mlp": ("fc2", "output"),
 }
 
 
@@ -146,8 +148,9 @@ class HookedBlock(WrappedBlock):
         return self.inner
 
 
-def hook_blocks(backbone, layers: tuple[int, ...] | None, positions: tuple[str, ...] | str,
-                make_hook: Callable[[], nn.Module]) -> None:
+def hook_blocks(
+    backbone, layers: tuple[int, ...] | None, positions: tuple[str, ...] | str, make_hook: Callable[[], nn.Module]
+) -> None:
     """Give each chosen block a fresh ``make_hook()`` at each site in ``positions`` (see SITES; "attention"
     and "mlp" mean before those branches). A block already hooked gets the new hooks added."""
     positions = (positions,) if isinstance(positions, str) else positions

@@ -67,10 +67,19 @@ class VideoClassifier(nn.Module):
         frame_stride: the backbone sees every ``frame_stride``-th frame (a side network may read all of them).
     """
 
-    def __init__(self, backbone: VideoBackbone, context: RunContext, *, pool: nn.Module | None = None,
-                 head: nn.Module | None = None, feature_dim: int | None = None,
-                 intermediates: int | Sequence[int] | None = (), qk: bool = False, video: bool = False,
-                 frame_stride: int = 1):
+    def __init__(
+        self,
+        backbone: VideoBackbone,
+        context: RunContext,
+        *,
+        pool: nn.Module | None = None,
+        head: nn.Module | None = None,
+        feature_dim: int | None = None,
+        intermediates: int | Sequence[int] | None = (),
+        qk: bool = False,
+        video: bool = False,
+        frame_stride: int = 1,
+    ):
         super().__init__()
         if not isinstance(context, RunContext) or context.num_classes is None:
             raise TypeError("VideoClassifier needs the run's RunContext, with num_classes")
@@ -98,7 +107,7 @@ class VideoClassifier(nn.Module):
         through; the gradient of the trainable layers after it does not need any of it. (Frozen weights on
         an input without grad already give autograd nothing to record; no_grad makes it a guarantee,
         whatever the input.)"""
-        frames = video[:, ::self.reads.frame_stride] if self.reads.frame_stride > 1 else video
+        frames = video[:, :: self.reads.frame_stride] if self.reads.frame_stride > 1 else video
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_is_frozen()):
             features = self.backbone.forward_intermediates(frames, list(self.reads.intermediates), qk=self.reads.qk)
         if self.reads.video:
@@ -144,8 +153,10 @@ class VideoClassifier(nn.Module):
         qk = {}
         if self.reads.qk:
             for i in self.reads.intermediates:
-                qk[i] = (split_frame_heads(next(streams), self.backbone.num_heads),
-                         split_frame_heads(next(streams), self.backbone.num_heads))
+                qk[i] = (
+                    split_frame_heads(next(streams), self.backbone.num_heads),
+                    split_frame_heads(next(streams), self.backbone.num_heads),
+                )
         return Features(tokens, self.backbone.final_norm, intermediates, qk)
 
     def head_from_tokens(self, packed: Tensor) -> Tensor:
@@ -189,8 +200,10 @@ def load_trainable_state_dict(model: nn.Module, state: dict[str, Tensor]) -> Non
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(f"checkpoint does not match this method's trainable parameters: "
-                         f"missing {missing[:5]}, unexpected {extra[:5]}")
+        raise ValueError(
+            f"checkpoint does not match this method's trainable parameters: "
+            f"missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in state.items():

@@ -37,15 +37,15 @@ class AdamWSettings:
     backbone_lr_scale: float = 1.0
 
 
-def make_optimizer(model: nn.Module, settings: OptimizerSettings,
-                   pretrained: set[int] | frozenset[int] = frozenset()) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module, settings: OptimizerSettings, pretrained: set[int] | frozenset[int] = frozenset()
+) -> torch.optim.AdamW:
     """AdamW over the trainable parameters only, in the groups :func:`optimizer_param_groups` makes:
     no weight decay on biases, norms and other 1-D tensors, nor on what the model's modules declare in
     ``no_weight_decay()``; the backbone's own weights (``pretrained``, their ids) at ``lr *
     backbone_lr_scale``; a method's declared ``param_groups()`` with their multipliers. The groups are logged.
     """
-    groups = optimizer_param_groups(model, settings.lr, settings.weight_decay, settings.backbone_lr_scale,
-                                    pretrained)
+    groups = optimizer_param_groups(model, settings.lr, settings.weight_decay, settings.backbone_lr_scale, pretrained)
     log_param_groups(groups, no_weight_decay_patterns(model))
     return torch.optim.AdamW(groups, lr=settings.lr)
 
@@ -76,16 +76,24 @@ def no_weight_decay_patterns(model: nn.Module) -> set[str]:
 
 
 def declared_param_groups(model: nn.Module) -> list[ParamGroup]:
-    return [ParamGroup(group.name, tuple(prefix + p for p in group.patterns), group.lr_mult, group.decay_mult)
-            for prefix, groups in _declared(model, "param_groups") for group in groups]
+    return [
+        ParamGroup(group.name, tuple(prefix + p for p in group.patterns), group.lr_mult, group.decay_mult)
+        for prefix, groups in _declared(model, "param_groups")
+        for group in groups
+    ]
 
 
 def matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0,
-                           pretrained: set[int] | frozenset[int] = frozenset()) -> list[dict]:
+def optimizer_param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    backbone_lr_scale: float = 1.0,
+    pretrained: set[int] | frozenset[int] = frozenset(),
+) -> list[dict]:
     """AdamW parameter groups over the trainable parameters of ``model``, each named (and logged).
 
     Weight decay goes to tensors of 2 or more dimensions (not biases, norms or other 1-D tensors) that no
@@ -109,18 +117,34 @@ def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float, bac
     groups = []
     for (group, decays, is_pretrained), params in sorted(buckets.items()):
         lr_mult, decay_mult = multipliers[group]
-        label = " ".join(part for part in (group or "default", "pretrained" if is_pretrained else "new",
-                                           "decay" if decays else "no-decay"))
-        groups.append({"params": params, "name": label,
-                       "lr": lr * lr_mult * (backbone_lr_scale if is_pretrained else 1.0),
-                       "weight_decay": weight_decay * decay_mult if decays else 0.0})
+        label = " ".join(
+            part
+            for part in (
+                group or "default",
+                "pretrained" if is_pretrained else "new",
+                "decay" if decays else "no-decay",
+            )
+        )
+        groups.append(
+            {
+                "params": params,
+                "name": label,
+                "lr": lr * lr_mult * (backbone_lr_scale if is_pretrained else 1.0),
+                "weight_decay": weight_decay * decay_mult if decays else 0.0,
+            }
+        )
     return groups
 
 
 def log_param_groups(groups: list[dict], exempt: set[str]) -> None:
     for group in groups:
-        log.info("optimizer group %-28s %4d tensors %12s parameters  lr %.3g  weight decay %.3g", group["name"],
-                 len(group["params"]), f"{sum(p.numel() for p in group['params']):,}", group["lr"],
-                 group["weight_decay"])
+        log.info(
+            "optimizer group %-28s %4d tensors %12s parameters  lr %.3g  weight decay %.3g",
+            group["name"],
+            len(group["params"]),
+            f"{sum(p.numel() for p in group['params']):,}",
+            group["lr"],
+            group["weight_decay"],
+        )
     if exempt:
         log.info("no weight decay by declaration: %s", ", ".join(sorted(exempt)))

@@ -4,8 +4,7 @@ plugins add more.
 A method is one file with a config dataclass (defaults follow the paper) and a ``build`` function::
 
     @register_method("my_method", config=MyConfig, group="Adapter", architecture="SA", models_time=False)
-    def build(backbone: VideoBackbone, context: RunContext, cfg: MyConfig) -> VideoClassifier:
-        ...
+    def build(backbone: VideoBackbone, context: RunContext, cfg: MyConfig) -> VideoClassifier: ...
 
 ``build`` receives a backbone whose parameters are all frozen, the run's :class:`RunContext` (classes,
 frames, dataset, the run's head dropout) and the method's config, already resolved against that context:
@@ -30,9 +29,10 @@ import importlib.util
 import logging
 import pkgutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from peft_bench.dataclass_io import ConfigError, from_dict
 from peft_bench.errors import UserError
@@ -101,8 +101,12 @@ class MethodSpec:
     def mergeable(self) -> bool:
         return self.merge is not None
 
-    def make_config(self, preset: str | list[str] | None = None, overrides: dict[str, Any] | None = None,
-                    context: RunContext | None = None):
+    def make_config(
+        self,
+        preset: str | list[str] | None = None,
+        overrides: dict[str, Any] | None = None,
+        context: RunContext | None = None,
+    ):
         """The config: class defaults, then each named preset the method has (in order), then overrides,
         then (with a context) the fields left to the run filled from it.
 
@@ -137,16 +141,25 @@ _METHODS: dict[str, MethodSpec] = {}
 _discovered = False
 
 
-def register_method(name: str, *, config: type, group: str, architecture: str, models_time: bool,
-                    presets: dict[str, dict[str, Any]] | None = None, merge: Callable[[Any], Any] | None = None):
+def register_method(
+    name: str,
+    *,
+    config: type,
+    group: str,
+    architecture: str,
+    models_time: bool,
+    presets: dict[str, dict[str, Any]] | None = None,
+    merge: Callable[[Any], Any] | None = None,
+):
     """Decorator for a method's ``build(backbone, context, cfg)`` function."""
 
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
         previous = _METHODS.get(name)
         if previous is not None and previous.source != build.__module__:
             raise ValueError(f"method '{name}' is registered twice: by {previous.source} and by {build.__module__}")
-        _METHODS[name] = MethodSpec(name, build, config, group, architecture, models_time, dict(presets or {}),
-                                    build.__module__, merge)
+        _METHODS[name] = MethodSpec(
+            name, build, config, group, architecture, models_time, dict(presets or {}), build.__module__, merge
+        )
         return build
 
     return decorate

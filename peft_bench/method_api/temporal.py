@@ -126,9 +126,14 @@ class TemporalAttention(nn.Module):
         pre-trained attention already makes meaningful mixtures, so the zero ``fc`` gets a useful gradient
         from the first step (from small random weights, attention, ``fc`` and the zero time embedding
         wait on each other). ``fc`` stays zero: the layer still starts as the identity."""
-        pairs = [(self.norm.weight, "norm_weight"), (self.norm.bias, "norm_bias"),
-                 (self.attn.qkv.weight, "qkv_weight"), (self.attn.qkv.bias, "qkv_bias"),
-                 (self.attn.proj.weight, "proj_weight"), (self.attn.proj.bias, "proj_bias")]
+        pairs = [
+            (self.norm.weight, "norm_weight"),
+            (self.norm.bias, "norm_bias"),
+            (self.attn.qkv.weight, "qkv_weight"),
+            (self.attn.qkv.bias, "qkv_bias"),
+            (self.attn.proj.weight, "proj_weight"),
+            (self.attn.proj.bias, "proj_bias"),
+        ]
         for target, key in pairs:
             source = weights.get(key)
             if source is None:  # e.g. a ViT without qkv bias: keep ours at zero

@@ -67,7 +67,9 @@ def followups_table() -> pd.DataFrame:
 def system_paper_table(kind: str) -> pd.DataFrame:
     """The paper's system-level comparison on K400 or SSv2 (``kind``), as reported (not measured here)."""
     if kind not in SYSTEM_TABLE_FILES:
-        raise ValueError(f"unknown table kind {kind!r}; expected one of cross-modality, {', '.join(SYSTEM_TABLE_FILES)}")
+        raise ValueError(
+            f"unknown table kind {kind!r}; expected one of cross-modality, {', '.join(SYSTEM_TABLE_FILES)}"
+        )
     return read_reference_csv(SYSTEM_TABLE_FILES[kind])
 
 
@@ -89,6 +91,8 @@ def ordered_methods(methods: list[str], order: list[str] | None = None, later=fr
     known = [method for method in order if method in methods]
     others = sorted(method for method in methods if method not in order and method not in later)
     reference = followups_table()["method"].tolist()
-    late = sorted((method for method in methods if method in later and method not in order),
-                  key=lambda method: rank_in(reference, method))
+    late = sorted(
+        (method for method in methods if method in later and method not in order),
+        key=lambda method: rank_in(reference, method),
+    )
     return known + others + late

@@ -1,5 +1,6 @@
 """Runs -> cells: the latest run per seed, mean ± std over seeds, the columns a table has, and the order of its
 rows (the paper's, then later methods)."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -70,9 +71,7 @@ def split_column_name(column: str) -> tuple[str, str]:
     return backbone, dataset
 
 
-def runs_in_description_order(
-    method_runs: pd.DataFrame, result_columns: list[tuple[str, str]]
-) -> pd.DataFrame:
+def runs_in_description_order(method_runs: pd.DataFrame, result_columns: list[tuple[str, str]]) -> pd.DataFrame:
     """K400 columns (``DESCRIBED_BY``) first, then the table's column order; within a column the latest run first."""
     position = {pair: index for index, pair in enumerate(result_columns)}
 

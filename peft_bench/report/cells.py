@@ -1,5 +1,6 @@
 """What a table's cells say: numbers as text (top-1 as mean ± std, millions, GFLOPs, bytes, durations, rates), a
 method's description columns, and the cost columns ``--columns`` adds."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from peft_bench.report.aggregate import result_column_pairs, runs_in_description_order
 from peft_bench.errors import UserError
+from peft_bench.report.aggregate import result_column_pairs, runs_in_description_order
 
 DESCRIPTION_COLUMNS = ["group", "architecture", "models time", "params (M)", "GFLOPs"]
 # Where a method's description comes from (run tag -> table column).

@@ -1,5 +1,6 @@
 """Runs -> one DataFrame: the tracking store's runs (``load_runs``) or the result records' (``runs_from_records``)
 as rows of the same columns (``RUN_COLUMNS``), and which of them a table is made of (``RunSelection``)."""
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from peft_bench.config import config_digest
+from peft_bench.errors import UserError
 from peft_bench.track.records import (
     COST_METRICS,
     FoundRecords,
@@ -22,7 +24,6 @@ from peft_bench.track.records import (
     tracking_params,
 )
 from peft_bench.track.tracking import TAG_PREFIX, quiet_mlflow_logging
-from peft_bench.errors import UserError
 
 # A run is identified by these; reruns of the same key replace each other (latest_per_key).
 RUN_KEY = ["method", "backbone", "dataset", "seed"]
@@ -35,13 +36,30 @@ METRIC_COLUMNS = ["top1", "top5", "trainable_params", "gflops", "gflops_per_view
 PARAM_COLUMNS = ["recipe_hash", "versions", "num_frames"]
 # One row per run: where it is, what it is (tags), what it measured, when and how it ended.
 RUN_COLUMNS = [
-    "run_id", "experiment", *IDENTITY_TAGS, *METRIC_COLUMNS, *PROVENANCE_TAGS, *PARAM_COLUMNS, "start_time", "status",
+    "run_id",
+    "experiment",
+    *IDENTITY_TAGS,
+    *METRIC_COLUMNS,
+    *PROVENANCE_TAGS,
+    *PARAM_COLUMNS,
+    "start_time",
+    "status",
 ]
 # Config keys that say where a run's outputs go or how fast it loads, not what it computes (as
 # RunConfig.digest leaves them out), plus the seed: two seeds of one recipe share a recipe_hash.
 NOT_RECIPE_PARAMS = {
-    "seed", "config_digest", "experiment", "tracking_uri", "results_dir", "output_dir", "device", "train.num_workers",
-    "train.checkpoint_every", "decoder", "data.decoder", "data.decode_device",
+    "seed",
+    "config_digest",
+    "experiment",
+    "tracking_uri",
+    "results_dir",
+    "output_dir",
+    "device",
+    "train.num_workers",
+    "train.checkpoint_every",
+    "decoder",
+    "data.decoder",
+    "data.decode_device",
 }
 VERSION_PARAM_PREFIX = "version."
 RANDOM_INIT_SUFFIX = " (random init)"  # appended to the backbone of runs from random weights
@@ -50,9 +68,7 @@ RANDOM_INIT_SUFFIX = " (random init)"  # appended to the backbone of runs from r
 # -- reading the store ----------------------------------------------------------------------------------
 
 
-def load_runs(
-    tracking_uri: str, experiment: str | None = None, *, finished_only: bool = True
-) -> pd.DataFrame:
+def load_runs(tracking_uri: str, experiment: str | None = None, *, finished_only: bool = True) -> pd.DataFrame:
     """One row per run (columns ``RUN_COLUMNS``) of ``experiment``, or of every active experiment.
 
     Missing tags are missing values, missing metrics NaN. ``seed`` is an integer (nullable).
@@ -110,11 +126,9 @@ def runs_frame(raw: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
     random_init = frame["pretrained"] == "none"
     frame.loc[random_init, "backbone"] = frame.loc[random_init, "backbone"] + RANDOM_INIT_SUFFIX
     for name in METRIC_COLUMNS:
-        frame[name] = pd.to_numeric(column_or_missing(raw, f"metrics.{name}"), errors="coerce").astype(
-            float
-        )
+        frame[name] = pd.to_numeric(column_or_missing(raw, f"metrics.{name}"), errors="coerce").astype(float)
     params = raw[[column for column in raw.columns if column.startswith("params.")]]
-    params.columns = [column[len("params."):] for column in params.columns]
+    params.columns = [column[len("params.") :] for column in params.columns]
     frame["recipe_hash"] = [recipe_hash(row) for _, row in params.iterrows()]
     frame["versions"] = [versions_text(row) for _, row in params.iterrows()]
     frame["num_frames"] = pd.to_numeric(column_or_missing(params, "num_frames"), errors="coerce").astype("Int64")
@@ -126,8 +140,11 @@ def runs_frame(raw: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
 def runs_from_records(found: FoundRecords, experiment: str | None = None) -> pd.DataFrame:
     """The result records as ``load_runs`` gives their mlflow runs (same columns, same values), plus
     ``record_path``; only those of ``experiment`` if given. Records are of finished runs only."""
-    rows = [record_row(path, record) for path, record in found.records
-            if experiment is None or record["run"]["experiment"] == experiment]
+    rows = [
+        record_row(path, record)
+        for path, record in found.records
+        if experiment is None or record["run"]["experiment"] == experiment
+    ]
     if not rows:
         return empty_runs_frame().assign(record_path=pd.Series(dtype=object))
     raw = pd.DataFrame(rows)
@@ -140,17 +157,31 @@ def record_row(path: Path, record: dict) -> dict:
     """One record as a row of ``mlflow.search_runs`` (tags., metrics., params. columns) would hold its run."""
     result, description, environment = record["results"][0], record["description"], record["environment"]
     tags = {
-        "method": record["method"], "backbone": record["backbone"], "dataset": record["dataset"],
-        "seed": str(record["seed"]), **description, "config_hash": record["run"]["config_hash"],
+        "method": record["method"],
+        "backbone": record["backbone"],
+        "dataset": record["dataset"],
+        "seed": str(record["seed"]),
+        **description,
+        "config_hash": record["run"]["config_hash"],
         **{key: environment[key] for key in ("git_commit", "git_dirty", "device", "host")},
     }
     decoder = record["data"]["decoder"]
     if "used" in decoder:  # what the runner tags (records from before torchcodec lack it)
-        tags.update(decoder=decoder["used"], decode_device=decoder["device"], decoder_version=decoder["version"],
-                    ffmpeg=decoder["libraries"]["ffmpeg"])
-    metrics = {"top1": result["top1"], "top5": result["top5"], "trainable_params": record["params"]["trainable"],
-               "total_params": record["params"]["total"], "gflops": record["flops"]["gflops"],
-               "gflops_per_view": record["flops"]["gflops_per_view"], **cost_metrics(record)}
+        tags.update(
+            decoder=decoder["used"],
+            decode_device=decoder["device"],
+            decoder_version=decoder["version"],
+            ffmpeg=decoder["libraries"]["ffmpeg"],
+        )
+    metrics = {
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "trainable_params": record["params"]["trainable"],
+        "total_params": record["params"]["total"],
+        "gflops": record["flops"]["gflops"],
+        "gflops_per_view": record["flops"]["gflops_per_view"],
+        **cost_metrics(record),
+    }
     return {
         "run_id": record["run"]["mlflow_run_id"] or f"record:{path}",
         "experiment_id": record["run"]["experiment"],
@@ -181,9 +212,9 @@ def recipe_hash(params: pd.Series) -> str | None:
 
 
 def versions_text(params: pd.Series) -> str | None:
-    """"python 3.11.4, torch 2.5.1, ...": the library versions a run logged (``version.*`` params)."""
+    """ "python 3.11.4, torch 2.5.1, ...": the library versions a run logged (``version.*`` params)."""
     versions = [
-        f"{key[len(VERSION_PARAM_PREFIX):]} {value}"
+        f"{key[len(VERSION_PARAM_PREFIX) :]} {value}"
         for key, value in sorted(params.items())
         if key.startswith(VERSION_PARAM_PREFIX) and not pd.isna(value)
     ]
@@ -224,11 +255,13 @@ class RunSelection:
     every_run: bool = False  # unfinished runs and reruns too, instead of the latest finished run per key
 
     def describe(self) -> str:
-        parts = [f"backbone in {self.backbones}" if self.backbones else "",
-                 f"dataset in {self.datasets}" if self.datasets else "",
-                 f"commit starting with {self.commits}" if self.commits else "",
-                 f"started since {self.since}" if self.since else "",
-                 f"started until {self.until}" if self.until else ""]
+        parts = [
+            f"backbone in {self.backbones}" if self.backbones else "",
+            f"dataset in {self.datasets}" if self.datasets else "",
+            f"commit starting with {self.commits}" if self.commits else "",
+            f"started since {self.since}" if self.since else "",
+            f"started until {self.until}" if self.until else "",
+        ]
         return ", ".join(part for part in parts if part) or "no filter"
 
 
@@ -289,8 +322,10 @@ def selected_runs(uri: str, experiment: str | None, selection: RunSelection) -> 
     client = MlflowClient(uri)
     if experiment is not None and not experiment_names_by_id(client, experiment):
         known = sorted(experiment_names_by_id(client, None).values())
-        raise UserError(f"no experiment '{experiment}' in {uri}; it has: {', '.join(known) or 'none'} "
-                         "(--experiment NAME, or --all-experiments)")
+        raise UserError(
+            f"no experiment '{experiment}' in {uri}; it has: {', '.join(known) or 'none'} "
+            "(--experiment NAME, or --all-experiments)"
+        )
     runs = load_runs(uri, experiment, finished_only=not selection.every_run)
     where = f"{uri}" + (f" (experiment '{experiment}')" if experiment else "")
     if runs.empty:
@@ -306,8 +341,13 @@ def selected_records(folder: Path, experiment: str | None, selection: RunSelecti
     where = f"the records under {folder}" + (f" (experiment '{experiment}')" if experiment else "")
     if runs.empty:
         experiments = sorted({record["run"]["experiment"] for _, record in found.records})
-        hint = f"; they are of experiments {', '.join(experiments)} (--experiment NAME, or --all-experiments)" \
-            if experiments else f"; {len(found.skipped)} skipped as unusable" if found.skipped else ""
+        hint = (
+            f"; they are of experiments {', '.join(experiments)} (--experiment NAME, or --all-experiments)"
+            if experiments
+            else f"; {len(found.skipped)} skipped as unusable"
+            if found.skipped
+            else ""
+        )
         raise UserError(f"no result record in {where}{hint}")
     return filtered(runs, where, selection)
 

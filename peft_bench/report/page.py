@@ -7,6 +7,7 @@ sortable by every column and filtered by backbone, dataset, group and commit; th
 from its row; and the table's provenance footer. The same runs give the same cells as ``peft-bench
 table`` (``report/table.py`` computes both).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 PAGE_NAME = "index.html"
 RECORDS_FOLDER = "records"
 TITLE = "peft-bench leaderboard"
-FILTERS = (("backbone", "backbone", False), ("dataset", "dataset", False), ("group", "group", False),
-           ("commit", "commits", True))  # (label, row attribute, several values per row)
+FILTERS = (
+    ("backbone", "backbone", False),
+    ("dataset", "dataset", False),
+    ("group", "group", False),
+    ("commit", "commits", True),
+)  # (label, row attribute, several values per row)
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -78,7 +83,9 @@ def mean_over_seeds(metric: str) -> Callable[[pd.DataFrame], tuple[str, float | 
     return cell
 
 
-def mean_formatted(metric: str, format_value: Callable[[float], str]) -> Callable[[pd.DataFrame], tuple[str, float | None]]:
+def mean_formatted(
+    metric: str, format_value: Callable[[float], str]
+) -> Callable[[pd.DataFrame], tuple[str, float | None]]:
     def cell(runs: pd.DataFrame) -> tuple[str, float | None]:
         values = runs[metric].dropna() if metric in runs else pd.Series(dtype=float)
         return (format_value(values.mean()), float(values.mean())) if len(values) else ("", None)
@@ -104,8 +111,9 @@ COLUMNS = [
 # -- the page ---------------------------------------------------------------------------------------
 
 
-def write_site(runs: pd.DataFrame, out: Path, records: dict[str, Path], every_run: bool = False,
-               source: str = "") -> Path:
+def write_site(
+    runs: pd.DataFrame, out: Path, records: dict[str, Path], every_run: bool = False, source: str = ""
+) -> Path:
     """The leaderboard of ``runs`` in ``out`` (index.html, the plots, records/); returns the page's path.
 
     ``records`` maps a run id to its result record file (runs without one get no link).
@@ -117,23 +125,30 @@ def write_site(runs: pd.DataFrame, out: Path, records: dict[str, Path], every_ru
     links = copy_records(used, records, out)
     rows = cell_rows(used, report.cells.index.tolist())
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    made = (f"generated {generated} from {source}; records follow the result schema version {SCHEMA_VERSION} "
-            "(docs/result-schema.md)")
-    footer = ([f'<li class="warning"><strong>warning</strong>: {html.escape(text)}</li>' for text in report.warnings]
-              + [f"<li>{html.escape(text)}</li>" for text in [*report.notes, made]])
-    page = fill(TEMPLATE.read_text(encoding="utf-8"), {
-        "title": html.escape(TITLE),
-        "lead": html.escape(
-            "Top-1 (%) measured with peft-bench: one row per cell of the cross-modality table (method, backbone, "
-            "dataset), mean ± sample std over seeds (n = seeds), cost as the mean over the same runs. Click a "
-            "column's name to sort; choose a backbone, dataset, group or commit to filter. The run links open "
-            "each run's result record."),
-        "filters": filter_controls(rows),
-        "table": leaderboard_table(rows, links),
-        "plots": plot_images(runs, out, every_run),
-        "paper_layout": report.cells.to_html(escape=True, na_rep=""),
-        "footer": "\n".join(footer),
-    })
+    made = (
+        f"generated {generated} from {source}; records follow the result schema version {SCHEMA_VERSION} "
+        "(docs/result-schema.md)"
+    )
+    footer = [f'<li class="warning"><strong>warning</strong>: {html.escape(text)}</li>' for text in report.warnings] + [
+        f"<li>{html.escape(text)}</li>" for text in [*report.notes, made]
+    ]
+    page = fill(
+        TEMPLATE.read_text(encoding="utf-8"),
+        {
+            "title": html.escape(TITLE),
+            "lead": html.escape(
+                "Top-1 (%) measured with peft-bench: one row per cell of the cross-modality table (method, backbone, "
+                "dataset), mean ± sample std over seeds (n = seeds), cost as the mean over the same runs. Click a "
+                "column's name to sort; choose a backbone, dataset, group or commit to filter. The run links open "
+                "each run's result record."
+            ),
+            "filters": filter_controls(rows),
+            "table": leaderboard_table(rows, links),
+            "plots": plot_images(runs, out, every_run),
+            "paper_layout": report.cells.to_html(escape=True, na_rep=""),
+            "footer": "\n".join(footer),
+        },
+    )
     page_path = out / PAGE_NAME
     page_path.write_text(page, encoding="utf-8")
     return page_path
@@ -152,8 +167,9 @@ def cell_rows(used: pd.DataFrame, method_order: list[str]) -> list[pd.DataFrame]
     """The runs of each cell, in the table's row order, then by backbone and dataset."""
     position = {method: index for index, method in enumerate(method_order)}
     cells = used.groupby(["method", "backbone", "dataset"], sort=False)
-    keys = sorted(cells.groups, key=lambda key: (position.get(key[0], len(position)), str(key[0]),
-                                                 str(key[1]), str(key[2])))
+    keys = sorted(
+        cells.groups, key=lambda key: (position.get(key[0], len(position)), str(key[0]), str(key[1]), str(key[2]))
+    )
     return [cells.get_group(key) for key in keys]
 
 
@@ -169,10 +185,14 @@ def filter_controls(rows: list[pd.DataFrame]) -> str:
             text = row_attribute(runs, attribute)
             values.update(text.split(" ") if several else [text])
         options = ['<option value="">all</option>'] + [
-            f'<option value="{html.escape(value)}">{html.escape(value)}</option>' for value in sorted(values - {""})]
+            f'<option value="{html.escape(value)}">{html.escape(value)}</option>' for value in sorted(values - {""})
+        ]
         multi = " data-multi" if several else ""
-        controls.append(f'<label>{html.escape(label)} <select data-filter="{attribute}"{multi}>'
-                        + "".join(options) + "</select></label>")
+        controls.append(
+            f'<label>{html.escape(label)} <select data-filter="{attribute}"{multi}>'
+            + "".join(options)
+            + "</select></label>"
+        )
     return "\n".join(controls)
 
 
@@ -183,23 +203,30 @@ def row_attribute(runs: pd.DataFrame, attribute: str) -> str:
 
 
 def leaderboard_table(rows: list[pd.DataFrame], links: dict[str, str]) -> str:
-    header = "".join(f'<th data-type="{"number" if column.numeric else "text"}"><button type="button">'
-                     f"{html.escape(column.label)}</button></th>" for column in COLUMNS)
+    header = "".join(
+        f'<th data-type="{"number" if column.numeric else "text"}"><button type="button">'
+        f"{html.escape(column.label)}</button></th>"
+        for column in COLUMNS
+    )
     header += "<th>runs (records)</th><th>commit</th>"
     body = []
     for runs in rows:
-        attributes = " ".join(f'data-{attribute}="{html.escape(row_attribute(runs, attribute))}"'
-                              for _, attribute, _ in FILTERS)
+        attributes = " ".join(
+            f'data-{attribute}="{html.escape(row_attribute(runs, attribute))}"' for _, attribute, _ in FILTERS
+        )
         cells = []
         for column in COLUMNS:
             text, key = column.cell(runs)
             sort = f' data-sort="{key!r}"' if key is not None else (' data-sort=""' if column.numeric else "")
-            cells.append(f'<td{" class=num" if column.numeric else ""}{sort}>{html.escape(text)}</td>')
+            cells.append(f"<td{' class=num' if column.numeric else ''}{sort}>{html.escape(text)}</td>")
         cells.append(f'<td class="runs">{run_links(runs, links)}</td>')
         cells.append(f"<td>{html.escape(' '.join(short_commits(runs)))}</td>")
         body.append(f"<tr {attributes}>" + "".join(cells) + "</tr>")
-    return (f'<table id="leaderboard">\n<thead><tr>{header}</tr></thead>\n<tbody>\n'
-            + "\n".join(body) + "\n</tbody>\n</table>")
+    return (
+        f'<table id="leaderboard">\n<thead><tr>{header}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody>\n</table>"
+    )
 
 
 def run_links(runs: pd.DataFrame, links: dict[str, str]) -> str:
@@ -207,8 +234,9 @@ def run_links(runs: pd.DataFrame, links: dict[str, str]) -> str:
     for run in runs.sort_values("seed", kind="stable").itertuples(index=False):
         label = f"s{run.seed}" if not pd.isna(run.seed) else "run"
         href = links.get(str(run.run_id))
-        parts.append(f'<a href="{html.escape(href)}">{label}</a>' if href
-                     else f'<span title="no result record">{label}</span>')
+        parts.append(
+            f'<a href="{html.escape(href)}">{label}</a>' if href else f'<span title="no result record">{label}</span>'
+        )
     return "".join(parts)
 
 
@@ -224,10 +252,12 @@ def plot_images(runs: pd.DataFrame, out: Path, every_run: bool) -> str:
             parts.append(f"<p>No plot against {html.escape(PARETO_AXES[x].label)}: {html.escape(str(err))}.</p>")
             continue
         svg = next(path for path in paths if path.suffix == ".svg")
-        parts.append(f'<figure><img src="{svg.name}" alt="top-1 against {html.escape(PARETO_AXES[x].label)}, '
-                     f'one panel per backbone and dataset"><figcaption>top-1 against '
-                     f"{html.escape(PARETO_AXES[x].label)}; the dashed line is the front of the measured methods, "
-                     "hollow markers (where the paper reports this cost) are its figures</figcaption></figure>")
+        parts.append(
+            f'<figure><img src="{svg.name}" alt="top-1 against {html.escape(PARETO_AXES[x].label)}, '
+            f'one panel per backbone and dataset"><figcaption>top-1 against '
+            f"{html.escape(PARETO_AXES[x].label)}; the dashed line is the front of the measured methods, "
+            "hollow markers (where the paper reports this cost) are its figures</figcaption></figure>"
+        )
     return "\n".join(parts)
 
 
@@ -289,14 +319,29 @@ def screenshot(page: Path, out: Path, width: int = 1400, height: int = 1700) -> 
     """The page as headless Chromium shows it (``--screenshot``), at width x height pixels."""
     browser = find_chromium()
     if browser is None:
-        raise FileNotFoundError("no Chromium to take the screenshot with (chromium, chromium-browser or "
-                                "google-chrome on PATH, or PEFT_BENCH_CHROMIUM=/path/to/browser)")
+        raise FileNotFoundError(
+            "no Chromium to take the screenshot with (chromium, chromium-browser or "
+            "google-chrome on PATH, or PEFT_BENCH_CHROMIUM=/path/to/browser)"
+        )
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={out}",
-                        Path(page).resolve().as_uri()], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--screenshot={out}",
+                Path(page).resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     return out
 
 

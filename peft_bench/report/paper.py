@@ -1,6 +1,7 @@
 """The paper beside the measurements: the paper's and the later methods' authors' figures in columns labelled
 as theirs (``--with-paper``), and the paper's system-level tables with this harness's runs as extra rows
 (``--kind k400|ssv2``). The reported figures themselves are ``peft_bench.reference``'s."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -118,18 +119,20 @@ def system_table(
     chosen with --dataset). Returns the text table (index ``model``) and the numbers behind top-1/top-5.
     """
     paper = system_paper_table(kind)
-    reported = pd.DataFrame({
-        "model": paper["model"],
-        "group": paper["group"],
-        "pre-training": paper["pretrain"].fillna(""),
-        "frames × crops × clips": [
-            views_text(*views) for views in zip(paper["frames"], paper["crops"], paper["clips"])
-        ],
-        "GFLOPs": paper["gflops"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
-        "top-1": paper["top1"].map(format_reported),
-        "top-5": paper["top5"].map(format_reported),
-        "source": REPORTED,
-    })
+    reported = pd.DataFrame(
+        {
+            "model": paper["model"],
+            "group": paper["group"],
+            "pre-training": paper["pretrain"].fillna(""),
+            "frames × crops × clips": [
+                views_text(*views) for views in zip(paper["frames"], paper["crops"], paper["clips"])
+            ],
+            "GFLOPs": paper["gflops"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+            "top-1": paper["top1"].map(format_reported),
+            "top-5": paper["top5"].map(format_reported),
+            "source": REPORTED,
+        }
+    )
     numbers = pd.DataFrame({"top-1": paper["top1"].to_numpy(), "top-5": paper["top5"].to_numpy()})
     measured, measured_numbers = measured_system_rows(system_runs(runs, kind, every_run, any_dataset))
     cells = pd.concat([reported, measured], ignore_index=True)
@@ -163,18 +166,21 @@ def measured_system_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     for method, backbone, dataset in keys:
         cell = cells.get_group((method, backbone, dataset))
         top1, top5 = cell["top1"].dropna(), cell["top5"].dropna()
-        rows.append({
-            "model": f"{backbone} + {method} ({dataset})",
-            "group": MEASURED_GROUP,
-            "pre-training": pretraining_name(str(backbone)),
-            "frames × crops × clips": measured_views(cell, str(dataset)),
-            "GFLOPs": format_gflops(cell["gflops"].dropna().mean()) if cell["gflops"].notna().any() else "",
-            "top-1": format_top1(top1.mean(), top1.std(), len(top1)),
-            "top-5": format_top1(top5.mean(), top5.std(), len(top5)),
-            "source": MEASURED,
-        })
-        numbers.append({"top-1": top1.mean() if len(top1) else float("nan"),
-                        "top-5": top5.mean() if len(top5) else float("nan")})
+        rows.append(
+            {
+                "model": f"{backbone} + {method} ({dataset})",
+                "group": MEASURED_GROUP,
+                "pre-training": pretraining_name(str(backbone)),
+                "frames × crops × clips": measured_views(cell, str(dataset)),
+                "GFLOPs": format_gflops(cell["gflops"].dropna().mean()) if cell["gflops"].notna().any() else "",
+                "top-1": format_top1(top1.mean(), top1.std(), len(top1)),
+                "top-5": format_top1(top5.mean(), top5.std(), len(top5)),
+                "source": MEASURED,
+            }
+        )
+        numbers.append(
+            {"top-1": top1.mean() if len(top1) else float("nan"), "top-5": top5.mean() if len(top5) else float("nan")}
+        )
     columns = ["model", *SYSTEM_COLUMNS]
     return pd.DataFrame(rows, columns=columns), pd.DataFrame(numbers, columns=["top-1", "top-5"], dtype=float)
 

@@ -11,6 +11,7 @@ markers where they report both a top-1 and a trainable-parameter count (against 
 ViT-B/16 on K400 or SSv2). Every marker carries a ``gid`` ("measured:<method>", "paper:<method>" or
 "authors:<method>"), the front "front", so that tests and other tools can find them in the figure or the SVG.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,23 +23,23 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from peft_bench.data.specs import paper_dataset  # noqa: E402
-from peft_bench.method_api.registry import LATER_METHODS  # noqa: E402
-from peft_bench.reference import (  # noqa: E402
+from peft_bench.data.specs import paper_dataset
+from peft_bench.errors import UserError
+from peft_bench.method_api.registry import LATER_METHODS
+from peft_bench.reference import (
     followups_table,
     ordered_methods,
     paper_method_order,
     paper_table,
     system_paper_table,
 )
-from peft_bench.report.aggregate import benchmark_runs, column_name  # noqa: E402
-from peft_bench.report.paper import authors_column, paper_column  # noqa: E402
-from peft_bench.errors import UserError
+from peft_bench.report.aggregate import benchmark_runs, column_name
+from peft_bench.report.paper import authors_column, paper_column
 
 MARKERS = "osD^v<>pP*Xh"
 PANEL_SIZE = (4.2, 3.4)  # inches
@@ -63,14 +64,19 @@ class CostAxis:
     reported: Callable[[str, str], list[Point]] = lambda backbone, dataset: []
 
 
-def measured_points(runs: pd.DataFrame, metric: str = "trainable_params",
-                    scale: float = 1.0) -> dict[tuple[str, str], list[Point]]:
+def measured_points(
+    runs: pd.DataFrame, metric: str = "trainable_params", scale: float = 1.0
+) -> dict[tuple[str, str], list[Point]]:
     """(backbone, dataset) -> one point per method: mean top-1 over its runs and their mean ``metric``."""
     panels: dict[tuple[str, str], list[Point]] = {}
     scored = runs.dropna(subset=["top1", metric])
     for (method, backbone, dataset), cell in scored.groupby(["method", "backbone", "dataset"], sort=True):
-        point = Point(str(method), float(cell[metric].mean()) * scale, float(cell["top1"].mean()),
-                      float(cell["top1"].std()) if len(cell) > 1 else math.nan)
+        point = Point(
+            str(method),
+            float(cell[metric].mean()) * scale,
+            float(cell["top1"].mean()),
+            float(cell["top1"].std()) if len(cell) > 1 else math.nan,
+        )
         panels.setdefault((str(backbone), str(dataset)), []).append(point)
     return panels
 
@@ -81,8 +87,10 @@ def paper_points(backbone: str, dataset: str) -> list[Point]:
     if column is None:
         return []
     paper = paper_table().dropna(subset=[column, "params_m"])
-    return [Point(str(row.method), float(row.params_m) * 1e6, float(getattr(row, column)))
-            for row in paper.itertuples(index=False)]
+    return [
+        Point(str(row.method), float(row.params_m) * 1e6, float(getattr(row, column)))
+        for row in paper.itertuples(index=False)
+    ]
 
 
 def authors_points(backbone: str, dataset: str, later: set[str]) -> list[Point]:
@@ -91,10 +99,11 @@ def authors_points(backbone: str, dataset: str, later: set[str]) -> list[Point]:
     if column is None:
         return []
     reported = followups_table().dropna(subset=[column, "params_m"])
-    return [Point(str(row.method), float(row.params_m) * 1e6, float(getattr(row, column)))
-            for row in reported.itertuples(index=False) if row.method in later]
-
-
+    return [
+        Point(str(row.method), float(row.params_m) * 1e6, float(getattr(row, column)))
+        for row in reported.itertuples(index=False)
+        if row.method in later
+    ]
 
 
 # The paper's system-table rows that are one of this harness's methods on one of its backbones (CLIP
@@ -113,9 +122,11 @@ def paper_gflops_points(backbone: str, dataset: str) -> list[Point]:
     if kind is None:
         return []
     rows = system_paper_table(kind).set_index("model")
-    return [Point(method, float(rows.loc[model, "gflops"]), float(rows.loc[model, "top1"]))
-            for (on, method), model in PAPER_SYSTEM_ROWS.items()
-            if on == backbone and model in rows.index and rows.loc[model, "pretrain"] == "CLIP"]
+    return [
+        Point(method, float(rows.loc[model, "gflops"]), float(rows.loc[model, "top1"]))
+        for (on, method), model in PAPER_SYSTEM_ROWS.items()
+        if on == backbone and model in rows.index and rows.loc[model, "pretrain"] == "CLIP"
+    ]
 
 
 PARETO_AXES = {
@@ -176,23 +187,55 @@ def accuracy_figure(runs: pd.DataFrame, cost: CostAxis, every_run: bool, front: 
     return figure
 
 
-def draw_panel(axis, key: tuple[str, str], measured: list[Point], paper: list[Point],
-               styles: dict[str, tuple[str, str]], xlabel: str = "trainable parameters",
-               authors: list[Point] = ()) -> None:
+def draw_panel(
+    axis,
+    key: tuple[str, str],
+    measured: list[Point],
+    paper: list[Point],
+    styles: dict[str, tuple[str, str]],
+    xlabel: str = "trainable parameters",
+    authors: list[Point] = (),
+) -> None:
     for point in paper:
         marker, colour = styles[point.method]
-        axis.plot([point.x], [point.top1], linestyle="none", marker=marker, markersize=8,
-                  markerfacecolor="none", markeredgecolor=colour, gid=f"paper:{point.method}")
+        axis.plot(
+            [point.x],
+            [point.top1],
+            linestyle="none",
+            marker=marker,
+            markersize=8,
+            markerfacecolor="none",
+            markeredgecolor=colour,
+            gid=f"paper:{point.method}",
+        )
     for point in authors:
         marker, colour = styles[point.method]
-        axis.plot([point.x], [point.top1], linestyle="none", marker=marker, markersize=11,
-                  markerfacecolor="none", markeredgecolor=colour, markeredgewidth=1.8, gid=f"authors:{point.method}")
+        axis.plot(
+            [point.x],
+            [point.top1],
+            linestyle="none",
+            marker=marker,
+            markersize=11,
+            markerfacecolor="none",
+            markeredgecolor=colour,
+            markeredgewidth=1.8,
+            gid=f"authors:{point.method}",
+        )
     for point in measured:
         marker, colour = styles[point.method]
         if not math.isnan(point.std):
             axis.errorbar([point.x], [point.top1], yerr=[point.std], fmt="none", ecolor=colour, capsize=2)
-        axis.plot([point.x], [point.top1], linestyle="none", marker=marker, markersize=8,
-                  color=colour, markeredgecolor="black", markeredgewidth=0.5, gid=f"measured:{point.method}")
+        axis.plot(
+            [point.x],
+            [point.top1],
+            linestyle="none",
+            marker=marker,
+            markersize=8,
+            color=colour,
+            markeredgecolor="black",
+            markeredgewidth=0.5,
+            gid=f"measured:{point.method}",
+        )
     axis.set_xscale("log")
     axis.set_title(column_name(*key), fontsize=10)
     axis.set_xlabel(xlabel)
@@ -202,22 +245,64 @@ def draw_panel(axis, key: tuple[str, str], measured: list[Point], paper: list[Po
 
 def draw_front(axis, front: list[Point]) -> None:
     """The front as a staircase: from each front point the best top-1 holds until a cheaper-to-beat one."""
-    axis.plot([p.x for p in front], [p.top1 for p in front], drawstyle="steps-post", color="black",
-              linewidth=1, linestyle="--", alpha=0.6, zorder=0, gid="front")
+    axis.plot(
+        [p.x for p in front],
+        [p.top1 for p in front],
+        drawstyle="steps-post",
+        color="black",
+        linewidth=1,
+        linestyle="--",
+        alpha=0.6,
+        zorder=0,
+        gid="front",
+    )
 
 
-def add_legend(figure: Figure, styles: dict[str, tuple[str, str]], has_paper: bool, has_front: bool = False,
-               later: set[str] = frozenset(), has_authors: bool = False) -> None:
-    handles = [Line2D([], [], linestyle="none", marker=marker, color=colour,
-                      label=f"{method} (later method)" if method in later else method)
-               for method, (marker, colour) in styles.items()]
+def add_legend(
+    figure: Figure,
+    styles: dict[str, tuple[str, str]],
+    has_paper: bool,
+    has_front: bool = False,
+    later: set[str] = frozenset(),
+    has_authors: bool = False,
+) -> None:
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker=marker,
+            color=colour,
+            label=f"{method} (later method)" if method in later else method,
+        )
+        for method, (marker, colour) in styles.items()
+    ]
     handles.append(Line2D([], [], linestyle="none", marker="o", color="grey", label="measured here"))
     if has_paper:
-        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
-                              markeredgecolor="grey", label="paper (reported)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor="grey",
+                label="paper (reported)",
+            )
+        )
     if has_authors:
-        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgewidth=1.8,
-                              markeredgecolor="grey", label="later method's authors (reported)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markerfacecolor="none",
+                markeredgewidth=1.8,
+                markeredgecolor="grey",
+                label="later method's authors (reported)",
+            )
+        )
     if has_front:
         handles.append(Line2D([], [], linestyle="--", color="black", alpha=0.6, label="Pareto front (measured)"))
     figure.legend(handles=handles, loc="upper center", ncol=min(len(handles), 7), fontsize=8, frameon=False)

@@ -8,6 +8,7 @@ Methods published after the paper (group ``Later methods``) come after the paper
 figures appear only in columns labelled as the authors'. Rendering is ``table_output``'s job, the footer
 ``provenance``'s, the figures ``plot``'s. This module puts them together, and is the command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,17 +98,16 @@ def cross_modality_table(
         described = runs_in_description_order(runs[runs["method"] == method], result_columns)
         table.loc[method, DESCRIPTION_COLUMNS] = describe_method(described)
     for cell in seed_statistics(runs, every_run=True).itertuples(index=False):  # runs: already reduced
-        table.loc[cell.method, column_name(cell.backbone, cell.dataset)] = format_top1(
-            cell.mean, cell.std, cell.n
-        )
+        table.loc[cell.method, column_name(cell.backbone, cell.dataset)] = format_top1(cell.mean, cell.std, cell.n)
     return table
 
 
 # -- reports: cells, numbers and footer -----------------------------------------------------------------
 
 
-def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_paper: bool = False,
-                          columns: list[str] | None = None) -> TableReport:
+def cross_modality_report(
+    runs: pd.DataFrame, every_run: bool = False, with_paper: bool = False, columns: list[str] | None = None
+) -> TableReport:
     """The cross-modality table of ``runs`` with its provenance footer (and the paper beside it); ``columns``
     names cost columns to add (``COST_COLUMNS``)."""
     used = benchmark_runs(runs, every_run)
@@ -117,20 +117,28 @@ def cross_modality_report(runs: pd.DataFrame, every_run: bool = False, with_pape
     if with_paper:
         table, matched = with_paper_columns(table, means)
         if matched:
-            notes.append(f"columns marked paper: figures reported by {PAPER_SOURCE} "
-                         "(peft_bench/reference/paper_cross_modality.csv), not measured here; Δ = measured mean − paper")
+            notes.append(
+                f"columns marked paper: figures reported by {PAPER_SOURCE} "
+                "(peft_bench/reference/paper_cross_modality.csv), not measured here; Δ = measured mean − paper"
+            )
         authors = any(str(column).endswith(" authors") for column in table.columns)
         if authors:
-            notes.append(f"columns marked authors: figures reported by each later method's authors "
-                         f"({FOLLOWUPS_SOURCE}), not measured here; for those rows Δ = measured mean − authors")
+            notes.append(
+                f"columns marked authors: figures reported by each later method's authors "
+                f"({FOLLOWUPS_SOURCE}), not measured here; for those rows Δ = measured mean − authors"
+            )
         if not matched and not authors:
-            notes.append("--with-paper: no column has a paper figure (the paper reports clip_vitb16 and in21k_vitb16 "
-                         "on k400 and ssv2 only)")
+            notes.append(
+                "--with-paper: no column has a paper figure (the paper reports clip_vitb16 and in21k_vitb16 "
+                "on k400 and ssv2 only)"
+            )
     notes.append(cell_legend(every_run))
     if columns:
         table = with_cost_columns(table, used, columns)
-        notes.append("cost columns: mean over the seeds of the cell the params come from; peak memory is the GPU's "
-                     "allocated peak, or the CPU's peak resident set")
+        notes.append(
+            "cost columns: mean over the seeds of the cell the params come from; peak memory is the GPU's "
+            "allocated peak, or the CPU's peak resident set"
+        )
     found = provenance(used)
     return TableReport(
         cells=table,
@@ -149,8 +157,10 @@ def counted_as(every_run: bool) -> str:
 
 
 def cell_legend(every_run: bool) -> str:
-    return (f"top-1 cells: mean ± sample std {counted_as(every_run)}; "
-            "params (M) and GFLOPs from the K400 run where there is one")
+    return (
+        f"top-1 cells: mean ± sample std {counted_as(every_run)}; "
+        "params (M) and GFLOPs from the K400 run where there is one"
+    )
 
 
 def measured_row_legend(every_run: bool) -> str:
@@ -162,8 +172,10 @@ def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_da
     cells, numbers = system_table(runs, kind, every_run, any_dataset)
     used = system_runs(runs, kind, every_run, any_dataset)
     name = paper_dataset_label(kind)
-    notes = [f"rows '{REPORTED}': {PAPER_SOURCE} (peft_bench/reference/{SYSTEM_TABLE_FILES[kind]}); "
-             f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"]
+    notes = [
+        f"rows '{REPORTED}': {PAPER_SOURCE} (peft_bench/reference/{SYSTEM_TABLE_FILES[kind]}); "
+        f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"
+    ]
     if used.empty:
         notes.append(f"no run on {kind} matched: only the paper's rows are shown")
     elif not on_dataset_of(used, kind).all():
@@ -202,38 +214,59 @@ def write_table(table: pd.DataFrame, results_dir: Path) -> Path:
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     """``peft-bench table``'s own flags (the tracking flags are cli.py's)."""
-    parser.add_argument("--kind", choices=TABLE_KINDS, default="cross-modality",
-                        help="cross-modality (default): the paper's benchmark table; k400, ssv2: the paper's "
-                             "system-level tables with this harness's runs as extra rows")
+    parser.add_argument(
+        "--kind",
+        choices=TABLE_KINDS,
+        default="cross-modality",
+        help="cross-modality (default): the paper's benchmark table; k400, ssv2: the paper's "
+        "system-level tables with this harness's runs as extra rows",
+    )
     parser.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default markdown)")
     parser.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
-    parser.add_argument("--with-paper", action="store_true",
-                        help="the paper's figure and the difference beside each cell it reports")
+    parser.add_argument(
+        "--with-paper", action="store_true", help="the paper's figure and the difference beside each cell it reports"
+    )
     add_selection_arguments(parser)
-    parser.add_argument("--columns", metavar="NAMES",
-                        help="cost columns to add after GFLOPs, comma-separated: " + ", ".join(COST_COLUMNS)
-                             + " (cost: all of them; clips/s: both speeds)")
-    parser.add_argument("--plot", metavar="KIND_OR_OUT",
-                        help="also draw a figure as PNG and SVG: 'pareto' (top-1 against the cost --x, the front "
-                             "drawn), 'figure1', or a path OUT for Figure 1 as OUT.png and OUT.svg")
-    parser.add_argument("--x", choices=PARETO_COSTS, default="params",
-                        help="the cost of a Pareto plot (default params)")
-    parser.add_argument("--plot-out", metavar="OUT",
-                        help="where --plot writes (default: pareto_<x> or figure1 in the working directory)")
+    parser.add_argument(
+        "--columns",
+        metavar="NAMES",
+        help="cost columns to add after GFLOPs, comma-separated: "
+        + ", ".join(COST_COLUMNS)
+        + " (cost: all of them; clips/s: both speeds)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="KIND_OR_OUT",
+        help="also draw a figure as PNG and SVG: 'pareto' (top-1 against the cost --x, the front "
+        "drawn), 'figure1', or a path OUT for Figure 1 as OUT.png and OUT.svg",
+    )
+    parser.add_argument(
+        "--x", choices=PARETO_COSTS, default="params", help="the cost of a Pareto plot (default params)"
+    )
+    parser.add_argument(
+        "--plot-out",
+        metavar="OUT",
+        help="where --plot writes (default: pareto_<x> or figure1 in the working directory)",
+    )
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """Where runs are read from and which of them count (``table`` and ``report``)."""
-    parser.add_argument("--records", metavar="DIR",
-                        help="read the result records under DIR (recursively) instead of the tracking store")
+    parser.add_argument(
+        "--records", metavar="DIR", help="read the result records under DIR (recursively) instead of the tracking store"
+    )
     parser.add_argument("--backbone", help="only runs on these backbones (comma-separated)")
     parser.add_argument("--dataset", help="only runs on these datasets (comma-separated)")
     parser.add_argument("--commit", help="only runs of commits starting with these prefixes (comma-separated)")
     parser.add_argument("--since", help="only runs started at or after this date or time (ISO, UTC)")
     parser.add_argument("--until", help="only runs started at or before this date (the whole day) or time")
-    parser.add_argument("--all", dest="every_run", action="store_true",
-                        help="every run, reruns and unfinished ones included (default: the latest finished "
-                             "run per method, backbone, dataset and seed)")
+    parser.add_argument(
+        "--all",
+        dest="every_run",
+        action="store_true",
+        help="every run, reruns and unfinished ones included (default: the latest finished "
+        "run per method, backbone, dataset and seed)",
+    )
     parser.add_argument("--all-experiments", action="store_true", help="read runs of every experiment")
 
 
@@ -280,8 +313,12 @@ def selection_from(args: argparse.Namespace) -> RunSelection:
         if text:
             date_bound(text, flag)  # a typo in a date is an error before any reading
     return RunSelection(
-        backbones=comma_list(args.backbone), datasets=comma_list(args.dataset), commits=comma_list(args.commit),
-        since=args.since, until=args.until, every_run=args.every_run,
+        backbones=comma_list(args.backbone),
+        datasets=comma_list(args.dataset),
+        commits=comma_list(args.commit),
+        since=args.since,
+        until=args.until,
+        every_run=args.every_run,
     )
 
 

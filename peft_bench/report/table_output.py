@@ -5,6 +5,7 @@ where a best value means something (for the bold in LaTeX), and the footer: note
 provenance) and warnings. CSV carries the cells only, so that it stays machine-readable; every other
 format carries the footer too.
 """
+
 from __future__ import annotations
 
 import html

@@ -138,6 +138,7 @@ class Journal:
 
 # --- sending entries to mlflow ----------------------------------------------------------------------
 
+
 def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     try:
         return get_or_create_experiment(client, uri, name)
@@ -281,13 +282,18 @@ def sync_unsent(run_dirs: Iterable[Path]) -> tuple[int, int]:
         try:
             sent += sync_run_dir(run_dir)
         except Exception as err:  # the docstring says why: its records stay in the journal
-            log.warning("%s: results not sent to tracking yet (%s); `peft-bench sync %s` sends them",
-                        Path(run_dir).name, err, run_dir)
+            log.warning(
+                "%s: results not sent to tracking yet (%s); `peft-bench sync %s` sends them",
+                Path(run_dir).name,
+                err,
+                run_dir,
+            )
             left += 1
     return sent, left
 
 
 # --- the tracker -------------------------------------------------------------------------------------
+
 
 class JournaledTracker:
     """One mlflow run, as a context manager: the journal first, mlflow from a background thread.
@@ -303,8 +309,15 @@ class JournaledTracker:
     was never reached; without them a new journal starts, and an older one is kept beside it and sent too.
     """
 
-    def __init__(self, run_dir: Path, tracking_uri: str, experiment: str, run_name: str,
-                 resume_run_id: str | None = None, resume: bool = False):
+    def __init__(
+        self,
+        run_dir: Path,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str,
+        resume_run_id: str | None = None,
+        resume: bool = False,
+    ):
         self.run_dir = Path(run_dir)
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.resume = resume or resume_run_id is not None
@@ -325,8 +338,15 @@ class JournaledTracker:
         if self.journal.path.is_file() and not self.resume:
             self._keep_earlier_journal()
         if not self.journal.path.is_file():
-            self._record({"op": Op.START, "tracking_uri": self.tracking_uri, "experiment": self.experiment,
-                          "run_name": self.run_name, "time": _now_ms()})
+            self._record(
+                {
+                    "op": Op.START,
+                    "tracking_uri": self.tracking_uri,
+                    "experiment": self.experiment,
+                    "run_name": self.run_name,
+                    "time": _now_ms(),
+                }
+            )
         else:
             self._record({"op": Op.STATUS, "status": RunStatus.RUNNING})
             if any(ERROR_TAG in e.get("tags", {}) for e in self.journal.entries()):
@@ -335,8 +355,9 @@ class JournaledTracker:
         self._sender.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
         if exc_type is None:
             status = RunStatus.FINISHED
         else:
@@ -352,16 +373,26 @@ class JournaledTracker:
             self._sender.join(wait)
         if not self._reached_at_end:
             why = self._failure or f"not answering within {wait:.0f} s"
-            log.warning("%s: tracking at %s unreachable (%s); the run's records are kept in %s and "
-                        "`peft-bench sync %s` sends them", self.run_name, self.tracking_uri, why,
-                        self.journal.path, self.run_dir)
+            log.warning(
+                "%s: tracking at %s unreachable (%s); the run's records are kept in %s and "
+                "`peft-bench sync %s` sends them",
+                self.run_name,
+                self.tracking_uri,
+                why,
+                self.journal.path,
+                self.run_dir,
+            )
         return False  # never swallow the exception
 
     def _keep_earlier_journal(self) -> None:
         status = self.journal.status()
         if status is None or not status.terminal:  # killed without a word: mlflow must not show it RUNNING forever
-            self.journal.append({"op": Op.TAGS, "tags": {ERROR_TAG: "ended without a record (killed?); a new run "
-                                                                      "started in its folder"}})
+            self.journal.append(
+                {
+                    "op": Op.TAGS,
+                    "tags": {ERROR_TAG: "ended without a record (killed?); a new run started in its folder"},
+                }
+            )
             self.journal.append({"op": Op.STATUS, "status": RunStatus.KILLED, "time": _now_ms()})
         # Kept beside the new one under a name of its own; the sender sends what it still holds.
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -382,8 +413,9 @@ class JournaledTracker:
             self.journal.append(entry)
         except OSError as err:
             if not self._unjournaled:
-                log.warning("%s: cannot write %s (%s); records are sent from memory only", self.run_name,
-                            self.journal.path, err)
+                log.warning(
+                    "%s: cannot write %s (%s); records are sent from memory only", self.run_name, self.journal.path, err
+                )
             self._unjournaled.append(entry)
         self._wake.set()
 
@@ -393,8 +425,11 @@ class JournaledTracker:
                 try:
                     flush(journal)
                 except Exception as err:  # this run goes on; the earlier one waits for a sync
-                    log.warning("an earlier run in %s is not synced yet (%s); its journal is kept for "
-                                "`peft-bench sync`", self.run_dir, err)
+                    log.warning(
+                        "an earlier run in %s is not synced yet (%s); its journal is kept for `peft-bench sync`",
+                        self.run_dir,
+                        err,
+                    )
 
     def _send_loop(self) -> None:
         self._send_earlier_journals()
@@ -419,8 +454,13 @@ class JournaledTracker:
         except Exception as err:  # whatever stops the send, the records wait in the journal
             reason = f"{type(err).__name__}: {err}"
             if self._failure is None:
-                log.warning("%s: tracking unreachable (%s); recording in %s, retrying every %.0f s", self.run_name,
-                            reason, self.journal.path, RETRY_AFTER_S)
+                log.warning(
+                    "%s: tracking unreachable (%s); recording in %s, retrying every %.0f s",
+                    self.run_name,
+                    reason,
+                    self.journal.path,
+                    RETRY_AFTER_S,
+                )
             self._failure = reason
             return False
         self._failure = None
@@ -457,8 +497,9 @@ class JournaledTracker:
     def log_environment(self, device: Any = None) -> None:
         """Git state, device, host and library versions; ``device`` names the one the run uses, if known."""
         commit, dirty = git_state()
-        self.set_tags({"git_commit": commit, "git_dirty": dirty, "device": describe_device(device),
-                       "host": describe_host()})
+        self.set_tags(
+            {"git_commit": commit, "git_dirty": dirty, "device": describe_device(device), "host": describe_host()}
+        )
         self._record({"op": Op.PARAMS, "params": package_versions()})
 
     def log_dict(self, name: str, data: Mapping[str, Any]) -> None:

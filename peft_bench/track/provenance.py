@@ -5,6 +5,7 @@ Works on the runs behind a table (rows as from ``peft_bench.report.table.load_ru
 places: ``recipe_hash``) and one commit. When they do not, the mean ± std mixes different experiments,
 and the footer says so, cell by cell.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -54,9 +55,7 @@ def provenance(runs: pd.DataFrame) -> Provenance:
 
 
 def commit_lines(runs: pd.DataFrame) -> list[str]:
-    labels = [
-        commit_label(commit, dirty) for commit, dirty in zip(runs["git_commit"], runs["git_dirty"])
-    ]
+    labels = [commit_label(commit, dirty) for commit, dirty in zip(runs["git_commit"], runs["git_dirty"])]
     return counted_values(pd.Series(labels, dtype=object))
 
 
@@ -72,14 +71,13 @@ def hardware_of(runs: pd.DataFrame) -> pd.Series:
         parts = [str(value) for value in (device, host) if isinstance(value, str) and value]
         return " on ".join(parts) or None
 
-    return pd.Series(
-        [describe(device, host) for device, host in zip(runs["device"], runs["host"])], dtype=object
-    )
+    return pd.Series([describe(device, host) for device, host in zip(runs["device"], runs["host"])], dtype=object)
 
 
 def decoding_of(runs: pd.DataFrame) -> pd.Series:
     """The decoder and the FFmpeg under it, per run ("av 18.1.0 on FFmpeg 8.1.2 ..."); runs from before
     these tags were recorded have none."""
+
     def describe(decoder: object, ffmpeg: object) -> str | None:
         return f"{decoder} on {ffmpeg}" if isinstance(decoder, str) and decoder else None
 
@@ -102,8 +100,10 @@ def dirty_tree_warnings(runs: pd.DataFrame) -> list[str]:
     dirty = int((runs["git_dirty"] == "yes").sum())
     if not dirty:
         return []
-    return [f"{plural(dirty, 'run')} came from a checkout with uncommitted changes: "
-            "its commit does not name the code that ran"]
+    return [
+        f"{plural(dirty, 'run')} came from a checkout with uncommitted changes: "
+        "its commit does not name the code that ran"
+    ]
 
 
 def mixed_cell_warnings(runs: pd.DataFrame) -> list[str]:

@@ -55,11 +55,19 @@ RECORD_NAME = "result.json"  # in the run folder, and the mlflow artifact's name
 METER_NAME = "meter.json"
 FLOP_CONVENTION = "1 multiply-add = 1 FLOP"
 # Metrics a record adds to its mlflow run, so that a table from mlflow and one from records agree.
-COST_METRICS = ("train_time_s", "eval_time_s", "device_hours", "train_clips_per_s", "eval_clips_per_s",
-                "peak_memory_bytes", "trainable_state_bytes")
+COST_METRICS = (
+    "train_time_s",
+    "eval_time_s",
+    "device_hours",
+    "train_clips_per_s",
+    "eval_clips_per_s",
+    "peak_memory_bytes",
+    "trainable_state_bytes",
+)
 
 
 # --- measuring a run ---------------------------------------------------------------------------------
+
 
 @dataclass
 class MeterState:
@@ -184,6 +192,7 @@ def peak_resident_bytes() -> int:
 
 # --- the data a run used -----------------------------------------------------------------------------
 
+
 def split_summary(dataset, used: int | None = None) -> dict[str, Any]:
     """Counts and the sample-list hash of one split; ``used``: the first N samples only (val_subset)."""
     samples = list(dataset.samples)
@@ -207,8 +216,9 @@ def sample_list_hash(samples: Sequence, class_names: Sequence[str]) -> str:
     """
     paths = [Path(sample.path) for sample in samples]
     root = Path(os.path.commonpath([str(path.parent) for path in paths])) if paths else Path()
-    lines = sorted(f"{path.relative_to(root).as_posix()}\t{class_names[sample.label]}"
-                   for path, sample in zip(paths, samples))
+    lines = sorted(
+        f"{path.relative_to(root).as_posix()}\t{class_names[sample.label]}" for path, sample in zip(paths, samples)
+    )
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
@@ -223,10 +233,19 @@ def decoder_description(requested: str, device: str = "cpu", tags: dict[str, str
         from peft_bench.data.decode import decoder_provenance  # it loads torch: the tables read records without
 
         provenance = decoder_provenance(requested, device)
-    libraries = {"av": _version("av"), "torchcodec": _version("torchcodec"), "decord": _version("decord"),
-                 "ffmpeg": provenance["ffmpeg"]}
-    return {"requested": requested, "used": provenance["decoder"], "version": provenance["decoder_version"],
-            "device": device, "libraries": libraries}
+    libraries = {
+        "av": _version("av"),
+        "torchcodec": _version("torchcodec"),
+        "decord": _version("decord"),
+        "ffmpeg": provenance["ffmpeg"],
+    }
+    return {
+        "requested": requested,
+        "used": provenance["decoder"],
+        "version": provenance["decoder_version"],
+        "device": device,
+        "libraries": libraries,
+    }
 
 
 def _version(package: str) -> str:
@@ -238,12 +257,29 @@ def _version(package: str) -> str:
 
 # --- the record --------------------------------------------------------------------------------------
 
-def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_id: str | None,
-                 tags: dict[str, str], protocol: dict[str, int], final: dict[str, float],
-                 trainable_params: int, total_params: int, trainable_state_bytes: int,
-                 gflops_per_view: float, input_size: int, meter: MeterState, world_size: int,
-                 splits: dict[str, dict], decoder: str, device_type: str, resident_scope: str,
-                 decode_device: str = "cpu") -> dict:
+
+def build_record(
+    *,
+    config: dict,
+    config_digest: str,
+    run_name: str,
+    mlflow_run_id: str | None,
+    tags: dict[str, str],
+    protocol: dict[str, int],
+    final: dict[str, float],
+    trainable_params: int,
+    total_params: int,
+    trainable_state_bytes: int,
+    gflops_per_view: float,
+    input_size: int,
+    meter: MeterState,
+    world_size: int,
+    splits: dict[str, dict],
+    decoder: str,
+    device_type: str,
+    resident_scope: str,
+    decode_device: str = "cpu",
+) -> dict:
     """The record of a finished run (see docs/result-schema.md) from its figures; the environment is read here."""
     logged_config = {**config, "config_digest": config_digest}  # what log_config sends to mlflow
     commit, dirty = git_state()
@@ -276,10 +312,19 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
             "pretrained": tags.get("pretrained", ""),
             "feature_cache": tags.get("feature_cache", "off"),
         },
-        "results": [{"protocol": protocol, "top1": float(final["top1"]), "top5": float(final["top5"]),
-                     "videos": int(final["clips"])}],
-        "params": {"trainable": int(trainable_params), "total": int(total_params),
-                   "trainable_state_bytes": int(trainable_state_bytes)},
+        "results": [
+            {
+                "protocol": protocol,
+                "top1": float(final["top1"]),
+                "top5": float(final["top5"]),
+                "videos": int(final["clips"]),
+            }
+        ],
+        "params": {
+            "trainable": int(trainable_params),
+            "total": int(total_params),
+            "trainable_state_bytes": int(trainable_state_bytes),
+        },
         "flops": {
             "gflops": gflops_per_view * views,
             "gflops_per_view": gflops_per_view,
@@ -319,41 +364,97 @@ def build_record(*, config: dict, config_digest: str, run_name: str, mlflow_run_
     }
 
 
-def record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str, str], counts, gflops_per_view: float,
-                        val_set, final: dict, splits: dict[str, dict], clip_sets: dict, input_size: int,
-                        world_size: int) -> dict | None:
+def record_finished_run(
+    tracker,
+    meter: RunMeter,
+    cfg,
+    *,
+    model,
+    tags: dict[str, str],
+    counts,
+    gflops_per_view: float,
+    val_set,
+    final: dict,
+    splits: dict[str, dict],
+    clip_sets: dict,
+    input_size: int,
+    world_size: int,
+) -> dict | None:
     """The end of a run: its record written beside it, logged to mlflow as an artifact with its cost metrics.
 
     A failure here is logged, never raised: the run's results are already tracked, and an error now would
     mark a finished run as failed.
     """
     try:
-        return _record_finished_run(tracker, meter, cfg, model=model, tags=tags, counts=counts,
-                                    gflops_per_view=gflops_per_view, val_set=val_set, final=final, splits=splits,
-                                    clip_sets=clip_sets, input_size=input_size, world_size=world_size)
+        return _record_finished_run(
+            tracker,
+            meter,
+            cfg,
+            model=model,
+            tags=tags,
+            counts=counts,
+            gflops_per_view=gflops_per_view,
+            val_set=val_set,
+            final=final,
+            splits=splits,
+            clip_sets=clip_sets,
+            input_size=input_size,
+            world_size=world_size,
+        )
     except Exception:  # the docstring says why
         log.exception("%s: the result record could not be written; the run's tracked results stand", cfg.run_name())
         return None
 
 
-def _record_finished_run(tracker, meter: RunMeter, cfg, *, model, tags: dict[str, str], counts, gflops_per_view: float,
-                         val_set, final: dict, splits: dict[str, dict], clip_sets: dict, input_size: int,
-                         world_size: int) -> dict:
+def _record_finished_run(
+    tracker,
+    meter: RunMeter,
+    cfg,
+    *,
+    model,
+    tags: dict[str, str],
+    counts,
+    gflops_per_view: float,
+    val_set,
+    final: dict,
+    splits: dict[str, dict],
+    clip_sets: dict,
+    input_size: int,
+    world_size: int,
+) -> dict:
     for split, dataset in clip_sets.items():
         splits[split]["decode_failures"] = int(getattr(dataset, "failed_count", 0))
     recipe = getattr(val_set, "recipe", None)
-    protocol = {"frames": cfg.num_frames, "crops": int(getattr(recipe, "test_crops", 1)),
-                "clips": int(getattr(recipe, "test_clips", 1)), "views": int(getattr(val_set, "num_views", 1))}
+    protocol = {
+        "frames": cfg.num_frames,
+        "crops": int(getattr(recipe, "test_crops", 1)),
+        "clips": int(getattr(recipe, "test_clips", 1)),
+        "views": int(getattr(val_set, "num_views", 1)),
+    }
     from peft_bench.method_api.model import trainable_state_dict  # torch: see decoder_description
 
     state_bytes = sum(t.numel() * t.element_size() for t in trainable_state_dict(model).values())
     record = build_record(
-        config=tracked_config(cfg), config_digest=cfg.digest(), run_name=cfg.run_name(), mlflow_run_id=tracker.run_id,
-        tags={key.removeprefix(TAG_PREFIX): value for key, value in tags.items()}, protocol=protocol, final=final,
-        trainable_params=counts.trainable, total_params=counts.total, trainable_state_bytes=state_bytes,
-        gflops_per_view=gflops_per_view, input_size=input_size, meter=meter.snapshot(), world_size=world_size,
-        splits=splits, decoder=cfg.data.decoder, decode_device=cfg.data.decode_device, device_type=meter.device_type,
-        resident_scope=meter.resident_scope)
+        config=tracked_config(cfg),
+        config_digest=cfg.digest(),
+        run_name=cfg.run_name(),
+        mlflow_run_id=tracker.run_id,
+        tags={key.removeprefix(TAG_PREFIX): value for key, value in tags.items()},
+        protocol=protocol,
+        final=final,
+        trainable_params=counts.trainable,
+        total_params=counts.total,
+        trainable_state_bytes=state_bytes,
+        gflops_per_view=gflops_per_view,
+        input_size=input_size,
+        meter=meter.snapshot(),
+        world_size=world_size,
+        splits=splits,
+        decoder=cfg.data.decoder,
+        decode_device=cfg.data.decode_device,
+        device_type=meter.device_type,
+        resident_scope=meter.resident_scope,
+    )
     write_record(cfg.run_dir(), record)
     tracker.log_metrics(cost_metrics(record))
     tracker.log_dict(RECORD_NAME, record)
@@ -399,8 +500,10 @@ def schema() -> dict:
 def validation_errors(record: Any) -> list[str]:
     """What is wrong with ``record`` against the schema ("path: message"); empty when it is valid."""
     validator = jsonschema.Draft202012Validator(schema())
-    return [f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
-            for error in sorted(validator.iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        for error in sorted(validator.iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 def write_record(run_dir: Path, record: dict) -> Path:
@@ -421,6 +524,7 @@ def write_json_atomically(path: Path, data: Any) -> None:
 
 
 # --- reading records back ----------------------------------------------------------------------------
+
 
 @dataclass
 class FoundRecords:
@@ -445,8 +549,10 @@ def read_records(folder: Path) -> FoundRecords:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA_ID:
             continue  # config.json, tracking-sync.json, ...: not records
         if not isinstance(data.get("schema_version"), int) or data["schema_version"] > SCHEMA_VERSION:
-            skipped.append(f"{path}: schema version {data.get('schema_version')!r}; this peft-bench reads up to "
-                           f"{SCHEMA_VERSION} (upgrade it)")
+            skipped.append(
+                f"{path}: schema version {data.get('schema_version')!r}; this peft-bench reads up to "
+                f"{SCHEMA_VERSION} (upgrade it)"
+            )
             continue
         errors = validation_errors(data)
         if errors:

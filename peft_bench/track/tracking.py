@@ -44,6 +44,7 @@ used with repeated frames); optional gflops (all test views together, as the pap
 Run status (``states.RunStatus``): FINISHED on normal exit of the tracker's block, FAILED on an exception,
 KILLED on Ctrl-C or a stop signal (SIGTERM, the preemption signal).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -104,7 +105,7 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for any other store (or an in-memory one)."""
     if not tracking_uri.startswith("sqlite:///"):  # SQLAlchemy's form: three slashes, then the path
         return None
-    path = unquote(tracking_uri[len("sqlite:///"):].split("?")[0])
+    path = unquote(tracking_uri[len("sqlite:///") :].split("?")[0])
     return None if path in ("", ":memory:") else Path(path)
 
 
@@ -140,7 +141,8 @@ def check_store(tracking_uri: str) -> None:
             f"the tracking store {path} cannot be used: {problem}. A store left half-made by a run killed while "
             f"creating it is moved aside and the next run makes a new one: `mv {path} {path}.damaged`, then "
             f"`peft-bench sync runs` (your --output-dir) sends the runs recorded in their run folders. A store made "
-            f"by an older mlflow is upgraded instead: back it up, then `mlflow db upgrade sqlite:///{path}`.")
+            f"by an older mlflow is upgraded instead: back it up, then `mlflow db upgrade sqlite:///{path}`."
+        )
     _prepared.add(path)
 
 
@@ -163,8 +165,11 @@ def _store_problem(path: Path) -> str | None:
     try:
         with contextlib.closing(_connect_read_only(path)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            version = (db.execute("SELECT version_num FROM alembic_version").fetchone()
-                       if "alembic_version" in tables else None)
+            version = (
+                db.execute("SELECT version_num FROM alembic_version").fetchone()
+                if "alembic_version" in tables
+                else None
+            )
     except sqlite3.DatabaseError as err:
         return f"it is not a readable SQLite database ({err})"
     leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
@@ -319,16 +324,14 @@ def git_state(source_dir: Path | None = None) -> tuple[str, str]:
 
 def run_git(cwd: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
-        )
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout if done.returncode == 0 else None
 
 
 def describe_device(device: Any = None) -> str:
-    """"cpu (N cores)" or the CUDA device name; ``device`` (a torch.device or str) overrides detection."""
+    """ "cpu (N cores)" or the CUDA device name; ``device`` (a torch.device or str) overrides detection."""
     wanted = str(device) if device is not None else None
     if wanted is None or wanted.startswith("cuda"):
         cuda_name = cuda_device_name(wanted)
@@ -385,7 +388,7 @@ def get_or_create_experiment(client: MlflowClient, tracking_uri: str, name: str)
 
 
 def error_tag_text(exc_type: type[BaseException], exc: BaseException | None) -> str:
-    """"DataError: ..." within mlflow's tag limit, cut in the middle: the start and the end (often the reason) stay."""
+    """ "DataError: ..." within mlflow's tag limit, cut in the middle: the start and the end (often the reason) stay."""
     text = f"{exc_type.__name__}: {exc}" if exc is not None else exc_type.__name__
     if len(text) <= MAX_ERROR_TAG_CHARS:
         return text
@@ -394,5 +397,5 @@ def error_tag_text(exc_type: type[BaseException], exc: BaseException | None) -> 
 
 
 def tag_key(key: str) -> str:
-    """"method" -> "peft_bench.method"; keys with a dot are taken as already namespaced."""
+    """ "method" -> "peft_bench.method"; keys with a dot are taken as already namespaced."""
     return key if "." in key else f"{TAG_PREFIX}{key}"

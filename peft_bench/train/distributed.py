@@ -55,8 +55,13 @@ def _submitit_environment() -> dict[str, str] | None:
         return None
     # One port per job, the same on every rank: derived from the job id.
     port = 20_000 + int("".join(c for c in str(env.job_id) if c.isdigit()) or 0) % 20_000
-    return {"RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
-            "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(port)}
+    return {
+        "RANK": str(env.global_rank),
+        "WORLD_SIZE": str(env.num_tasks),
+        "LOCAL_RANK": str(env.local_rank),
+        "MASTER_ADDR": env.hostnames[0],
+        "MASTER_PORT": str(port),
+    }
 
 
 @contextlib.contextmanager

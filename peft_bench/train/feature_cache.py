@@ -92,6 +92,7 @@ class HeadOnCachedFeatures(nn.Module):
 
 # --- keys --------------------------------------------------------------------------------------------
 
+
 def backbone_fingerprint(backbone: nn.Module) -> str:
     """Hash of the backbone's structure (its repr names every wrapper a method put in) and every weight."""
     digest = hashlib.sha256(repr(backbone).encode())
@@ -114,23 +115,43 @@ def dataset_fingerprint(dataset: Dataset) -> dict:
     for sample in dataset.samples:
         stat = Path(sample.path).stat()
         files.update(f"{sample.path}\t{sample.label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return {"samples": files.hexdigest(), "count": len(dataset.samples), "train": dataset.train,
-            "recipe": json.loads(json.dumps(dataclasses.asdict(dataset.recipe))), "transform": repr(dataset._transform),
-            "seed": dataset.seed, "decoder": dataset.decoder}
+    return {
+        "samples": files.hexdigest(),
+        "count": len(dataset.samples),
+        "train": dataset.train,
+        "recipe": json.loads(json.dumps(dataclasses.asdict(dataset.recipe))),
+        "transform": repr(dataset._transform),
+        "seed": dataset.seed,
+        "decoder": dataset.decoder,
+    }
 
 
-def entry_key(backbone_hash: str, dataset_hash: dict, epoch: int | None, dtype: str, device: torch.device,
-              reads=None, precision: str = "auto") -> str:
+def entry_key(
+    backbone_hash: str,
+    dataset_hash: dict,
+    epoch: int | None,
+    dtype: str,
+    device: torch.device,
+    reads=None,
+    precision: str = "auto",
+) -> str:
     """``epoch``: the augmentation epoch of a training copy; None for evaluation views. ``reads``: the
     model's FeatureRequest; the final tokens alone (the default) leave it out of the key, as before."""
-    description = {"version": CACHE_FORMAT_VERSION, "backbone": backbone_hash, "dataset": dataset_hash,
-                   "epoch": epoch, "dtype": dtype, "compute": resolve_precision(precision, device)}
+    description = {
+        "version": CACHE_FORMAT_VERSION,
+        "backbone": backbone_hash,
+        "dataset": dataset_hash,
+        "epoch": epoch,
+        "dtype": dtype,
+        "compute": resolve_precision(precision, device),
+    }
     if reads is not None and not reads.tokens_only:
         description["reads"] = dataclasses.asdict(reads)
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
 # --- entries on disk ---------------------------------------------------------------------------------
+
 
 @dataclass
 class CacheEntry:
@@ -150,14 +171,28 @@ def read_entry(folder: Path, key: str) -> CacheEntry:
         raise CacheEntryError(f"{folder}: {err}") from None
     if meta.get("key") != key or meta.get("version") != CACHE_FORMAT_VERSION:
         raise CacheEntryError(f"{folder}: meta.json describes another entry")
-    if list(tokens.shape) != meta.get("shape") or str(tokens.dtype) != meta.get("dtype") or labels.shape != tokens.shape[:1]:
+    if (
+        list(tokens.shape) != meta.get("shape")
+        or str(tokens.dtype) != meta.get("dtype")
+        or labels.shape != tokens.shape[:1]
+    ):
         raise CacheEntryError(f"{folder}: stored arrays do not match meta.json")
     return CacheEntry(tokens, labels.astype(np.int64), int(meta.get("failed_count", 0)), hit=True)
 
 
 @torch.no_grad()
-def write_entry(folder: Path, key: str, model: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
-                device: torch.device, batch_size: int, num_workers: int, precision: str = "auto") -> None:
+def write_entry(
+    folder: Path,
+    key: str,
+    model: nn.Module,
+    dataset: Dataset,
+    epoch: int | None,
+    dtype: str,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    precision: str = "auto",
+) -> None:
     """Run ``model``'s backbone over ``dataset`` (augmentation epoch ``epoch``) and store what its head
     reads (``pack_features``) at ``folder``."""
     if epoch is not None:
@@ -180,18 +215,26 @@ def write_entry(folder: Path, key: str, model: nn.Module, dataset: Dataset, epoc
                 out = model.pack_features(model.forward_features(video.flatten(0, 1)))
             out = out.float().view(b, v, *out.shape[1:]).cpu().numpy()
             if tokens is None:  # the token shape is known after the first batch
-                tokens = np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=NUMPY_DTYPES[dtype],
-                                                   shape=(len(dataset), *out.shape[1:]))
-            tokens[start:start + b] = out
-            labels[start:start + b] = batch["label"].numpy()
+                tokens = np.lib.format.open_memmap(
+                    tmp / "tokens.npy", mode="w+", dtype=NUMPY_DTYPES[dtype], shape=(len(dataset), *out.shape[1:])
+                )
+            tokens[start : start + b] = out
+            labels[start : start + b] = batch["label"].numpy()
             start += b
     finally:
         backbone.train(was_training)
     tokens.flush()
     np.save(tmp / "labels.npy", labels, allow_pickle=False)
     failed = getattr(dataset, "failed_count", 0)
-    meta = {"key": key, "version": CACHE_FORMAT_VERSION, "shape": list(tokens.shape), "dtype": str(tokens.dtype),
-            "epoch": epoch, "failed_count": failed, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {
+        "key": key,
+        "version": CACHE_FORMAT_VERSION,
+        "shape": list(tokens.shape),
+        "dtype": str(tokens.dtype),
+        "epoch": epoch,
+        "failed_count": failed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     del tokens
     try:
@@ -208,9 +251,18 @@ def set_augmentation_epoch(dataset: Dataset, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
-def get_or_build(cache_dir: Path, model: nn.Module, dataset: Dataset, epoch: int | None, dtype: str,
-                 device: torch.device, batch_size: int, num_workers: int, backbone_hash: str | None = None,
-                 precision: str = "auto") -> CacheEntry:
+def get_or_build(
+    cache_dir: Path,
+    model: nn.Module,
+    dataset: Dataset,
+    epoch: int | None,
+    dtype: str,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    backbone_hash: str | None = None,
+    precision: str = "auto",
+) -> CacheEntry:
     """The entry for (``model``'s backbone and what its head reads, dataset, epoch, dtype, device, precision):
     read when present, else built; an entry that cannot be read is logged and rebuilt."""
     reason = feature_cache_refusal(model)
@@ -229,12 +281,18 @@ def get_or_build(cache_dir: Path, model: nn.Module, dataset: Dataset, epoch: int
     write_entry(folder, key, model, dataset, epoch, dtype, device, batch_size, num_workers, precision)
     entry = read_entry(folder, key)
     entry.hit = False
-    log.info("feature cache: stored %s %s in %.1f s (%s)", "x".join(map(str, entry.tokens.shape)), dtype,
-             time.time() - started, folder)
+    log.info(
+        "feature cache: stored %s %s in %.1f s (%s)",
+        "x".join(map(str, entry.tokens.shape)),
+        dtype,
+        time.time() - started,
+        folder,
+    )
     return entry
 
 
 # --- datasets the runner trains and evaluates from ---------------------------------------------------
+
 
 class CachedFeatures(Dataset):
     """Items dict(tokens=float32 (V, T, L, D) or packed (V, T, S, L, D), label) read from cache entries; with several entries
@@ -274,9 +332,18 @@ class FeatureCacheReport:
         return f"on: {self.copies} augmented cop{'y' if self.copies == 1 else 'ies'} of the training set"
 
 
-def cached_datasets(model: nn.Module, train_set: Dataset, val_set: Dataset, epochs: int, speed, device: torch.device,
-                    batch_size: int, num_workers: int, cache_dir: Path | None = None, precision: str = "auto"
-                    ) -> tuple[CachedFeatures, CachedFeatures, FeatureCacheReport]:
+def cached_datasets(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    epochs: int,
+    speed,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    cache_dir: Path | None = None,
+    precision: str = "auto",
+) -> tuple[CachedFeatures, CachedFeatures, FeatureCacheReport]:
     """Training copies and evaluation views of what ``model``'s head reads, from the cache or built now."""
     started = time.time()
     cache_dir = Path(cache_dir) if cache_dir else default_feature_cache_dir()
@@ -284,8 +351,18 @@ def cached_datasets(model: nn.Module, train_set: Dataset, val_set: Dataset, epoc
     copies = min(speed.augmented_copies, epochs)  # more copies than epochs would never be read
 
     def entry(dataset, epoch):
-        return get_or_build(cache_dir, model, dataset, epoch, speed.cache_dtype, device, batch_size,
-                            num_workers, backbone_hash, precision)
+        return get_or_build(
+            cache_dir,
+            model,
+            dataset,
+            epoch,
+            speed.cache_dtype,
+            device,
+            batch_size,
+            num_workers,
+            backbone_hash,
+            precision,
+        )
 
     train_entries = [entry(train_set, epoch) for epoch in range(copies)]
     val_entry = entry(val_set, None)

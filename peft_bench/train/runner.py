@@ -39,8 +39,13 @@ from peft_bench.data.build import build_dataset
 from peft_bench.data.decode import decoder_provenance
 from peft_bench.measure.accounting import count_video_flops
 from peft_bench.method_api.checks import measures_time
-from peft_bench.method_api.model import (ParameterCount, VideoClassifier, count_parameters, load_trainable_state_dict,
-                                         trainable_state_dict)
+from peft_bench.method_api.model import (
+    ParameterCount,
+    VideoClassifier,
+    count_parameters,
+    load_trainable_state_dict,
+    trainable_state_dict,
+)
 from peft_bench.method_api.optim import make_optimizer
 from peft_bench.method_api.registry import MethodSpec, RunContext, get_method
 from peft_bench.precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
@@ -87,9 +92,13 @@ def seed_everything(seed: int) -> None:
 
 def run_context(cfg: RunConfig, num_classes: int | None = None, class_names=None) -> RunContext:
     """What the method may know about this run (its config's ``from_context`` fields are filled from it)."""
-    return RunContext(num_classes=num_classes, num_frames=cfg.num_frames, dataset=cfg.dataset,
-                      class_names=tuple(class_names) if class_names is not None else None,
-                      head_dropout=cfg.train.head_dropout)
+    return RunContext(
+        num_classes=num_classes,
+        num_frames=cfg.num_frames,
+        dataset=cfg.dataset,
+        class_names=tuple(class_names) if class_names is not None else None,
+        head_dropout=cfg.train.head_dropout,
+    )
 
 
 def build_model(cfg: RunConfig, num_classes: int, backbone=None, class_names=None) -> nn.Module:
@@ -106,6 +115,7 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: flo
     ``from_zero``: step s of the warm-up runs at s / warmup_steps of the lr, so the first at 0, as the released
     code's lr_func (main.py: epoch / warmup_epochs); otherwise at (s + 1) / warmup_steps.
     """
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step if from_zero else step + 1) / warmup_steps
@@ -121,8 +131,9 @@ def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False,
-             precision: str = "auto") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False, precision: str = "auto"
+) -> dict[str, float]:
     """Multi-view accuracy: softmax per view, then the mean over views, then top-1/top-5."""
     model.eval()
     correct1 = correct5 = seen = 0
@@ -155,13 +166,20 @@ def model_inputs(model: nn.Module, batch: dict):
     return model, batch["video"]
 
 
-def _loader(dataset, batch_size: int, cfg: RunConfig, sampler: "EpochSampler | None" = None) -> DataLoader:
+def _loader(dataset, batch_size: int, cfg: RunConfig, sampler: EpochSampler | None = None) -> DataLoader:
     """Training (with the epoch sampler; incomplete last batch dropped) or evaluation (in order, all clips)."""
     workers = getattr(dataset, "loader_workers", cfg.train.num_workers)  # cached features need none
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      persistent_workers=workers > 0, drop_last=sampler is not None,
-                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed),
-                      worker_init_fn=_leave_stop_signals_to_the_trainer)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=sampler is not None,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(cfg.seed),
+        worker_init_fn=_leave_stop_signals_to_the_trainer,
+    )
 
 
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
@@ -190,10 +208,10 @@ class EpochSampler(torch.utils.data.Sampler):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator)
         usable = self.size // self.world_size * self.world_size  # equal shares: no rank waits on another
-        return order[self.rank:usable:self.world_size].tolist()
+        return order[self.rank : usable : self.world_size].tolist()
 
     def __iter__(self):
-        return iter(self._share()[self.start:])
+        return iter(self._share()[self.start :])
 
     def __len__(self) -> int:
         return self.size // self.world_size - self.start
@@ -212,8 +230,16 @@ class EpochPosition:
 
 # --- checkpoints -------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, position: EpochPosition, run_id: str | None,
-                    scaler: torch.amp.GradScaler | None = None) -> None:
+
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    position: EpochPosition,
+    run_id: str | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
     """The trainable state, optimizer, schedule, random streams and position of a run, written atomically. (Which
     config it belongs to is its folder's name: ``RunConfig.run_dir`` holds the config digest.)"""
     state = {
@@ -298,10 +324,14 @@ def load_checkpoint(path: Path) -> dict:
     except pickle.UnpicklingError as err:
         # torch's message opens with how to turn the safety off; what it refused is further down.
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        first = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line),
-                     lines[0] if lines else type(err).__name__)
-        raise CheckpointError(f"the checkpoint {path} holds more than tensors and plain data and was refused "
-                              f"(checkpoints load with weights_only=True): {first}") from None
+        first = next(
+            (line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line),
+            lines[0] if lines else type(err).__name__,
+        )
+        raise CheckpointError(
+            f"the checkpoint {path} holds more than tensors and plain data and was refused "
+            f"(checkpoints load with weights_only=True): {first}"
+        ) from None
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"the checkpoint {path} is damaged (cut short or corrupt): {first}") from None
@@ -332,8 +362,10 @@ def resume_state(run_dir: Path) -> tuple[dict, Path] | None:
         if problems:
             log.warning("%s; resuming from the previous checkpoint, %s", problems[0], path)
         return state, path
-    raise CheckpointError(f"{'; '.join(problems)}; no readable earlier checkpoint is kept. Run without --resume to "
-                          f"start this run over (its checkpoints are replaced), or put a good {CHECKPOINT_NAME} back")
+    raise CheckpointError(
+        f"{'; '.join(problems)}; no readable earlier checkpoint is kept. Run without --resume to "
+        f"start this run over (its checkpoints are replaced), or put a good {CHECKPOINT_NAME} back"
+    )
 
 
 def checkpoint_position(state: dict) -> EpochPosition:
@@ -355,8 +387,9 @@ def rank_batch_sizes(cfg: RunConfig, world_size: int) -> tuple[int, int]:
     return micro, per_rank // micro
 
 
-def step_hook(cfg: RunConfig, save: Callable[[EpochPosition], None],
-              checkpoint_path: Path | None = None) -> Callable[[EpochPosition], None]:
+def step_hook(
+    cfg: RunConfig, save: Callable[[EpochPosition], None], checkpoint_path: Path | None = None
+) -> Callable[[EpochPosition], None]:
     """Called after every optimizer step: a checkpoint every ``checkpoint_every`` steps, and on a stop signal
     a checkpoint and then the hand-over (requeue under submitit, :class:`preemption.Preempted` otherwise)."""
     every = cfg.train.checkpoint_every
@@ -409,8 +442,10 @@ def video_problem_metrics(datasets: dict) -> dict[str, int]:
 # training (feature cache, loaders, optimizer, the data-parallel wrapper), restore a checkpoint, then, tracked:
 # start (tags, GFLOPs), train, evaluate and record. Each stage is a function of what the ones before gave.
 
-def run(cfg: RunConfig, progress: bool = True, resume: bool = False,
-        report: Callable[[int, int], None] | None = None) -> RunResult:
+
+def run(
+    cfg: RunConfig, progress: bool = True, resume: bool = False, report: Callable[[int, int], None] | None = None
+) -> RunResult:
     """Train and evaluate one run. ``report(steps_done, steps_total)`` hears of every optimizer step (and
     the start, and the end of training before the final evaluation): the command's progress line.
     SIGTERM, SIGINT and the preemption signal save a checkpoint at the next optimizer step and raise
@@ -444,14 +479,18 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
     # --resume continues the run folder's mlflow run: from its checkpoint, or, killed before it saved one,
     # from the start of training (a finished run without a checkpoint is not reopened).
     continued = restored is not None or (resume and unfinished_journal(run_dir))
-    tracker = (JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=continued)
-               if distributed.rank() == 0 else OffRankTracker())
+    tracker = (
+        JournaledTracker(run_dir, uri, cfg.experiment, cfg.run_name(), resume_run_id=run_id, resume=continued)
+        if distributed.rank() == 0
+        else OffRankTracker()
+    )
     checkpoint_path = run_dir / CHECKPOINT_NAME
     with tracker:
         tags, flops = start_tracking(cfg, tracker, built, data, loop, fresh=restored is None)
         position = train_epochs(cfg, built, loop, tracker, meter, position, checkpoint_path, progress, report)
-        final, wall = evaluate_and_record(cfg, built, data, loop, tracker, meter, position, checkpoint_path,
-                                          progress, tags, flops)
+        final, wall = evaluate_and_record(
+            cfg, built, data, loop, tracker, meter, position, checkpoint_path, progress, tags, flops
+        )
     run_id = tracker.run_id  # after the tracker closed: set once mlflow was reached, None if it never was
     return RunResult(run_id, final["top1"], final["top5"], built.counts.trainable, built.counts.total, wall, run_dir)
 
@@ -469,11 +508,19 @@ class RunData:
 
 def build_data(cfg: RunConfig, backbone: VideoBackbone) -> RunData:
     """The run's training and validation clips, read and transformed for ``backbone``."""
-    data_kwargs = dict(root=Path(cfg.data_root) if cfg.data_root else None,
-                       annotations=Path(cfg.annotations) if cfg.annotations else None,
-                       input_size=backbone.input_size, mean=backbone.mean, std=backbone.std,
-                       num_frames=cfg.num_frames, seed=cfg.seed, decoder=cfg.data.decoder,
-                       decode_device=cfg.data.decode_device, classes=cfg.classes, recipe=cfg.recipe)
+    data_kwargs = dict(
+        root=Path(cfg.data_root) if cfg.data_root else None,
+        annotations=Path(cfg.annotations) if cfg.annotations else None,
+        input_size=backbone.input_size,
+        mean=backbone.mean,
+        std=backbone.std,
+        num_frames=cfg.num_frames,
+        seed=cfg.seed,
+        decoder=cfg.data.decoder,
+        decode_device=cfg.data.decode_device,
+        classes=cfg.classes,
+        recipe=cfg.recipe,
+    )
     train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
     val_items = val_set
@@ -498,8 +545,9 @@ class BuiltModel:
     pretrained_ids: set[int]  # the backbone's own weights (lr * backbone_lr_scale, where a method trains them)
 
 
-def build_run_model(cfg: RunConfig, spec: MethodSpec, backbone: VideoBackbone, train_set: Dataset,
-                    device: torch.device) -> BuiltModel:
+def build_run_model(
+    cfg: RunConfig, spec: MethodSpec, backbone: VideoBackbone, train_set: Dataset, device: torch.device
+) -> BuiltModel:
     """The method's model on ``backbone`` for the training set's classes, on ``device``, in the run's precision and
     with its speed options."""
     pretrained_ids = {id(p) for p in backbone.parameters()}
@@ -508,8 +556,10 @@ def build_run_model(cfg: RunConfig, spec: MethodSpec, backbone: VideoBackbone, t
     precision = resolve_precision(cfg.train.precision, device)
     if precision == "fp16":
         if cfg.speed.frozen_bf16:
-            raise ValueError("speed.frozen_bf16 and train.precision=fp16 contradict each other: fp16 holds frozen "
-                             "weights in fp16; set train.precision=bf16 to keep them in bf16")
+            raise ValueError(
+                "speed.frozen_bf16 and train.precision=fp16 contradict each other: fp16 holds frozen "
+                "weights in fp16; set train.precision=bf16 to keep them in bf16"
+            )
         hold_frozen_in(model, DTYPES["fp16"])  # as released (models_adapter.py): frozen weights in fp16
     scaler = grad_scaler(device, precision)
     step_model, applied = apply_speed_options(model, cfg.speed, device)  # step_model: compiled, if asked
@@ -540,8 +590,9 @@ def prepare_training(cfg: RunConfig, built: BuiltModel, data: RunData) -> Traini
     schedule, and the module the steps call."""
     rank, world = distributed.rank(), distributed.world_size()
     micro, accumulate = rank_batch_sizes(cfg, world)
-    train_set, val_items, cache_tag = use_feature_cache(built.model, data.train_set, data.val_items, cfg,
-                                                        built.device, micro)
+    train_set, val_items, cache_tag = use_feature_cache(
+        built.model, data.train_set, data.val_items, cfg, built.device, micro
+    )
     sampler = EpochSampler(len(train_set), cfg.seed, rank, world)
     train_loader = _loader(train_set, micro, cfg, sampler)
     if world > 1:  # each rank evaluates a share; evaluate() sums the counts
@@ -549,14 +600,31 @@ def prepare_training(cfg: RunConfig, built: BuiltModel, data: RunData) -> Traini
     val_loader = _loader(val_items, max(1, micro // 2), cfg)
     steps_per_epoch = max(1, len(train_loader) // accumulate)
     if len(train_loader) < accumulate:
-        raise ValueError(f"the training set ({len(train_set)} clips) is smaller than one batch ({cfg.train.batch_size})")
+        raise ValueError(
+            f"the training set ({len(train_set)} clips) is smaller than one batch ({cfg.train.batch_size})"
+        )
     optimizer = make_optimizer(built.model, cfg.train, built.pretrained_ids)
-    scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
-                              cfg.train.epochs * steps_per_epoch, cfg.train.min_lr / cfg.train.lr,
-                              from_zero=cfg.train.warmup_from_zero)
+    scheduler = warmup_cosine(
+        optimizer,
+        round(cfg.train.warmup_epochs * steps_per_epoch),
+        cfg.train.epochs * steps_per_epoch,
+        cfg.train.min_lr / cfg.train.lr,
+        from_zero=cfg.train.warmup_from_zero,
+    )
     module = training_module(built, isinstance(train_set, CachedFeatures), cfg.speed.compile)
-    return TrainingLoop(train_set, train_loader, val_loader, sampler, micro, accumulate, steps_per_epoch, optimizer,
-                        scheduler, cache_tag, module)
+    return TrainingLoop(
+        train_set,
+        train_loader,
+        val_loader,
+        sampler,
+        micro,
+        accumulate,
+        steps_per_epoch,
+        optimizer,
+        scheduler,
+        cache_tag,
+        module,
+    )
 
 
 def training_module(built: BuiltModel, cached: bool, compile_steps: bool) -> nn.Module:
@@ -577,8 +645,9 @@ def open_run_dir(cfg: RunConfig, run_dir: Path) -> None:
         remove_stale_temporaries(run_dir)
 
 
-def restore_checkpoint(cfg: RunConfig, run_dir: Path, built: BuiltModel,
-                       loop: TrainingLoop) -> tuple[EpochPosition, str | None] | None:
+def restore_checkpoint(
+    cfg: RunConfig, run_dir: Path, built: BuiltModel, loop: TrainingLoop
+) -> tuple[EpochPosition, str | None] | None:
     """(position, mlflow run id) after loading the run folder's checkpoint into the model, optimizer, schedule,
     scaler and random streams; None when there is none. A damaged latest checkpoint: the previous one."""
     found = resume_state(run_dir)
@@ -593,13 +662,15 @@ def restore_checkpoint(cfg: RunConfig, run_dir: Path, built: BuiltModel,
     torch.set_rng_state(state["rng_torch"])
     random.setstate(_as_python_rng_state(state["rng_python"]))
     position, run_id = checkpoint_position(state), state["mlflow_run_id"]
-    log.info("resuming %s from epoch %d, step %d (mlflow run %s)", cfg.run_name(), position.epoch, position.step,
-             run_id)
+    log.info(
+        "resuming %s from epoch %d, step %d (mlflow run %s)", cfg.run_name(), position.epoch, position.step, run_id
+    )
     return position, run_id
 
 
-def start_tracking(cfg: RunConfig, tracker, built: BuiltModel, data: RunData, loop: TrainingLoop,
-                   fresh: bool) -> tuple[dict[str, str], float]:
+def start_tracking(
+    cfg: RunConfig, tracker, built: BuiltModel, data: RunData, loop: TrainingLoop, fresh: bool
+) -> tuple[dict[str, str], float]:
     """(the run's tags, GFLOPs of one view), both measured on rank 0 (empty and 0 elsewhere); a fresh run logs
     them with its config and environment."""
     tags, flops = {}, 0.0
@@ -611,41 +682,62 @@ def start_tracking(cfg: RunConfig, tracker, built: BuiltModel, data: RunData, lo
             tracker.log_environment()
             tracker.set_tags(tags)
             views = getattr(data.val_set, "num_views", 1)
-            tracker.log_metrics({"trainable_params": built.counts.trainable, "total_params": built.counts.total,
-                                 "gflops_per_view": flops, "gflops": flops * views})
-    log.info("%s: %s trainable of %s parameters", cfg.run_name(), f"{built.counts.trainable:,}",
-             f"{built.counts.total:,}")
+            tracker.log_metrics(
+                {
+                    "trainable_params": built.counts.trainable,
+                    "total_params": built.counts.total,
+                    "gflops_per_view": flops,
+                    "gflops": flops * views,
+                }
+            )
+    log.info(
+        "%s: %s trainable of %s parameters", cfg.run_name(), f"{built.counts.trainable:,}", f"{built.counts.total:,}"
+    )
     return tags, flops
 
 
 def run_tags(cfg: RunConfig, built: BuiltModel, data: RunData, loop: TrainingLoop) -> dict[str, str]:
     """The mlflow run's tags: what ran, how, and what was measured of the method."""
     with torch.random.fork_rng():  # the check must not shift this run's random stream
-        models_time = _measured_models_time(cfg.method, built.spec.build, json.dumps(cfg.method_args, sort_keys=True),
-                                            cfg.backbone)
+        models_time = _measured_models_time(
+            cfg.method, built.spec.build, json.dumps(cfg.method_args, sort_keys=True), cfg.backbone
+        )
     tags = {
-        "peft_bench.method": cfg.method, "peft_bench.backbone": cfg.backbone,
-        "peft_bench.dataset": cfg.dataset_label(), "peft_bench.seed": str(cfg.seed),
+        "peft_bench.method": cfg.method,
+        "peft_bench.backbone": cfg.backbone,
+        "peft_bench.dataset": cfg.dataset_label(),
+        "peft_bench.seed": str(cfg.seed),
         # Measured (frame-shuffle test on a random tiny backbone), not taken from the declaration.
         "peft_bench.models_time": "yes" if models_time else "no",
         "peft_bench.pretrained": built.backbone.info.pretrained,
-        "peft_bench.group": built.spec.group, "peft_bench.architecture": built.spec.architecture,
+        "peft_bench.group": built.spec.group,
+        "peft_bench.architecture": built.spec.architecture,
         # The batch and lr of one optimizer step are the config's whatever the process count.
         "peft_bench.world_size": str(distributed.world_size()),
         "peft_bench.rank_batch": str(loop.micro * loop.accumulate),
         "peft_bench.train.feature_cache": loop.cache_tag,
         # What decoded the clips (decoder, version, FFmpeg): every decoder gives the same frames.
-        **{f"peft_bench.{key}": value for key, value in
-           decoder_provenance(cfg.data.decoder, cfg.data.decode_device).items()},
+        **{
+            f"peft_bench.{key}": value
+            for key, value in decoder_provenance(cfg.data.decoder, cfg.data.decode_device).items()
+        },
     }
     if cfg.classes:  # a subset of the dataset's classes (Mini-Kinetics style), as asked for
         tags["peft_bench.classes"] = f"{len(cfg.classes)} of {data.train_set.source_num_classes}"
     return tags
 
 
-def train_epochs(cfg: RunConfig, built: BuiltModel, loop: TrainingLoop, tracker, meter: RunMeter,
-                 position: EpochPosition, checkpoint_path: Path, progress: bool,
-                 report: Callable[[int, int], None] | None) -> EpochPosition:
+def train_epochs(
+    cfg: RunConfig,
+    built: BuiltModel,
+    loop: TrainingLoop,
+    tracker,
+    meter: RunMeter,
+    position: EpochPosition,
+    checkpoint_path: Path,
+    progress: bool,
+    report: Callable[[int, int], None] | None,
+) -> EpochPosition:
     """From ``position`` to the last epoch's end: each epoch's metrics logged, a checkpoint at each epoch's end
     and every ``train.checkpoint_every`` steps, the hand-over on a stop signal. Returns where training ended."""
     rank = distributed.rank()
@@ -654,8 +746,9 @@ def train_epochs(cfg: RunConfig, built: BuiltModel, loop: TrainingLoop, tracker,
         # Every rank takes part in the sum; rank 0 alone writes.
         at.loss_sum, at.correct, at.seen = distributed.sum_over_ranks([at.loss_sum, at.correct, at.seen])
         if rank == 0:
-            save_checkpoint(checkpoint_path, built.model, loop.optimizer, loop.scheduler, at, tracker.run_id,
-                            built.scaler)
+            save_checkpoint(
+                checkpoint_path, built.model, loop.optimizer, loop.scheduler, at, tracker.run_id, built.scaler
+            )
             meter.save()
 
     after_step = step_hook(cfg, save, checkpoint_path)
@@ -670,17 +763,37 @@ def train_epochs(cfg: RunConfig, built: BuiltModel, loop: TrainingLoop, tracker,
         loop.sampler.set_position(epoch, position.step * loop.accumulate * loop.micro)
         loop.train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # loader workers' seeds
         with meter.timing("train"):
-            stats = train_one_epoch(loop.train_module, loop.train_loader, loop.optimizer, loop.scheduler,
-                                    built.device, cfg, loop.accumulate, progress,
-                                    desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
-                                    position=position, after_step=after_step, scaler=built.scaler)
+            stats = train_one_epoch(
+                loop.train_module,
+                loop.train_loader,
+                loop.optimizer,
+                loop.scheduler,
+                built.device,
+                cfg,
+                loop.accumulate,
+                progress,
+                desc=f"{cfg.run_name()} epoch {epoch + 1}/{cfg.train.epochs}",
+                position=position,
+                after_step=after_step,
+                scaler=built.scaler,
+            )
         meter.count("train", stats["clips"])  # the whole epoch's, a resumed epoch's earlier part included
-        metrics = {"train_loss": stats["loss"], "train_top1": stats["top1"], "train_clips": stats["clips"],
-                   "lr": loop.scheduler.get_last_lr()[0]}
+        metrics = {
+            "train_loss": stats["loss"],
+            "train_top1": stats["top1"],
+            "train_clips": stats["clips"],
+            "lr": loop.scheduler.get_last_lr()[0],
+        }
         if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-            metrics.update({f"val_{k}": v for k, v in evaluate(built.step_model, loop.val_loader, built.device,
-                                                                  precision=built.precision).items()
-                            if k != "clips"})
+            metrics.update(
+                {
+                    f"val_{k}": v
+                    for k, v in evaluate(
+                        built.step_model, loop.val_loader, built.device, precision=built.precision
+                    ).items()
+                    if k != "clips"
+                }
+            )
         tracker.log_metrics(metrics, step=epoch + 1)
         position = EpochPosition(epoch + 1)
         save(position)
@@ -691,9 +804,19 @@ def train_epochs(cfg: RunConfig, built: BuiltModel, loop: TrainingLoop, tracker,
     return position
 
 
-def evaluate_and_record(cfg: RunConfig, built: BuiltModel, data: RunData, loop: TrainingLoop, tracker,
-                        meter: RunMeter, position: EpochPosition, checkpoint_path: Path, progress: bool,
-                        tags: dict[str, str], flops: float) -> tuple[dict[str, float], float]:
+def evaluate_and_record(
+    cfg: RunConfig,
+    built: BuiltModel,
+    data: RunData,
+    loop: TrainingLoop,
+    tracker,
+    meter: RunMeter,
+    position: EpochPosition,
+    checkpoint_path: Path,
+    progress: bool,
+    tags: dict[str, str],
+    flops: float,
+) -> tuple[dict[str, float], float]:
     """(the final multi-view evaluation, the run's wall time over all its segments), logged, and the result record
     written (rank 0)."""
     world = distributed.world_size()
@@ -705,18 +828,41 @@ def evaluate_and_record(cfg: RunConfig, built: BuiltModel, data: RunData, loop: 
     wall = meter.snapshot().wall_s  # every segment's, for a resumed run
     failures = getattr(loop.train_set, "failed_count", 0) + getattr(data.val_set, "failed_count", 0)
     tracker.log_metrics({"val_top1": final["top1"], "val_top5": final["top5"]}, step=cfg.train.epochs)
-    tracker.log_metrics({"top1": final["top1"], "top5": final["top5"], "wall_time_s": wall,
-                         "decode_failures": failures, "eval_clips": final["clips"],
-                         **video_problem_metrics(data.clip_sets)})
+    tracker.log_metrics(
+        {
+            "top1": final["top1"],
+            "top5": final["top5"],
+            "wall_time_s": wall,
+            "decode_failures": failures,
+            "eval_clips": final["clips"],
+            **video_problem_metrics(data.clip_sets),
+        }
+    )
     if distributed.rank() == 0:
-        record_finished_run(tracker, meter, cfg, model=built.model, tags=tags, counts=built.counts,
-                            gflops_per_view=flops, val_set=data.val_set, final=final, splits=data.splits,
-                            clip_sets=data.clip_sets, input_size=built.backbone.input_size, world_size=world)
+        record_finished_run(
+            tracker,
+            meter,
+            cfg,
+            model=built.model,
+            tags=tags,
+            counts=built.counts,
+            gflops_per_view=flops,
+            val_set=data.val_set,
+            final=final,
+            splits=data.splits,
+            clip_sets=data.clip_sets,
+            input_size=built.backbone.input_size,
+            world_size=world,
+        )
     return final, wall
 
 
-def reporting(after_step: Callable[[EpochPosition], None], report: Callable[[int, int], None],
-              steps_per_epoch: int, total_steps: int) -> Callable[[EpochPosition], None]:
+def reporting(
+    after_step: Callable[[EpochPosition], None],
+    report: Callable[[int, int], None],
+    steps_per_epoch: int,
+    total_steps: int,
+) -> Callable[[EpochPosition], None]:
     def after_step_reported(position: EpochPosition) -> None:
         after_step(position)
         report(position.epoch * steps_per_epoch + position.step, total_steps)
@@ -724,7 +870,7 @@ def reporting(after_step: Callable[[EpochPosition], None], report: Callable[[int
     return after_step_reported
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _measured_models_time(method: str, build, method_args: str, backbone: str) -> bool:
     """measures_time of the run's own method config (JSON), once per config and process (keyed by the build
     function too, so a plugin that re-registers the name is measured again): a sweep repeats configs.
@@ -746,8 +892,17 @@ def use_feature_cache(model, train_set, val_set, cfg: RunConfig, device, batch_s
     if refusal is not None:
         log.warning("%s: the feature cache cannot serve it (%s); training on clips", cfg.method, refusal)
         return train_set, val_set, f"off: {refusal}"
-    train_set, val_set, report = cached_datasets(model, train_set, val_set, cfg.train.epochs, cfg.speed, device,
-                                                 batch_size, cfg.train.num_workers, precision=cfg.train.precision)
+    train_set, val_set, report = cached_datasets(
+        model,
+        train_set,
+        val_set,
+        cfg.train.epochs,
+        cfg.speed,
+        device,
+        batch_size,
+        cfg.train.num_workers,
+        precision=cfg.train.precision,
+    )
     log.info("feature cache: %d entries read, %d built in %.1f s", report.hits, report.misses, report.seconds)
     return train_set, val_set, report.description
 
@@ -760,10 +915,20 @@ def count_gflops(model: nn.Module, num_frames: int, input_size: int) -> float:
     return counted.total / 1e9
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: RunConfig, accumulate: int,
-                    progress: bool, desc: str, position: EpochPosition | None = None,
-                    after_step: Callable[[EpochPosition], None] | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    device,
+    cfg: RunConfig,
+    accumulate: int,
+    progress: bool,
+    desc: str,
+    position: EpochPosition | None = None,
+    after_step: Callable[[EpochPosition], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, float]:
     """One epoch, or its rest from ``position`` (the loader then starts at that position's clips).
 
     ``scaler`` (fp16) scales the loss and skips steps whose gradients overflowed, as the released code's

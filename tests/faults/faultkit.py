@@ -15,9 +15,26 @@ from mlflow.tracking import MlflowClient
 from conftest import TEST_CACHE
 
 # One epoch of the linear probe on tiny, 2 frames: 30 optimizer steps of 16 clips, the same code path as any run.
-FAST = ["--methods", "linear_probe", "--dataset", "synthetic-appearance", "--pretrained", "none", "--frames", "2",
-        "--no-progress", "--no-table", "--set", "train.epochs=1", "--set", "train.val_subset=8",
-        "--set", "train.num_workers=0", "--set", "train.batch_size=16"]
+FAST = [
+    "--methods",
+    "linear_probe",
+    "--dataset",
+    "synthetic-appearance",
+    "--pretrained",
+    "none",
+    "--frames",
+    "2",
+    "--no-progress",
+    "--no-table",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.val_subset=8",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.batch_size=16",
+]
 TRAIN_CLIPS_PER_EPOCH = 480  # synthetic-appearance's training set, whole batches of 16
 
 
@@ -39,9 +56,16 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
     """``peft-bench ARGS`` as its own process group (so a test can Ctrl-C it as a terminal would). Ctrl-C is
     restored to its default in the child: a suite started in the background (``pytest &``, nohup) inherits
     SIGINT ignored, as every background job does, and the command would then rightly not hear it."""
-    return subprocess.Popen([sys.executable, "-m", "peft_bench.cli", *args], cwd=cwd, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=_default_ctrl_c)
+    return subprocess.Popen(
+        [sys.executable, "-m", "peft_bench.cli", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_default_ctrl_c,
+    )
 
 
 def _default_ctrl_c() -> None:
@@ -87,8 +111,10 @@ def wait_for(predicate, what: str, timeout: float = 600.0, every: float = 0.05, 
         if predicate():
             return
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process ended (rc {process.returncode}) before {what}: "
-                                 f"{process.stderr.read()[-2000:] if process.stderr else ''}")
+            raise AssertionError(
+                f"the process ended (rc {process.returncode}) before {what}: "
+                f"{process.stderr.read()[-2000:] if process.stderr else ''}"
+            )
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 

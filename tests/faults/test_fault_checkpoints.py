@@ -14,8 +14,15 @@ from torch import nn
 import peft_bench.train.runner as runner
 from faultkit import FAST, default_store_uri, only_run, the_run_dir, with_sets
 from peft_bench.cli import main
-from peft_bench.train.runner import (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, CheckpointError, EpochPosition,
-                               load_checkpoint, resume_state, save_checkpoint)
+from peft_bench.train.runner import (
+    CHECKPOINT_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
+    CheckpointError,
+    EpochPosition,
+    load_checkpoint,
+    resume_state,
+    save_checkpoint,
+)
 
 
 class Payload:

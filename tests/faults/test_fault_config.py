@@ -65,11 +65,14 @@ def test_a_bad_value_stops_the_run_before_any_work_naming_field_and_value(overri
     assert not Path("runs").exists() and not Path("results").exists()
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--seeds", "1,x", "--seeds: 'x' is not an integer"),
-    ("--seeds", "0,-1", "--seeds: -1 is negative"),
-    ("--frames", "0", "num_frames must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--seeds", "1,x", "--seeds: 'x' is not an integer"),
+        ("--seeds", "0,-1", "--seeds: -1 is negative"),
+        ("--frames", "0", "num_frames must be at least 1, got 0"),
+    ],
+)
 def test_a_bad_flag_is_named(flag, value, message, capsys):
     assert main([*BASE, flag, value]) == 2
     err = capsys.readouterr().err

@@ -32,9 +32,29 @@ def list_dataset(root: Path, train: list[str], val: list[str]) -> Path:
 
 
 def run_args(root: Path, *sets: str) -> list[str]:
-    args = ["run", "--methods", "linear_probe", "--dataset", "list", "--data-root", str(root), "--pretrained", "none",
-            "--frames", "2", "--no-progress", "--no-table", "--set", "train.epochs=1", "--set", "train.batch_size=5",
-            "--set", "train.num_workers=0", "--set", "train.warmup_epochs=0"]
+    args = [
+        "run",
+        "--methods",
+        "linear_probe",
+        "--dataset",
+        "list",
+        "--data-root",
+        str(root),
+        "--pretrained",
+        "none",
+        "--frames",
+        "2",
+        "--no-progress",
+        "--no-table",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=5",
+        "--set",
+        "train.num_workers=0",
+        "--set",
+        "train.warmup_epochs=0",
+    ]
     for value in sets:
         args += ["--set", value]
     return args
@@ -56,8 +76,13 @@ def test_missing_unreadable_and_short_videos_are_counted_per_split(tmp_path):
     assert main(run_args(root, "train.max_failure_fraction=0.5")) == 0
     metrics = only_run(default_store_uri(tmp_path)).data.metrics
     assert {k: metrics.get(k) for k in sorted(metrics) if k.endswith("_videos")} == {
-        "train_missing_videos": 1, "train_short_videos": 1, "train_unreadable_videos": 1,
-        "val_missing_videos": 0, "val_short_videos": 1, "val_unreadable_videos": 1}
+        "train_missing_videos": 1,
+        "train_short_videos": 1,
+        "train_unreadable_videos": 1,
+        "val_missing_videos": 0,
+        "val_short_videos": 1,
+        "val_unreadable_videos": 1,
+    }
 
 
 def test_too_many_broken_videos_stop_the_run_with_one_clear_line(tmp_path, capfd):
@@ -94,10 +119,31 @@ def test_validation_labels_outside_the_training_classes_are_refused(tmp_path, ca
 @pytest.mark.slow
 def test_a_subset_of_the_classes_is_accepted_when_asked_for_and_recorded(tmp_path, capsys):
     (appearance,) = (TEST_CACHE / "data").glob("synthetic-appearance-*")  # Kinetics layout, 8 classes
-    args = ["run", "--methods", "linear_probe", "--dataset", "k400", "--data-root", str(appearance), "--pretrained",
-            "none", "--frames", "1", "--no-progress", "--no-table", "--set", "train.epochs=1", "--set",
-            "train.batch_size=16", "--set", "train.num_workers=0", "--set", "train.val_subset=8", "--set",
-            "train.warmup_epochs=0"]
+    args = [
+        "run",
+        "--methods",
+        "linear_probe",
+        "--dataset",
+        "k400",
+        "--data-root",
+        str(appearance),
+        "--pretrained",
+        "none",
+        "--frames",
+        "1",
+        "--no-progress",
+        "--no-table",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.num_workers=0",
+        "--set",
+        "train.val_subset=8",
+        "--set",
+        "train.warmup_epochs=0",
+    ]
     assert main(args) == 1  # 8 classes where k400 has 400: refused, with the setting that accepts it
     err = capsys.readouterr().err
     assert "400 classes" in err and "dataset.classes" in err

@@ -26,8 +26,11 @@ FAILING_SAVE = 3  # the first two checkpoints fit; the third does not
 def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root); the simulated ENOSPC case covers this")
     yield disk
     subprocess.run(["umount", "--lazy", str(disk)], check=False)
@@ -87,8 +90,9 @@ def simulate_enospc(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("how", ["tmpfs", "simulated-enospc"])
-def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_fails_cleanly(how, tmp_path, monkeypatch,
-                                                                                   request, capsys):
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_fails_cleanly(
+    how, tmp_path, monkeypatch, request, capsys
+):
     if how == "tmpfs":
         disk = request.getfixturevalue("small_disk")
         fill_before_save(monkeypatch, disk)

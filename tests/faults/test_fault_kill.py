@@ -15,8 +15,17 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from faultkit import (FAST, TRAIN_CLIPS_PER_EPOCH, default_store_uri, no_traceback, only_run, run_dirs, start_cli,
-                      wait_for, with_sets)
+from faultkit import (
+    FAST,
+    TRAIN_CLIPS_PER_EPOCH,
+    default_store_uri,
+    no_traceback,
+    only_run,
+    run_dirs,
+    start_cli,
+    wait_for,
+    with_sets,
+)
 from peft_bench.cli import main
 from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
 

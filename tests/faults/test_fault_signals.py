@@ -12,8 +12,19 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from faultkit import (FAST, TRAIN_CLIPS_PER_EPOCH, default_store_uri, last_line, no_traceback, only_run, start_cli,
-                      the_run_dir, training_started, wait_for, with_sets)
+from faultkit import (
+    FAST,
+    TRAIN_CLIPS_PER_EPOCH,
+    default_store_uri,
+    last_line,
+    no_traceback,
+    only_run,
+    start_cli,
+    the_run_dir,
+    training_started,
+    wait_for,
+    with_sets,
+)
 from peft_bench.cli import main
 from peft_bench.train.runner import CHECKPOINT_NAME, load_checkpoint
 

@@ -67,8 +67,17 @@ WRITER = textwrap.dedent("""
 @pytest.mark.slow
 def test_concurrent_writers_create_and_share_the_default_store(tmp_path):
     names = [f"writer{i}" for i in range(4)]
-    processes = [subprocess.Popen([sys.executable, "-c", WRITER, name], cwd=tmp_path, env=cli_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, name],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
     for process in processes:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]

@@ -41,13 +41,27 @@ def crafted_sweep(folder: Path, marker: Path, store: str) -> list[str]:
             pickle.dump(("success", Payload(marker)), f)
         (logs / f"{job_id}_0_log.out").write_text("started\n")
         (logs / f"{job_id}_0_log.err").write_text(f"job {i} log\n")
-        cfg = resolve_config({"method": "linear_probe", "dataset": "synthetic-appearance", "pretrained": "none",
-                              "seed": i})  # the digest a submit of the same grid computes
-        combos.append({"name": cfg.run_name(), "digest": cfg.digest(),
-                       "run_dir": str(folder / f"run{i}"), "config": {}, "job_id": job_id, "submitted": "submitted",
-                       "finished_run_id": None})
-    manifest = {"executor": "local", "folder": str(logs), "tracking_uri": store, "experiment": "peft-bench",
-                "combinations": combos}
+        cfg = resolve_config(
+            {"method": "linear_probe", "dataset": "synthetic-appearance", "pretrained": "none", "seed": i}
+        )  # the digest a submit of the same grid computes
+        combos.append(
+            {
+                "name": cfg.run_name(),
+                "digest": cfg.digest(),
+                "run_dir": str(folder / f"run{i}"),
+                "config": {},
+                "job_id": job_id,
+                "submitted": "submitted",
+                "finished_run_id": None,
+            }
+        )
+    manifest = {
+        "executor": "local",
+        "folder": str(logs),
+        "tracking_uri": store,
+        "experiment": "peft-bench",
+        "combinations": combos,
+    }
     (folder / "sweep.json").write_text(json.dumps(manifest))
     return job_ids
 
@@ -60,10 +74,28 @@ def test_sweep_status_never_unpickles_the_sweep_folder(tmp_path, store, capsys):
     assert not marker.exists(), "sweep status ran code from the sweep folder"
     states = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("linear_probe")}
     # The ended job left no finished run and no outcome of its own: failed; the other one's process lives.
-    assert states == {"linear_probe-tiny-synthetic-appearance-s0": "failed",
-                      "linear_probe-tiny-synthetic-appearance-s1": "running"}
+    assert states == {
+        "linear_probe-tiny-synthetic-appearance-s0": "failed",
+        "linear_probe-tiny-synthetic-appearance-s1": "running",
+    }
 
     # A repeated submit reads the same folder to skip what is queued: still nothing unpickled.
-    main(["sweep", "--methods", "linear_probe", "--datasets", "synthetic-appearance", "--seeds", "0,1",
-          "--pretrained", "none", "--tracking-uri", store, "--sweep-dir", str(tmp_path / "sweep"), "--dry-run"])
+    main(
+        [
+            "sweep",
+            "--methods",
+            "linear_probe",
+            "--datasets",
+            "synthetic-appearance",
+            "--seeds",
+            "0,1",
+            "--pretrained",
+            "none",
+            "--tracking-uri",
+            store,
+            "--sweep-dir",
+            str(tmp_path / "sweep"),
+            "--dry-run",
+        ]
+    )
     assert not marker.exists()

@@ -92,8 +92,12 @@ def read_only_results(tmp_path):
     results.mkdir()
     mounted = False
     if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,ro", "tmpfs", str(results)],
-                                 capture_output=True).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=16m,ro", "tmpfs", str(results)], capture_output=True
+            ).returncode
+            == 0
+        )
     if not mounted:
         results.chmod(0o555)
         if os.access(results, os.W_OK):
@@ -113,8 +117,9 @@ def read_only_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_read_only_results_folder_does_not_hang_and_sync_sends_the_run_later(tmp_path, read_only_results, caplog,
-                                                                               capsys, main_thread_store_opens):
+def test_a_read_only_results_folder_does_not_hang_and_sync_sends_the_run_later(
+    tmp_path, read_only_results, caplog, capsys, main_thread_store_opens
+):
     started = time.time()
     assert main(["run", *FAST]) == 0
     took = time.time() - started
