@@ -59,7 +59,9 @@ def timed_command(case: str, caches: str, repeat: int, cache_dir: Path, workdir:
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with open(workdir / "output.log", "w") as log:
-        code = subprocess.run(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+        ).returncode
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -133,11 +135,13 @@ def write(measurements: list[Measurement], out: Path, command_line: str, reduced
     lines = [
         "# `peft-bench run` end to end, in a fresh process",
         "",
-        f"`python -m benchmarks.embedded_default{command_line}`: wall time of the whole "
-        "command (imports, data, training, evaluation, tracking, table); cold = empty `PEFT_BENCH_CACHE`, "
-        "warm = the cache a cold run left; every repeat with empty results and run folders. CPU = user + system "
-        "time of the command's processes. Load = the 1-minute load average before and after the repeats: "
-        "far above the core count, the wall times are not the machine's.",
+        (
+            f"`python -m benchmarks.embedded_default{command_line}`: wall time of the whole "
+            "command (imports, data, training, evaluation, tracking, table); cold = empty `PEFT_BENCH_CACHE`, "
+            "warm = the cache a cold run left; every repeat with empty results and run folders. CPU = user + system "
+            "time of the command's processes. Load = the 1-minute load average before and after the repeats: "
+            "far above the core count, the wall times are not the machine's."
+        ),
         "",
         "| command | caches | repeats | median | spread (min-max) | CPU (median) | load | target | met |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -155,8 +159,10 @@ def write(measurements: list[Measurement], out: Path, command_line: str, reduced
         )
     lines += [
         "",
-        f"Machine: {cpu_model_name() or platform.processor()}, {usable_cpu_count()} usable cores, "
-        f"Python {platform.python_version()}, measured {time.strftime('%Y-%m-%d %H:%M')}.",
+        (
+            f"Machine: {cpu_model_name() or platform.processor()}, {usable_cpu_count()} usable cores, "
+            f"Python {platform.python_version()}, measured {time.strftime('%Y-%m-%d %H:%M')}."
+        ),
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

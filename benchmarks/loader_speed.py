@@ -17,6 +17,7 @@ so that other processes on a shared machine do not count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -209,7 +210,7 @@ def augmentation_only_loader(paths: list[Path], recipe: Recipe, input_size: int)
     """The ceiling: the same augmentation on clips decoded beforehand (one per video), so no decoding."""
     transform = train_transform(recipe, input_size, CLIP_MEAN, CLIP_STD)
     clips = [
-        decode_all_then_sample(path, lambda n: training_indices(recipe, n, random.Random(number)))
+        decode_all_then_sample(path, lambda n, seed=number: training_indices(recipe, n, random.Random(seed)))
         for number, path in enumerate(paths)
     ]
 
@@ -478,14 +479,18 @@ def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup
         "",
         side_by_side(measurements, per_second),
         "",
-        f"Fastest first in this run: {', '.join(measured_order(measurements))} (by the geometric mean of "
-        f"the four columns; `auto` follows `AUTO_ORDER` = {', '.join(AUTO_ORDER)} in "
-        "peft_bench/data/decode.py).",
+        (
+            f"Fastest first in this run: {', '.join(measured_order(measurements))} (by the geometric mean of "
+            f"the four columns; `auto` follows `AUTO_ORDER` = {', '.join(AUTO_ORDER)} in "
+            "peft_bench/data/decode.py)."
+        ),
         "",
         "## Every loader",
         "",
-        f"| video set | files | loader | {per_second} (median) | min - max | vs baseline | ms per clip "
-        "| packets decoded per clip | frames not skipped | mean file size |",
+        (
+            f"| video set | files | loader | {per_second} (median) | min - max | vs baseline | ms per clip "
+            "| packets decoded per clip | frames not skipped | mean file size |"
+        ),
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in measurements:
@@ -500,14 +505,20 @@ def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup
         "",
         "## Setup",
         "",
-        f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe (the released "
-        "code's): dense sampling, 8 frames at stride 16, short-side jitter 224-258 (bicubic, no antialias), "
-        "random 224 crop, flip.",
-        f"- ssv2-like: {settings.ssv2.count} videos, {settings.ssv2.description}; SSv2 recipe (the released "
-        "code's): 8 segments, timm's RandAugment rand-m7-n4-mstd0.5-inc1 on the full decoded frames (one "
-        "draw per clip), then a random-resized crop (bicubic, no antialias).",
-        "- baseline: the file read into memory, every frame decoded by PyAV on one thread, then the "
-        "sampled frames converted to RGB (the released ST-Adapter code's reading); same augmentation.",
+        (
+            f"- k400-like: {settings.k400.count} videos, {settings.k400.description}; K400 recipe (the released "
+            "code's): dense sampling, 8 frames at stride 16, short-side jitter 224-258 (bicubic, no antialias), "
+            "random 224 crop, flip."
+        ),
+        (
+            f"- ssv2-like: {settings.ssv2.count} videos, {settings.ssv2.description}; SSv2 recipe (the released "
+            "code's): 8 segments, timm's RandAugment rand-m7-n4-mstd0.5-inc1 on the full decoded frames (one "
+            "draw per clip), then a random-resized crop (bicubic, no antialias)."
+        ),
+        (
+            "- baseline: the file read into memory, every frame decoded by PyAV on one thread, then the "
+            "sampled frames converted to RGB (the released ST-Adapter code's reading); same augmentation."
+        ),
         "- pyav, torchcodec, decord: `VideoClipDataset` with `data.decoder` set to that decoder, one decoder "
         "thread. pyav reads the file's packets once (the frame count, also for WebM, which stores none), "
         "decodes only the groups of pictures that hold sampled frames, each up to its last sampled frame, "
@@ -516,14 +527,18 @@ def markdown(measurements: list[Measurement], settings: BenchmarkSettings, setup
         "frame; decord's `get_batch` likewise. decord is measured on .webm too, where `auto` never uses it."
         + (f" Not installed here: {'; '.join(missing)}." if missing else ""),
         "- augmentation alone: the same augmentation on clips decoded beforehand, the ceiling for any loader here.",
-        f"- packets decoded / frames not skipped: mean over {WORK_CLIPS} training clips of the packets "
-        "sent to the decoder and of the frames it decoded rather than skipped (8 of them are used); "
-        "the baseline decodes every frame; counted for PyAV's path only.",
-        f"- prepared: `peft-bench data prepare` applied to the same videos (`prepare_videos`): short side "
-        f"{settings.prepared_short_side} (so no video here is scaled: none is larger), a keyframe every "
-        f"{settings.prepared_keyframe_interval} frames, x264 crf 23 preset fast with its fastdecode tuning "
-        "(no CABAC, no deblocking; the default of `data prepare`), or without it ('x264 default tuning', "
-        "read by the first decoder only), VP9 crf 32 for .webm.",
+        (
+            f"- packets decoded / frames not skipped: mean over {WORK_CLIPS} training clips of the packets "
+            "sent to the decoder and of the frames it decoded rather than skipped (8 of them are used); "
+            "the baseline decodes every frame; counted for PyAV's path only."
+        ),
+        (
+            f"- prepared: `peft-bench data prepare` applied to the same videos (`prepare_videos`): short side "
+            f"{settings.prepared_short_side} (so no video here is scaled: none is larger), a keyframe every "
+            f"{settings.prepared_keyframe_interval} frames, x264 crf 23 preset fast with its fastdecode tuning "
+            "(no CABAC, no deblocking; the default of `data prepare`), or without it ('x264 default tuning', "
+            "read by the first decoder only), VP9 crf 32 for .webm."
+        ),
         f"- {settings.repeats} repeats of {settings.clips_per_repeat} clips per loader, loaders taking "
         "turns within each repeat; median and range over repeats. " + CLOCK_NOTES[settings.clock],
         f"- {setup}",
@@ -569,10 +584,8 @@ def _count(value: float) -> str:
 
 def describe_setup(pinned: int | None) -> str:
     cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     pinning = f"pinned to core {pinned}" if pinned is not None else "not pinned"
     decoders = "; ".join(
         f"{p['decoder_version']} on {p['ffmpeg']}"

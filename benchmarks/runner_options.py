@@ -127,9 +127,11 @@ def write(results, args, folder: Path, name: str) -> None:
     first = results[0][2]
     lines += [
         "",
-        f"- {first.backbone}, random weights, {first.frames} frames, {first.resolution} px, batch "
-        f"{first.batch}, {first.precision}, {first.hardware}; each variant in a fresh process; one warm-up "
-        f"step, median of {args.repeats}.",
+        (
+            f"- {first.backbone}, random weights, {first.frames} frames, {first.resolution} px, batch "
+            f"{first.batch}, {first.precision}, {first.hardware}; each variant in a fresh process; one warm-up "
+            f"step, median of {args.repeats}."
+        ),
         "- peak RSS: the whole process's resident set (torch and the model included), sampled every 2 ms.",
         f"- {time.strftime('%Y-%m-%d')}." + (f" {args.note}" if args.note else ""),
     ]

@@ -88,15 +88,16 @@ def check_equal(adapter: Adapter, x: Tensor, frames: int, side: int) -> float:
         adapter.zero_grad(set_to_none=True)
     diff = 0.0
     for other in results[1:]:
-        for a, b in zip(results[0], other):
+        for a, b in zip(results[0], other, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
             diff = max(diff, (a - b).abs().max().item())
     return diff
 
 
-def measure(
-    batch: int, frames: int, side: int, dim: int, width: int, repeats: int, device: torch.device = torch.device("cpu")
-):
+CPU = torch.device("cpu")
+
+
+def measure(batch: int, frames: int, side: int, dim: int, width: int, repeats: int, device: torch.device = CPU):
     torch.manual_seed(0)
     adapter = Adapter(dim, width)
     nn.init.normal_(adapter.conv.weight, std=0.2)
@@ -106,8 +107,8 @@ def measure(
     low = torch.randn(batch * frames, side * side, width, device=device, requires_grad=True)
     rows = []
     for name, mix in FORMS.items():
-        alone = median_ms(lambda: mix(low, adapter.conv, frames, side).sum().backward(), repeats, device)
-        whole = median_ms(lambda: adapter(x, frames, side, mix).sum().backward(), repeats, device)
+        alone = median_ms(lambda mix=mix: mix(low, adapter.conv, frames, side).sum().backward(), repeats, device)
+        whole = median_ms(lambda mix=mix: adapter(x, frames, side, mix).sum().backward(), repeats, device)
         rows.append((name, alone, whole))
     print(f"largest difference between the forms (outputs and gradients): {diff:.2e}")
     return rows, diff
@@ -138,8 +139,8 @@ def main(argv=None) -> int:
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     sizes, diffs = [], []
-    for label, batch, frames, side, dim, width in SIZES:
-        batch = args.batch or batch
+    for label, default_batch, frames, side, dim, width in SIZES:
+        batch = args.batch or default_batch
         rows, diff = measure(batch, frames, side, dim, width, args.repeats, device)
         base_alone, base_whole = rows[0][1], rows[0][2]
         for name, alone, whole in rows:
@@ -155,8 +156,10 @@ def main(argv=None) -> int:
         "",
         f"- adapter sizes: {'; '.join(sizes)}; fp32, {device.type}; median of {args.repeats} after one warm-up.",
         f"- largest difference between the forms' outputs and gradients: {max(diffs):.1e} (checked before timing).",
-        f"- {time.strftime('%Y-%m-%d')}, {platform.processor() or 'CPU'}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.",
+        (
+            f"- {time.strftime('%Y-%m-%d')}, {platform.processor() or 'CPU'}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}."
+        ),
     ]
     if args.note:
         lines.append(f"- {args.note}")

@@ -149,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# A run's wall time with tracking away",
         "",
-        f"`python -m benchmarks.tracking_outage --repeats {args.repeats} --epochs {args.epochs}`: "
-        f"`peft-bench run` of linear_probe on tiny (synthetic-appearance, 2 frames, {args.epochs} epochs), "
-        "end to end in a fresh process and folder, mlflow's retry settings at their defaults; the median of "
-        f"{args.repeats} interleaved repeats.",
+        (
+            f"`python -m benchmarks.tracking_outage --repeats {args.repeats} --epochs {args.epochs}`: "
+            f"`peft-bench run` of linear_probe on tiny (synthetic-appearance, 2 frames, {args.epochs} epochs), "
+            "end to end in a fresh process and folder, mlflow's retry settings at their defaults; the median of "
+            f"{args.repeats} interleaved repeats."
+        ),
         "",
         "| tracking | median wall time (s) | runs (s) | vs up | median CPU time (s) |",
         "| --- | --- | --- | --- | --- |",

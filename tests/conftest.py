@@ -100,3 +100,20 @@ def embedded_default_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mlflow.set_tracking_uri(None)
     assert code == 0
     return {"uri": uri, "runs": folder / "runs"}
+
+
+def id_of_run_that_raised(tracker, error: BaseException, before=lambda tracker: None) -> str:
+    """Enter `tracker`, call `before(tracker)`, raise `error` inside it and check that it escapes; the run's id.
+
+    What the tracker records on the way out (FAILED, KILLED, the error's text) is what the callers test."""
+    run_ids = []
+
+    def body() -> None:
+        with tracker:
+            run_ids.append(tracker.run_id)
+            before(tracker)
+            raise error
+
+    with pytest.raises(type(error)):
+        body()
+    return run_ids[0]

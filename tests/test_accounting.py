@@ -200,7 +200,7 @@ def test_every_registered_method_is_counted_fully_on_tiny():
 
 def test_views_and_dataset_settings():
     assert parse_views("3x1") == 3 and parse_views("1x3") == 3 and parse_views("4") == 4
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3x"):
         parse_views("3x")
     assert dataset_setting("k400") == (400, "k400")
     assert dataset_setting("ssv2") == (174, "ssv2")

@@ -135,7 +135,7 @@ def test_st_adapter_models_time_and_linear_probe_does_not():
     shuffled = video[:, [2, 0, 3, 1]]
     for method, should_change in [("st_adapter", True), ("linear_probe", False)]:
         model = build(method, "tiny", 5).eval()
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.requires_grad:
                 torch.nn.init.normal_(p, std=0.05)
         with torch.no_grad():

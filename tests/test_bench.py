@@ -15,7 +15,16 @@ from peft_bench.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SMALL = dict(backbone="tiny", frames=2, batch=2, warmup=0, repeats=1, num_classes=5, isolate=False, matmul_size=128)
+SMALL = {
+    "backbone": "tiny",
+    "frames": 2,
+    "batch": 2,
+    "warmup": 0,
+    "repeats": 1,
+    "num_classes": 5,
+    "isolate": False,
+    "matmul_size": 128,
+}
 
 
 def test_bench_rows_have_every_column_with_sane_values():

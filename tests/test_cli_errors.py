@@ -46,6 +46,6 @@ def test_a_bug_ends_the_command_with_a_traceback_and_exit_1(tmp_path):
         plan.run_configs = broken
         sys.exit(main(["run", "--no-table"]))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "ValueError: an internal invariant broke" in done.stderr

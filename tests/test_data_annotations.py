@@ -95,7 +95,7 @@ def test_malformed_kinetics_csv_names_file_and_line(tmp_path, text, line, proble
 
 
 def test_missing_annotation_file_is_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train.csv"):
+    with pytest.raises(FileNotFoundError, match=r"train\.csv"):
         read_kinetics(tmp_path / "train.csv", tmp_path)
 
 

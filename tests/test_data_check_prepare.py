@@ -276,7 +276,7 @@ def test_prepare_keeps_layout_and_labels_with_the_new_short_side(kinetics_source
         assert [(s.path.relative_to(out), s.label) for s in prepared.samples] == [
             (s.path.relative_to(kinetics_source), s.label) for s in source.samples
         ]
-        for original, copy in zip(source.samples, prepared.samples):
+        for original, copy in zip(source.samples, prepared.samples, strict=True):
             assert count_frames(copy.path) == count_frames(original.path)
             assert read_frames(copy.path, [0]).shape == (1, 64, 86, 3)  # 128x96 -> 85.3x64 -> even 86
     with av.open(str(out / "train" / "abseiling" / video_name("video000000"))) as container:
@@ -388,7 +388,7 @@ def test_loader_benchmark_runs_on_a_tiny_setting(tmp_path):
     from peft_bench.benchmarks import loader_speed
     from peft_bench.data.decode import available_decoders
 
-    tiny = dict(count=1, seconds=1.0, width=64, height=48)
+    tiny = {"count": 1, "seconds": 1.0, "width": 64, "height": 48}
     settings = loader_speed.BenchmarkSettings(
         k400=dataclasses.replace(loader_speed.K400_LIKE, **tiny),
         ssv2=dataclasses.replace(loader_speed.SSV2_LIKE, **tiny),

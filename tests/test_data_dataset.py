@@ -166,8 +166,12 @@ def test_too_many_unreadable_videos_raise_a_data_error(tmp_path, video_files):
     sources = [video_files["long"], video_files["broken"]] * 10
     dataset = make_dataset(linked_annotations(tmp_path, sources), train=True, max_failure_fraction=0.05)
     with pytest.raises(DataError, match=r"video reads failed .*more than train\.max_failure_fraction=0\.05 allows"):
-        for index in range(len(dataset)):
-            dataset[index]
+        read_every_item(dataset)
+
+
+def read_every_item(dataset) -> None:
+    for index in range(len(dataset)):
+        dataset[index]
 
 
 def test_failures_add_up_across_dataloader_workers(tmp_path, video_files):

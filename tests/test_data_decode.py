@@ -6,6 +6,7 @@ saying why.
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -435,7 +436,7 @@ def write_encoded(path: Path, frames: np.ndarray, codec: str, options: dict, var
         time_base = Fraction(1, 1000) if variable_rate else Fraction(1, 30)
         if variable_rate:
             stream.codec_context.time_base = stream.time_base = time_base
-        for rgb, stamp in zip(frames, pts):
+        for rgb, stamp in zip(frames, pts, strict=True):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts, frame.time_base = int(stamp), time_base
             container.mux(stream.encode(frame))
@@ -462,7 +463,7 @@ def test_the_exactness_files_have_the_structure_they_are_named_for(exactness_vid
         pts = [p.pts for p in packets]
         if "h264" in name:
             assert pts != sorted(pts), "B-frames: display order differs from decode order"
-        durations = {b - a for a, b in zip(sorted(pts), sorted(pts)[1:])}
+        durations = {b - a for a, b in itertools.pairwise(sorted(pts))}
         assert (len(durations) > 2) == name.startswith("vfr"), durations
 
 
@@ -484,7 +485,7 @@ def test_every_decoder_returns_the_frames_of_a_full_decode(exactness_videos, nam
     for wanted in SEEKS:
         frames = read_frames(path, wanted, backend=backend)
         assert frames.shape == everything[wanted].shape
-        for index, frame in zip(wanted, frames):
+        for index, frame in zip(wanted, frames, strict=True):
             # The same frame, pixel for pixel: every frame differs from its neighbours everywhere.
             assert np.array_equal(frame, everything[index]), f"{backend} frame {index} of {name}"
 

@@ -96,7 +96,7 @@ def test_dense_one_frame_video(formula, train):
 # ----------------------------------------------------------------------------------------- segment
 
 
-@pytest.mark.parametrize("num_video_frames", list(range(1, 60)) + [80, 117, 200])
+@pytest.mark.parametrize("num_video_frames", [*list(range(1, 60)), 80, 117, 200])
 def test_segment_test_frames_follow_the_released_formula(num_video_frames):
     assert segment_indices(num_video_frames, 8, train=False) == released_segment_test(num_video_frames, 8)
 
@@ -150,18 +150,18 @@ def test_legacy_segments_are_floor_of_k_plus_u_times_length():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call,message",
     [
-        lambda: dense_indices(0, 8, 16, train=False),
-        lambda: dense_indices(10, 0, 16, train=False),
-        lambda: dense_indices(10, 8, 0, train=False),
-        lambda: dense_indices(10, 8, 1, train=False, clip_index=3, num_clips=3),
-        lambda: dense_indices(10, 8, 1, train=False, formula="slowfast"),
-        lambda: segment_indices(0, 8, train=False),
-        lambda: segment_indices(10, 0, train=True),
-        lambda: segment_indices(10, 8, train=True, formula="tsn"),
+        (lambda: dense_indices(0, 8, 16, train=False), "num_video_frames must be at least 1, got 0"),
+        (lambda: dense_indices(10, 0, 16, train=False), "num_frames must be at least 1, got 0"),
+        (lambda: dense_indices(10, 8, 0, train=False), "stride must be at least 1, got 0"),
+        (lambda: dense_indices(10, 8, 1, train=False, clip_index=3, num_clips=3), r"clip_index 3 outside 0\.\.2"),
+        (lambda: dense_indices(10, 8, 1, train=False, formula="slowfast"), "formula must be one of .* got 'slowfast'"),
+        (lambda: segment_indices(0, 8, train=False), "num_video_frames must be at least 1, got 0"),
+        (lambda: segment_indices(10, 0, train=True), "num_segments must be at least 1, got 0"),
+        (lambda: segment_indices(10, 8, train=True, formula="tsn"), "formula must be one of .* got 'tsn'"),
     ],
 )
-def test_invalid_arguments_are_rejected(call):
-    with pytest.raises(ValueError):
+def test_invalid_arguments_are_rejected_with_what_is_wrong(call, message):
+    with pytest.raises(ValueError, match=message):
         call()

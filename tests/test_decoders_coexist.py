@@ -33,5 +33,5 @@ def test_vp9_encoding_and_every_decoder_still_work_after_another_decoder_decodes
             assert read_frames(folder / "b.webm", [7], backend=decoder).shape == (1, 32, 32, 3), decoder
             assert read_frames(folder / "a.mp4", [7], backend=decoder).shape == (1, 32, 32, 3), decoder
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -61,7 +61,7 @@ def test_two_gloo_processes_make_one_run_with_metrics_gathered_over_both(tmp_pat
         "train.num_workers=0",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=env, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     client = MlflowClient(uri)
@@ -189,7 +189,7 @@ def test_ddp_on_two_processes_gives_the_gradients_and_step_of_one_process_on_the
         alone = one_step(method, cached)
         assert alone["grads"] and any(g.abs().max() > 0 for g in alone["grads"].values())
         for rank in range(2):
-            ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)[f"{method}/{cached}"]
+            ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)  # noqa: TID251  -- weights only[f"{method}/{cached}"]
             assert ranked["grads"].keys() == alone["grads"].keys()  # the same names: no "module." prefix
             assert ranked["weights"].keys() == alone["weights"].keys()
             for kind in ("grads", "weights"):

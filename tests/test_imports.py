@@ -25,7 +25,9 @@ def test_the_import_contracts_hold():
     lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     if lint_imports is None:
         pytest.skip("import-linter is not installed (pip install -e '.[test]' installs it)")
-    result = subprocess.run([lint_imports, str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [lint_imports, str(ROOT / "pyproject.toml")], cwd=ROOT, check=False, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 

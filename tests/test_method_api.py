@@ -198,7 +198,7 @@ def test_intermediates_and_qk_are_what_the_blocks_compute(family):
     torch.testing.assert_close(features.tokens, backbone(video), rtol=0, atol=0)
     for i in (0, last):
         torch.testing.assert_close(features.intermediates[i], outputs[i].view(*video.shape[:2], *x.shape[1:]))
-        for got, want in zip(features.qk[i], qk[i]):  # (B, T, heads, L, d)
+        for got, want in zip(features.qk[i], qk[i], strict=True):  # (B, T, heads, L, d)
             torch.testing.assert_close(got, want.view(*video.shape[:2], *want.shape[1:]))
 
 
@@ -346,7 +346,8 @@ def test_the_backbone_may_see_every_other_frame_while_the_pool_reads_the_clip():
 # --- weight decay and parameter groups ----------------------------------------------------------------
 
 
-def decay_of(model, cfg=TrainConfig(weight_decay=0.01)):
+def decay_of(model, cfg=None):
+    cfg = cfg or TrainConfig(weight_decay=0.01)
     from peft_bench.train.runner import make_optimizer
 
     optimizer = make_optimizer(model, cfg)
@@ -529,7 +530,7 @@ def test_lora_with_a_nonzero_b_changes_the_logits_and_every_lora_parameter_learn
 
 
 def test_lora_merges_into_the_backbone():
-    difference, unmerged, merged = method_checks.merge_difference("lora")
+    difference, _unmerged, merged = method_checks.merge_difference("lora")
     assert difference < 1e-10
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert type(merged.backbone.blocks[0].block.attn.qkv) is nn.Linear

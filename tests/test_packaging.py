@@ -108,6 +108,7 @@ def test_a_methods_package_in_the_working_folder_does_not_shadow_the_built_in_me
     result = subprocess.run(
         [sys.executable, "-m", "peft_bench.cli", "methods", "--backbone", "tiny"],
         cwd=tmp_path,
+        check=False,
         capture_output=True,
         text=True,
         timeout=300,
@@ -115,7 +116,9 @@ def test_a_methods_package_in_the_working_folder_does_not_shadow_the_built_in_me
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"linear_probe", "st_adapter", "temporal_ft"} <= {line.split()[0] for line in result.stdout.splitlines()[1:]}
     script = "from peft_bench.data.recipes import available_recipes; print(available_recipes())"
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "k400" in result.stdout, result.stderr[-3000:]
 
 
@@ -154,6 +157,7 @@ def test_the_wheel_carries_the_data_and_nothing_at_the_top_level(tmp_path):
             str(tmp_path / "dist"),
             str(source),
         ],
+        check=False,
         capture_output=True,
         text=True,
         timeout=600,

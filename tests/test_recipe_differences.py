@@ -58,6 +58,8 @@ def test_processes_sharing_the_grid_claim_each_run_once_and_take_over_a_dead_one
     key = ("resize", "synthetic-motion", "adapter", 0)
     assert bench.claim(tmp_path, key)
     assert not bench.claim(tmp_path, key)  # held by a live process (this one)
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
     (tmp_path / "claims" / "__".join(map(str, key))).write_text(finished.stdout.strip())
     assert bench.claim(tmp_path, key)  # its process has ended

@@ -161,9 +161,9 @@ def test_decoder_is_checked_and_left_out_of_the_digest():
     assert resolve_config({"data": {"decode_device": "cuda"}, "train": {"num_workers": 0}}).digest() in digests
     with pytest.raises(ConfigError, match="unknown decoder 'ffmpeg'"):
         resolve_config({"data": {"decoder": "ffmpeg"}})
-    with pytest.raises(ConfigError, match="data.decode_device=cuda needs data.decoder=torchcodec"):
+    with pytest.raises(ConfigError, match=r"data\.decode_device=cuda needs data\.decoder=torchcodec"):
         resolve_config({"data": {"decoder": "pyav", "decode_device": "cuda"}, "train": {"num_workers": 0}})
-    with pytest.raises(ConfigError, match="set train.num_workers=0"):
+    with pytest.raises(ConfigError, match=r"set train\.num_workers=0"):
         resolve_config({"data": {"decoder": "torchcodec", "decode_device": "cuda"}, "train": {"num_workers": 2}})
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import mlflow
 import numpy as np
@@ -115,7 +116,7 @@ def test_activation_checkpointing_gives_the_same_gradients_with_fewer_saved_tens
 
     plain, plain_saved = grads_and_saved(False)
     checkpointed, checkpointed_saved = grads_and_saved(True)
-    for a, b in zip(plain, checkpointed):
+    for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b)
     assert checkpointed_saved < plain_saved
 
@@ -304,7 +305,7 @@ def test_every_attention_goes_through_sdpa(method):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Ops(TorchDispatchMode):
-        seen: set = set()
+        seen: ClassVar[set] = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             Ops.seen.add(func.overloadpacket.__name__)

@@ -24,12 +24,12 @@ WAIT_S = 900
 def cluster_problem() -> str | None:
     if shutil.which("sbatch") is None:
         return "no SLURM client (sbatch) on PATH; start a cluster with slurm/slurm-local.sh (README, Sweeps)"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    ping = subprocess.run(["scontrol", "ping"], check=False, capture_output=True, text=True)
     if "UP" not in ping.stdout:
         said = (ping.stdout.strip() or ping.stderr.strip() or "no answer").splitlines()[0]
         return f"slurmctld not reachable (scontrol ping: {said}); start one with slurm/slurm-local.sh (README, Sweeps)"
     # Without accounting submitit reads every job state as UNKNOWN and cannot follow a requeue.
-    if subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True).returncode != 0:
+    if subprocess.run(["sacct", "-n", "-X", "-S", "now"], check=False, capture_output=True).returncode != 0:
         return "SLURM accounting (sacct) is off; start the cluster with SLURM_ACCOUNTING=1"
     return None
 
@@ -57,7 +57,7 @@ def mid_training_checkpoint(run_dir: Path, epochs: int):
         return None
     try:
         state = load_checkpoint(path)
-    except Exception:  # being replaced at this moment
+    except Exception:  # noqa: BLE001  -- being replaced at this moment: any read error means not yet
         return None
     return state if state["epoch"] < epochs else None
 
@@ -121,7 +121,9 @@ def test_a_slurm_sweep_survives_a_preemption_and_is_not_submitted_twice(tmp_path
     statuses = wait_for(all_ended, "the sweep to end", every=3)
     array = job_ids[0].split("_")[0]
     wait_for(
-        lambda: array not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout,
+        lambda: (
+            array not in subprocess.run(["squeue", "-h", "-o", "%i"], check=True, capture_output=True, text=True).stdout
+        ),
         "the job array to leave the queue",
     )
     assert main(["sweep", "sync", "--sweep-dir", str(sweep_dir)]) == 0  # what the SQLite store refused meanwhile
@@ -142,8 +144,10 @@ def test_a_slurm_sweep_survives_a_preemption_and_is_not_submitted_twice(tmp_path
         range(1, epochs + 1)
     )
 
-    jobs_before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    jobs_before = subprocess.run(["squeue", "-h", "-o", "%i"], check=True, capture_output=True, text=True).stdout
     assert main(args) == 0
     assert "0 to run, 4 skipped" in capsys.readouterr().out
     assert json.loads((sweep_dir / "sweep.json").read_text())["combinations"][0]["job_id"] == job_ids[0]
-    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == jobs_before
+    assert (
+        subprocess.run(["squeue", "-h", "-o", "%i"], check=True, capture_output=True, text=True).stdout == jobs_before
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import id_of_run_that_raised
 from peft_bench.cli import main
 from peft_bench.reference import followups_table, paper_table, reference_text
 from peft_bench.report.aggregate import latest_per_key, seed_statistics
@@ -77,11 +78,10 @@ def test_runs_come_back_through_load_runs_and_failures_are_left_out(store: str) 
         "architecture": "SA",
     }
     finished = log_run(store, "bench", tags, {"top1": 82.1, "top5": 95.7, "trainable_params": 7.42e6})
-    with pytest.raises(RuntimeError):
-        with JournaledTracker(Path("runs") / "broken", store, "bench", "broken") as tracker:
-            tracker.set_tags({**tags, "seed": 1})
-            failed = tracker.run_id
-            raise RuntimeError("decoder crashed")
+    tracker = JournaledTracker(Path("runs") / "broken", store, "bench", "broken")
+    failed = id_of_run_that_raised(
+        tracker, RuntimeError("decoder crashed"), before=lambda tracker: tracker.set_tags({**tags, "seed": 1})
+    )
     log_run(store, "other", {**tags, "method": "linear_probe"}, {"top1": 70.0})
 
     loaded = load_runs(store, "bench")
@@ -104,7 +104,7 @@ def test_runs_come_back_through_load_runs_and_failures_are_left_out(store: str) 
 
     everything = load_runs(store, finished_only=False)
     assert set(everything["experiment"]) == {"bench", "other"}
-    statuses = dict(zip(everything["run_id"], everything["status"]))
+    statuses = dict(zip(everything["run_id"], everything["status"], strict=True))
     assert statuses[failed] == "FAILED"
 
 
@@ -132,7 +132,7 @@ def test_latest_per_key_keeps_the_latest_finished_rerun() -> None:
         run("st_adapter", seed=1, top1=60.0),
     )
     latest = latest_per_key(frame)
-    assert sorted(zip(latest["seed"], latest["top1"])) == [(0, 75.0), (1, 60.0)]
+    assert sorted(zip(latest["seed"], latest["top1"], strict=True)) == [(0, 75.0), (1, 60.0)]
 
 
 def test_three_seeds_give_mean_std_and_count() -> None:

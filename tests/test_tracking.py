@@ -10,6 +10,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import id_of_run_that_raised
 from peft_bench.track import journal
 from peft_bench.track.journal import JOURNAL, Journal, JournaledTracker, OffRankTracker, sync_run_dir
 from peft_bench.track.states import RunStatus
@@ -115,10 +116,8 @@ def test_git_state_outside_a_checkout_is_unknown(tmp_path: Path) -> None:
 
 
 def test_exception_marks_the_run_failed_and_propagates(store: str) -> None:
-    with pytest.raises(ValueError, match="diverged"):
-        with JournaledTracker(Path("runs") / "run-d", store, "exp", "run-d") as tracker:
-            run_id = tracker.run_id
-            raise ValueError("loss diverged")
+    tracker = JournaledTracker(Path("runs") / "run-d", store, "exp", "run-d")
+    run_id = id_of_run_that_raised(tracker, ValueError("loss diverged"))
 
     run = MlflowClient(store).get_run(run_id)
     assert run.info.status == "FAILED"
@@ -127,20 +126,17 @@ def test_exception_marks_the_run_failed_and_propagates(store: str) -> None:
 
 
 def test_ctrl_c_marks_the_run_killed(store: str) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with JournaledTracker(Path("runs") / "run-e", store, "exp", "run-e") as tracker:
-            run_id = tracker.run_id
-            raise KeyboardInterrupt
+    tracker = JournaledTracker(Path("runs") / "run-e", store, "exp", "run-e")
+    run_id = id_of_run_that_raised(tracker, KeyboardInterrupt())
 
     assert MlflowClient(store).get_run(run_id).info.status == "KILLED"
 
 
 def test_resume_continues_the_same_run(store: str) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with JournaledTracker(Path("runs") / "run-f", store, "exp", "run-f") as tracker:
-            run_id = tracker.run_id
-            tracker.log_metrics({"val_top1": 1.0}, step=0)
-            raise KeyboardInterrupt
+    tracker = JournaledTracker(Path("runs") / "run-f", store, "exp", "run-f")
+    run_id = id_of_run_that_raised(
+        tracker, KeyboardInterrupt(), before=lambda tracker: tracker.log_metrics({"val_top1": 1.0}, step=0)
+    )
 
     with JournaledTracker(Path("runs") / "run-f", store, "exp", "run-f", resume_run_id=run_id) as resumed:
         assert resumed.run_id == run_id

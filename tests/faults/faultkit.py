@@ -64,7 +64,7 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_default_ctrl_c,
+        preexec_fn=_default_ctrl_c,  # noqa: PLW1509  -- the test process starts no threads that could hold a lock
     )
 
 

@@ -28,7 +28,9 @@ def small_disk(tmp_path):
     disk.mkdir()
     if (
         os.geteuid() != 0
-        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=False, capture_output=True
+        ).returncode
         != 0
     ):
         pytest.skip("cannot mount a tmpfs here (needs root); the simulated ENOSPC case covers this")
@@ -54,7 +56,7 @@ class FullDiskFile:
     """A file whose writes fail with ENOSPC once a few bytes are in, as on a full disk."""
 
     def __init__(self, path, mode="r", *args, **kwargs):
-        self._file = open(path, mode, *args, **kwargs)
+        self._file = open(path, mode, *args, **kwargs)  # noqa: SIM115  -- a file object stand-in; closed by close()
         self._room = 512
 
     def write(self, data):
