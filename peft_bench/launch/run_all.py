@@ -15,6 +15,7 @@ which prints them above the progress line (:mod:`peft_bench.launch.progress`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import logging.handlers
@@ -238,7 +239,7 @@ def _in_one_pool(
                         never_began.append(index)
                         continue
                     outcome = Outcome(index, error="its worker process died (killed, or out of memory?)")
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001  -- a failed run is recorded as failed; the others go on
                     outcome = Outcome(index, error=str(err) or type(err).__name__)
                 if progress.runs[index].started is None:
                     progress.start(index)
@@ -317,10 +318,8 @@ def _start_worker(events, stop, threads: int, log_level: int) -> None:
 def _die_with_parent() -> None:
     """Linux: a worker whose command was killed outright (SIGKILL) gets SIGTERM instead of training on."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # best effort: no libc, or no prctl in it
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
 
 
 def _run_in_worker(index: int, cfg: RunConfig, resume: bool):

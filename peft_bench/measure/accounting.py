@@ -477,8 +477,10 @@ def _markdown(accounts: list[Account]) -> str:
     notes = "; ".join(f"'{c}': {CONVENTION_NOTES[c]}" for c in sorted({a.convention for a in accounts}))
     lines += [
         "",
-        f"GFLOPs: fvcore trace, 1 multiply-add = 1 FLOP, convention {notes}. Random weights "
-        "(counts depend on shapes only); ops listed as uncounted had no FLOP handler.",
+        (
+            f"GFLOPs: fvcore trace, 1 multiply-add = 1 FLOP, convention {notes}. Random weights "
+            "(counts depend on shapes only); ops listed as uncounted had no FLOP handler."
+        ),
     ]
     return "\n".join(lines)
 
@@ -486,11 +488,11 @@ def _markdown(accounts: list[Account]) -> str:
 def _csv(accounts: list[Account]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS + ("convention", "input_size", "preset"))
+    writer.writerow((*COLUMNS, "convention", "input_size", "preset"))
     for a in accounts:
         row = asdict(a)
         row["uncounted_ops"] = _uncounted_text(a.uncounted_ops)
-        writer.writerow([row[c] for c in COLUMNS + ("convention", "input_size", "preset")])
+        writer.writerow([row[c] for c in (*COLUMNS, "convention", "input_size", "preset")])
     return out.getvalue().rstrip("\n")
 
 
@@ -589,7 +591,7 @@ def cmd_account(args) -> int:
                     convention=args.convention,
                 )
             )
-        except Exception as err:  # one method that cannot be built or traced must not cost the others their rows
+        except Exception as err:  # noqa: BLE001  -- one method that cannot be built or traced must not cost the others their rows
             failed.append((method, err))
             print(f"peft-bench account: {method}: {type(err).__name__}: {err}", file=sys.stderr)
     text = render(accounts, args.format)

@@ -292,7 +292,7 @@ def record_files(runs: pd.DataFrame, uri: str | None, scratch: Path) -> dict[str
     Runs logged before records existed have none, and are left out.
     """
     if "record_path" in runs:
-        return {str(run_id): Path(path) for run_id, path in zip(runs["run_id"], runs["record_path"])}
+        return {str(run_id): Path(path) for run_id, path in zip(runs["run_id"], runs["record_path"], strict=True)}
     client = MlflowClient(uri)
     found = {}
     with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # one bar per run

@@ -125,7 +125,7 @@ def system_table(
             "group": paper["group"],
             "pre-training": paper["pretrain"].fillna(""),
             "frames × crops × clips": [
-                views_text(*views) for views in zip(paper["frames"], paper["crops"], paper["clips"])
+                views_text(*views) for views in zip(paper["frames"], paper["crops"], paper["clips"], strict=True)
             ],
             "GFLOPs": paper["gflops"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
             "top-1": paper["top1"].map(format_reported),

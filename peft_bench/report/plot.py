@@ -178,7 +178,7 @@ def accuracy_figure(runs: pd.DataFrame, cost: CostAxis, every_run: bool, front: 
     authors = {key: authors_points(*key, later) if cost.metric == "trainable_params" else [] for key in keys}
     styles = method_styles([p.method for points in [*panels.values(), *paper.values()] for p in points], later)
     figure, axes = plt.subplots(1, len(keys), figsize=(PANEL_SIZE[0] * len(keys), PANEL_SIZE[1]), squeeze=False)
-    for axis, key in zip(axes[0], keys):
+    for axis, key in zip(axes[0], keys, strict=True):
         draw_panel(axis, key, panels[key], paper[key], styles, cost.label, authors[key])
         if front:
             draw_front(axis, pareto_front(panels[key]))

@@ -173,8 +173,10 @@ def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_da
     used = system_runs(runs, kind, every_run, any_dataset)
     name = paper_dataset_label(kind)
     notes = [
-        f"rows '{REPORTED}': {PAPER_SOURCE} (peft_bench/reference/{SYSTEM_TABLE_FILES[kind]}); "
-        f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"
+        (
+            f"rows '{REPORTED}': {PAPER_SOURCE} (peft_bench/reference/{SYSTEM_TABLE_FILES[kind]}); "
+            f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"
+        )
     ]
     if used.empty:
         notes.append(f"no run on {kind} matched: only the paper's rows are shown")
@@ -186,7 +188,7 @@ def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_da
         title=f"{name}: published systems and runs measured here",
         best={"top-1": numbers["top-1"], "top-5": numbers["top-5"]},
         group_column="group",
-        notes=notes + [measured_row_legend(every_run)] + found.lines(),
+        notes=[*notes, measured_row_legend(every_run), *found.lines()],
         warnings=found.warnings,
     )
 

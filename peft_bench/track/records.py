@@ -217,7 +217,8 @@ def sample_list_hash(samples: Sequence, class_names: Sequence[str]) -> str:
     paths = [Path(sample.path) for sample in samples]
     root = Path(os.path.commonpath([str(path.parent) for path in paths])) if paths else Path()
     lines = sorted(
-        f"{path.relative_to(root).as_posix()}\t{class_names[sample.label]}" for path, sample in zip(paths, samples)
+        f"{path.relative_to(root).as_posix()}\t{class_names[sample.label]}"
+        for path, sample in zip(paths, samples, strict=True)
     )
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 

@@ -295,8 +295,8 @@ def get_or_build(
 
 
 class CachedFeatures(Dataset):
-    """Items dict(tokens=float32 (V, T, L, D) or packed (V, T, S, L, D), label) read from cache entries; with several entries
-    (augmented copies), ``set_epoch(e)`` selects copy e mod copies."""
+    """Items dict(tokens=float32 (V, T, L, D) or packed (V, T, S, L, D), label) read from cache entries; with
+    several entries (augmented copies), ``set_epoch(e)`` selects copy e mod copies."""
 
     loader_workers = 0  # reading a memory map needs no worker processes
 

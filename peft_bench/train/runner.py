@@ -36,6 +36,7 @@ from tqdm import tqdm
 from peft_bench.backbones import VideoBackbone, create_backbone
 from peft_bench.config import RunConfig, tracked_config
 from peft_bench.data.build import build_dataset
+from peft_bench.data.dataset import VideoClipDataset
 from peft_bench.data.decode import decoder_provenance
 from peft_bench.measure.accounting import count_video_flops
 from peft_bench.method_api.checks import measures_time
@@ -287,7 +288,7 @@ def write_checkpoint(path: Path, state: dict) -> None:
             torch.save(state, out)
             f.flush()
             os.fsync(f.fileno())
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  -- any failed write: the temporary goes, CheckpointError says why
         cause = out.error if out is not None and out.error is not None else err
         tmp.unlink(missing_ok=True)
         reason = f"{cause.strerror} (errno {cause.errno})" if isinstance(cause, OSError) and cause.strerror else cause
@@ -318,7 +319,7 @@ def load_checkpoint(path: Path) -> dict:
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError(f"the checkpoint {path} is empty (0 bytes)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # noqa: TID251  -- weights_only: no unpickling
     except FileNotFoundError:
         raise CheckpointError(f"the checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as err:
@@ -332,7 +333,7 @@ def load_checkpoint(path: Path) -> dict:
             f"the checkpoint {path} holds more than tensors and plain data and was refused "
             f"(checkpoints load with weights_only=True): {first}"
         ) from None
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  -- whatever a damaged file makes torch raise, CheckpointError names it
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"the checkpoint {path} is damaged (cut short or corrupt): {first}") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
@@ -508,21 +509,27 @@ class RunData:
 
 def build_data(cfg: RunConfig, backbone: VideoBackbone) -> RunData:
     """The run's training and validation clips, read and transformed for ``backbone``."""
-    data_kwargs = dict(
-        root=Path(cfg.data_root) if cfg.data_root else None,
-        annotations=Path(cfg.annotations) if cfg.annotations else None,
-        input_size=backbone.input_size,
-        mean=backbone.mean,
-        std=backbone.std,
-        num_frames=cfg.num_frames,
-        seed=cfg.seed,
-        decoder=cfg.data.decoder,
-        decode_device=cfg.data.decode_device,
-        classes=cfg.classes,
-        recipe=cfg.recipe,
-    )
-    train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
-    val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
+
+    def clips(split: str) -> VideoClipDataset:
+        return build_dataset(
+            cfg.dataset,
+            split,
+            root=Path(cfg.data_root) if cfg.data_root else None,
+            annotations=Path(cfg.annotations) if cfg.annotations else None,
+            input_size=backbone.input_size,
+            mean=backbone.mean,
+            std=backbone.std,
+            num_frames=cfg.num_frames,
+            seed=cfg.seed,
+            decoder=cfg.data.decoder,
+            decode_device=cfg.data.decode_device,
+            max_failure_fraction=cfg.train.max_failure_fraction,
+            classes=cfg.classes,
+            recipe=cfg.recipe,
+        )
+
+    train_set = clips("train")
+    val_set = clips("val")
     val_items = val_set
     if cfg.train.val_subset:
         val_items = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
