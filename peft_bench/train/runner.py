@@ -23,14 +23,15 @@ import pickle
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from peft_bench.backbones import VideoBackbone, create_backbone
@@ -50,7 +51,7 @@ from peft_bench.method_api.model import (
 from peft_bench.method_api.optim import make_optimizer
 from peft_bench.method_api.registry import MethodSpec, RunContext, get_method
 from peft_bench.precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
-from peft_bench.track.records import RunMeter, record_finished_run, split_summary
+from peft_bench.track.records import RunMeter, SplitSummary, record_finished_run, split_summary
 from peft_bench.train import distributed, preemption
 from peft_bench.train.efficiency import apply_speed_options
 from peft_bench.train.feature_cache import CachedFeatures, HeadOnCachedFeatures, cached_datasets, feature_cache_refusal
@@ -68,7 +69,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class RunResult:
-    run_id: str
+    run_id: str | None  # None when tracking was never reached (the run's journal keeps its results)
     top1: float
     top5: float
     trainable_params: int
@@ -102,7 +103,7 @@ def run_context(cfg: RunConfig, num_classes: int | None = None, class_names=None
     )
 
 
-def build_model(cfg: RunConfig, num_classes: int, backbone=None, class_names=None) -> nn.Module:
+def build_model(cfg: RunConfig, num_classes: int, backbone=None, class_names=None) -> VideoClassifier:
     """The backbone, frozen, with the method's additions; only what the method trains has requires_grad.
     The head, and its dropout, are the run's (``train.head_dropout``), the same whatever the method."""
     spec = get_method(cfg.method)
@@ -128,12 +129,16 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: flo
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     k = min(k, probs.shape[1])
-    return (probs.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
+    return int((probs.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item())
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False, precision: str = "auto"
+    model: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    progress: bool = False,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Multi-view accuracy: softmax per view, then the mean over views, then top-1/top-5."""
     model.eval()
@@ -148,8 +153,8 @@ def evaluate(
         correct1 += topk_correct(probs, labels, 1)
         correct5 += topk_correct(probs, labels, 5)
         seen += b
-    correct1, correct5, seen = distributed.sum_over_ranks([correct1, correct5, seen])  # each rank saw a share
-    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "clips": seen}
+    all1, all5, all_seen = distributed.sum_over_ranks([correct1, correct5, seen])  # each rank saw a share
+    return {"top1": 100.0 * all1 / max(all_seen, 1), "top5": 100.0 * all5 / max(all_seen, 1), "clips": all_seen}
 
 
 def _progress(iterable, enabled: bool, desc: str):
@@ -263,10 +268,11 @@ class _WriteErrors:
     """A file wrapper that remembers the OSError a write raised: torch reports a full disk only as
     "unexpected pos 5824 vs 5718", dropping the errno that says what happened."""
 
-    def __init__(self, file) -> None:
-        self.file, self.error = file, None
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         try:
             return self.file.write(data)
         except OSError as err:
@@ -285,7 +291,7 @@ def write_checkpoint(path: Path, state: dict) -> None:
     try:
         with open(tmp, "wb") as f:
             out = _WriteErrors(f)
-            torch.save(state, out)
+            torch.save(state, out)  # type: ignore[arg-type]  # torch stubs: it takes any object with write and flush
             f.flush()
             os.fsync(f.fileno())
     except Exception as err:  # noqa: BLE001  -- any failed write: the temporary goes, CheckpointError says why
@@ -500,11 +506,11 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
 class RunData:
     """The data stage's datasets: the clips, the ones evaluated, and what the result record says of them."""
 
-    train_set: Dataset
-    val_set: Dataset
-    val_items: Dataset  # val_set, or its first train.val_subset clips
-    splits: dict[str, dict]
-    clip_sets: dict[str, Dataset]  # their counts of missing, unreadable and short videos
+    train_set: VideoClipDataset
+    val_set: VideoClipDataset
+    val_items: VideoClipDataset | Subset  # val_set, or its first train.val_subset clips
+    splits: dict[str, SplitSummary]
+    clip_sets: dict[str, VideoClipDataset]  # their counts of missing, unreadable and short videos
 
 
 def build_data(cfg: RunConfig, backbone: VideoBackbone) -> RunData:
@@ -530,7 +536,7 @@ def build_data(cfg: RunConfig, backbone: VideoBackbone) -> RunData:
 
     train_set = clips("train")
     val_set = clips("val")
-    val_items = val_set
+    val_items: VideoClipDataset | Subset = val_set
     if cfg.train.val_subset:
         val_items = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
     splits = {"train": split_summary(train_set), "val": split_summary(val_set, len(val_items))}
@@ -553,7 +559,7 @@ class BuiltModel:
 
 
 def build_run_model(
-    cfg: RunConfig, spec: MethodSpec, backbone: VideoBackbone, train_set: Dataset, device: torch.device
+    cfg: RunConfig, spec: MethodSpec, backbone: VideoBackbone, train_set: VideoClipDataset, device: torch.device
 ) -> BuiltModel:
     """The method's model on ``backbone`` for the training set's classes, on ``device``, in the run's precision and
     with its speed options."""
@@ -641,7 +647,7 @@ def training_module(built: BuiltModel, cached: bool, compile_steps: bool) -> nn.
     if distributed.world_size() == 1:
         return built.step_model
     wrapped = distributed.data_parallel(HeadOnCachedFeatures(built.model) if cached else built.model, built.device)
-    return torch.compile(wrapped) if compile_steps else wrapped
+    return cast(nn.Module, torch.compile(wrapped)) if compile_steps else wrapped  # compile(Module): a Module
 
 
 def open_run_dir(cfg: RunConfig, run_dir: Path) -> None:
