@@ -31,6 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from mlflow.tracking import MlflowClient
@@ -42,7 +43,11 @@ from peft_bench.launch.progress import CommandProgress, RunState, StatusLine
 from peft_bench.system import usable_cpu_count
 from peft_bench.track.tracking import default_tracking_uri, get_or_create_experiment, quiet_mlflow_logging
 from peft_bench.train import distributed, preemption
-from peft_bench.train.runner import resolve_device, run
+from peft_bench.train.runner import RunResult, resolve_device, run
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +170,9 @@ def run_all(
 
 def _one_after_another(configs, resume, progress: CommandProgress, status: StatusLine, on_outcome) -> None:
     for index, cfg in enumerate(configs):
-        if preemption.requested():  # a stop signal between two runs: the next one does not start
-            raise preemption.Preempted(
-                f"stopped by {preemption.received().name} before {cfg.run_name()}", preemption.received()
-            )
+        signum = preemption.received()
+        if signum is not None:  # a stop signal between two runs: the next one does not start
+            raise preemption.Preempted(f"stopped by {signum.name} before {cfg.run_name()}", signum)
         progress.start(index)
         status.show(progress.line(), force=True)
 
@@ -300,11 +304,11 @@ def _handle_events(events, progress: CommandProgress, timeout: float) -> None:
 
 # --- in a worker process -----------------------------------------------------------------------------
 
-_events = None  # the queue to the parent
-_stop = None  # set by the parent when the command is interrupted
+_events: Queue | None = None  # the queue to the parent
+_stop: Event | None = None  # set by the parent when the command is interrupted
 
 
-def _start_worker(events, stop, threads: int, log_level: int) -> None:
+def _start_worker(events: Queue, stop: Event, threads: int, log_level: int) -> None:
     global _events, _stop
     _events, _stop = events, stop
     _die_with_parent()
@@ -322,17 +326,19 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _run_in_worker(index: int, cfg: RunConfig, resume: bool):
+def _run_in_worker(index: int, cfg: RunConfig, resume: bool) -> RunResult | None:
+    assert _events is not None and _stop is not None  # _start_worker, the pool's initializer, set them
+    events = _events
     if _stop.is_set():  # the command is stopping: no new run
         return None
-    _events.put(("start", index))
+    events.put(("start", index))
     last_sent = [0.0]
 
     def report(done: int, total: int) -> None:
         now = time.monotonic()
         if done == 0 or done == total or now - last_sent[0] >= REPORT_EVERY_S:
             last_sent[0] = now
-            _events.put(("step", index, done, total))
+            events.put(("step", index, done, total))
 
     try:
         return run(cfg, progress=False, resume=resume, report=report)

@@ -277,9 +277,9 @@ def local_record_finished(run_dir: Path) -> str | None:
 def make_executor(args, folder: Path):
     _export_code_location()
     if args.executor == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=parse_timeout_minutes(args.timeout))
-        return executor
+        local = submitit.LocalExecutor(folder=folder)
+        local.update_parameters(timeout_min=parse_timeout_minutes(args.timeout))
+        return local
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     tasks = max(1, args.gpus_per_node or 0)  # one process per GPU: DDP inside the job
     params: dict[str, object] = {
@@ -319,7 +319,8 @@ def submit_slurm(executor, tasks: list[SweepTask]) -> list:
 
 def run_local(executor, tasks: list[SweepTask], combos: list[Combination], max_parallel: int, on_submit) -> list:
     """Local processes, at most ``max_parallel`` at once; returns when all are done."""
-    running, jobs = [], []
+    running: list[submitit.Job] = []
+    jobs: list[submitit.Job] = []
     for task, combo in zip(tasks, combos, strict=True):
         while len(running) >= max_parallel:
             running = [j for j in running if not j.done()]

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -357,7 +357,7 @@ class JournaledTracker:
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> bool:
+    ) -> Literal[False]:
         if exc_type is None:
             status = RunStatus.FINISHED
         else:
@@ -520,7 +520,7 @@ class OffRankTracker:
     def __enter__(self) -> OffRankTracker:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
