@@ -97,8 +97,12 @@ def cross_modality_table(
     for method in methods:
         described = runs_in_description_order(runs[runs["method"] == method], result_columns)
         table.loc[method, DESCRIPTION_COLUMNS] = describe_method(described)
-    for cell in seed_statistics(runs, every_run=True).itertuples(index=False):  # runs: already reduced
-        table.loc[cell.method, column_name(cell.backbone, cell.dataset)] = format_top1(cell.mean, cell.std, cell.n)
+    stats = seed_statistics(runs, every_run=True)  # runs: already reduced
+    cells = zip(
+        stats["method"], stats["backbone"], stats["dataset"], stats["mean"], stats["std"], stats["n"], strict=True
+    )
+    for method, backbone, dataset, mean, std, n in cells:
+        table.loc[method, column_name(backbone, dataset)] = format_top1(mean, std, n)
     return table
 
 
