@@ -255,7 +255,8 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: dict[str, Any]
     # The dataset's preset, then the backbone's (how the method scales to it), then the user's values;
     # fields the method leaves to the run (None, e.g. num_frames) take the run's values, once, here.
     context = RunContext(num_frames=cfg.num_frames, dataset=cfg.dataset, head_dropout=cfg.train.head_dropout)
-    method_cfg = spec.make_config([preset, cfg.backbone], cfg.method_args, context)
+    presets = [name for name in (preset, cfg.backbone) if name is not None]  # as make_config skips None
+    method_cfg = spec.make_config(presets, cfg.method_args, context)
     return replace(cfg, preset=preset if preset in spec.presets else None, method_args=to_dict(method_cfg))
 
 

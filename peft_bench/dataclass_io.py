@@ -12,13 +12,16 @@ import math
 import re
 import types
 import typing
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from peft_bench.errors import UserError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(UserError):
@@ -53,14 +56,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
         items = [_coerce(v, item, key) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):  # the class, as annotations name it
         if isinstance(value, annotation):
             return value
         if not isinstance(value, dict):

@@ -294,8 +294,8 @@ def read_list_file(
     """
     path, video_root = Path(path), Path(video_root)
     samples = []
-    for line, text in enumerate(_read_text(path).splitlines(), start=1):
-        text = text.strip()
+    for line, raw in enumerate(_read_text(path).splitlines(), start=1):
+        text = raw.strip()
         if not text or text.startswith("#"):
             continue
         parts = text.rsplit(maxsplit=1)  # paths may contain spaces; the label is the last field

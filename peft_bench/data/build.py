@@ -43,8 +43,9 @@ def build_dataset(
     """The `split` ("train" or "val") of dataset `name`, ready for a DataLoader.
 
     Real datasets: `root` holds the videos and `annotations` the published annotation files (default: `root`,
-    or where the release keeps them under it: K400's `annotations/`, SSv2's `labels/`). Synthetic datasets are generated once under `cache_dir` (default `$PEFT_BENCH_CACHE/data`, else
-    ~/.cache/peft_bench/data) and read back like real ones; `root` is ignored for them. `num_frames` overrides
+    or where the release keeps them under it: K400's `annotations/`, SSv2's `labels/`). Synthetic datasets are
+    generated once under `cache_dir` (default `$PEFT_BENCH_CACHE/data`, else ~/.cache/peft_bench/data) and read
+    back like real ones; `root` is ignored for them. `num_frames` overrides
     the recipe's frame count and `recipe` changes its other fields (a run's `recipe` settings);
     `max_failure_fraction` bounds the undecodable and missing videos tolerated.
     A decoder that cannot run here (`decoder`, `decode_device`) stops it before any video is read.

@@ -152,7 +152,8 @@ class CheckReport:
         for row in [header, *rows]:
             lines.append(
                 "  ".join(
-                    cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))
+                    cell.rjust(width) if i else cell.ljust(width)
+                    for i, (cell, width) in enumerate(zip(row, widths, strict=True))
                 )
             )
         lines += [""] + [f"note: {note}" for note in self.notes]
@@ -217,6 +218,7 @@ def _kinetics_videos(split: str, root: Path, annotation_folder: Path) -> tuple[l
 
 def _ssv2_videos(split: str, root: Path, annotation_folder: Path) -> tuple[list[ListedVideo], int]:
     files = split_files("ssv2", split, annotation_folder)
+    assert files.class_file is not None  # SSv2 has a class file (CLASS_FILES): split_files found it or raised
     labels_json, split_json = files.class_file, files.split_file
     video_root = ssv2_video_root(root)
     class_names = _ssv2_class_names(labels_json)
@@ -269,7 +271,7 @@ def inspect_video(job: VideoJob) -> Finding:
         if not job.path.exists():  # vanished since it was listed
             return Finding("missing", None, "file does not exist")
         return Finding("unreadable", counted[0] if counted else None, error.cause)
-    except Exception as error:  # a decoder bug must not stop the scan of 240k videos
+    except Exception as error:  # noqa: BLE001  -- a decoder bug must not stop the scan of 240k videos
         return Finding("unreadable", counted[0] if counted else None, f"{type(error).__name__}: {error}")
     frames = counted[0]
     if frames < job.min_frames:
@@ -323,7 +325,7 @@ def check_dataset(
                 "build_dataset will refuse it"
             )
     findings = _inspect_all(videos, span.frames, backend, workers, progress)
-    entries = [CheckedEntry(video, finding) for video, finding in zip(videos, findings)]
+    entries = [CheckedEntry(video, finding) for video, finding in zip(videos, findings, strict=True)]
     return CheckReport(dataset, root, span, entries, notes, files)
 
 
@@ -367,7 +369,7 @@ def _inspect_all(
         desc="checking videos",
         unit="video",
     )
-    for index, finding in zip(to_decode, decoded):
+    for index, finding in zip(to_decode, decoded, strict=True):
         findings[index] = finding
     return findings  # type: ignore[return-value]
 

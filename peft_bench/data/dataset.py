@@ -284,7 +284,8 @@ class VideoClipDataset(Dataset):
             counts = self.problem_counts()
             raise DataError(
                 f"{failures} of {attempts} {'training' if self.train else 'validation'} video reads failed "
-                f"({failures / attempts:.1%}), more than train.max_failure_fraction={self.max_failure_fraction:g} allows: "
+                f"({failures / attempts:.1%}), more than "
+                f"train.max_failure_fraction={self.max_failure_fraction:g} allows: "
                 f"{counts['unreadable']} unreadable, {counts['missing']} missing and {counts['short']} too short "
                 f"(used with repeated frames) so far; first: {', '.join(self.first_problems())}; last error: "
                 f"{error.cause}. `peft-bench data check` lists every one; raise train.max_failure_fraction if "
@@ -316,7 +317,8 @@ class VideoClipDataset(Dataset):
 
 def _split_present_and_missing(samples: list[VideoSample]) -> tuple[list[VideoSample], list[VideoSample]]:
     listing = DirectoryListing()
-    present, missing = [], []
+    present: list[VideoSample] = []
+    missing: list[VideoSample] = []
     for sample in samples:
         (present if listing.exists(sample.path) else missing).append(sample)
     return present, missing

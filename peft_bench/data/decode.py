@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 
 import av  # before decord, always: see below
 import numpy as np
@@ -70,6 +71,21 @@ class _OpenError(Exception):
 
 
 IndexChooser = Callable[[int], Sequence[int]]
+
+
+class FrameReader(Protocol):
+    """What a decoder provides (one function per decoder, listed in ``_READERS`` under its name in `DECODERS`).
+
+    It opens `path` once, calls `choose_indices(num_frames)` with the video's frame count, and returns the frames
+    at the chosen indices as uint8 RGB (len(indices), H, W, 3) in host memory, in the order chosen (an index may
+    repeat), with the indices. It raises `_OpenError` when it cannot open the file at all (`auto` then gives the
+    file to the next decoder) and `VideoDecodeError` when the file opens but the frames cannot be decoded.
+    `device` is "cpu", or "cuda" for a decoder that can decode on the GPU.
+    """
+
+    def __call__(
+        self, path: Path, choose_indices: IndexChooser, device: str = "cpu"
+    ) -> tuple[np.ndarray, list[int]]: ...
 
 
 def count_frames(path: str | Path, backend: str = "auto", device: str = "cpu") -> int:
@@ -219,7 +235,9 @@ def _ffmpeg_description(name: str) -> str:
             return f"FFmpeg {av.ffmpeg_version_info} (libavcodec {codec}), bundled with PyAV"
         if name == "torchcodec":
             # optional: the torchcodec extra
-            from torchcodec._core import get_ffmpeg_library_versions
+            from torchcodec._core import (  # type: ignore[attr-defined]  # torchcodec re-exports it without __all__
+                get_ffmpeg_library_versions,
+            )
 
             versions = get_ffmpeg_library_versions()
             codec = ".".join(map(str, versions["libavcodec"]))
@@ -227,8 +245,8 @@ def _ffmpeg_description(name: str) -> str:
         # decord reports none: its wheel's bundled libavcodec file names carry the version.
         files = metadata.files("decord") or []
         found = [re.search(r"libavcodec[-\w]*\.so\.([\d.]+)$", str(file)) for file in files]
-        codec = next((match.group(1) for match in found if match), None)
-        return f"libavcodec {codec}, bundled with decord" if codec else "unknown (decord does not say)"
+        decord_codec = next((match.group(1) for match in found if match), None)
+        return f"libavcodec {decord_codec}, bundled with decord" if decord_codec else "unknown (decord does not say)"
     except Exception as error:  # noqa: BLE001  -- provenance must never stop a run
         return f"unknown ({_short_cause(error)})"
 
@@ -274,8 +292,11 @@ def _in_asked_order(batch: np.ndarray, unique: list[int], wanted: list[int]) -> 
 # ------------------------------------------------------------------------------------------- torchcodec
 
 
-def _read_with_torchcodec(path: Path, choose_indices: IndexChooser, device: str = "cpu"):
-    from torchcodec.decoders import VideoDecoder  # optional: the torchcodec extra
+def _read_with_torchcodec(
+    path: Path, choose_indices: IndexChooser, device: str = "cpu"
+) -> tuple[np.ndarray, list[int]]:
+    # optional: the torchcodec extra
+    from torchcodec.decoders import VideoDecoder  # type: ignore[attr-defined]  # re-exported without __all__
 
     try:
         # Exact seeking: the file is scanned once on opening, so frame i is the i-th in display order. One
@@ -452,7 +473,7 @@ def _decode_wanted_frames(path: Path, codec_context, index: _PacketIndex, wanted
     missing = sorted(frame for frame in set(wanted) if index.packets[index.frame_positions[frame]].pts not in found)
     if missing:
         raise VideoDecodeError(path, f"frames {missing[:5]} could not be decoded (file truncated or corrupt?)")
-    rgb = dict(zip(found, _frames_to_rgb(list(found.values()))))  # each decoded frame converted once
+    rgb = dict(zip(found, _frames_to_rgb(list(found.values())), strict=True))  # each decoded frame converted once
     return _stacked([rgb[index.packets[index.frame_positions[frame]].pts] for frame in wanted])
 
 
@@ -509,4 +530,8 @@ def _short_cause(error: BaseException) -> str:
 
 
 _SOURCE_LOCATION = re.compile(r"^\w+, \S+\.(cpp|h):\d+, ")
-_READERS = {"pyav": _read_with_pyav, "torchcodec": _read_with_torchcodec, "decord": _read_with_decord}
+_READERS: dict[str, FrameReader] = {
+    "pyav": _read_with_pyav,
+    "torchcodec": _read_with_torchcodec,
+    "decord": _read_with_decord,
+}

@@ -23,11 +23,12 @@ from peft_bench.data.annotations import (
     read_list_file,
     read_ssv2,
 )
+from peft_bench.data.specs import Layout
 from peft_bench.data.synthetic import SSV2_VIDEO_FOLDER
 
 SPLITS = ("train", "val")
 
-LAYOUT_HINTS = {
+LAYOUT_HINTS: dict[Layout, str] = {
     "kinetics": "train.csv and validate.csv (or val.csv) with videos {youtube_id}_{start:06d}_{end:06d}.mp4 "
     "under the video root, flat or in per-label folders",
     "ssv2": "labels.json, train.json and validation.json, with videos {id}.webm under "
@@ -35,15 +36,17 @@ LAYOUT_HINTS = {
     "list": "train.txt and val.txt with lines 'relative/path label_index'",
 }
 # Each split's annotation file (the first that exists), per layout.
-SPLIT_FILES = {
+SPLIT_FILES: dict[Layout, dict[str, tuple[str, ...]]] = {
     "kinetics": {"train": ("train.csv",), "val": ("validate.csv", "val.csv")},
     "ssv2": {"train": ("train.json",), "val": ("validation.json",)},
     "list": {"train": ("train.txt", "trainlist.txt"), "val": ("val.txt", "vallist.txt", "test.txt")},
 }
-CLASS_FILES = {"ssv2": "labels.json"}  # Kinetics' classes are the training file's labels; list files' are indices
+CLASS_FILES: dict[Layout, str] = {
+    "ssv2": "labels.json"
+}  # Kinetics' classes are the training file's labels; list files' are indices
 # Where the published releases keep their annotation files beside the videos: the Kinetics-400 release
 # (CVDF) in annotations/ next to train/ val/ test/, Something-Something v2 in labels/.
-PUBLISHED_ANNOTATION_FOLDERS = {"kinetics": "annotations", "ssv2": "labels"}
+PUBLISHED_ANNOTATION_FOLDERS: dict[Layout, str] = {"kinetics": "annotations", "ssv2": "labels"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class SplitFiles:
         return [path for path in (self.class_file, self.split_file) if path is not None]
 
 
-def annotation_folder(layout: str, root: Path, annotations: Path | None = None) -> Path:
+def annotation_folder(layout: Layout, root: Path, annotations: Path | None = None) -> Path:
     """`annotations` when given; else `root` or the layout's published folder under it (K400's annotations/,
     SSv2's labels/), whichever holds the layout's annotation files. Neither: one error naming both."""
     if annotations is not None:
@@ -76,7 +79,7 @@ def annotation_folder(layout: str, root: Path, annotations: Path | None = None) 
     )
 
 
-def split_files(layout: str, split: str, folder: Path) -> SplitFiles:
+def split_files(layout: Layout, split: str, folder: Path) -> SplitFiles:
     """The files `split` of a `layout` dataset is read from in `folder` (a missing one: FileNotFoundError)."""
     split_file = _first_existing(folder, SPLIT_FILES[layout][split], layout)
     if layout in CLASS_FILES:
@@ -87,7 +90,7 @@ def split_files(layout: str, split: str, folder: Path) -> SplitFiles:
     return SplitFiles(split_file)
 
 
-def required_root(name: str, layout: str, root: Path | None) -> Path:
+def required_root(name: str, layout: Layout, root: Path | None) -> Path:
     if root is None:
         raise FileNotFoundError(f"dataset {name!r} needs a root folder; expected layout: {LAYOUT_HINTS[layout]}")
     root = Path(root).expanduser()
@@ -96,7 +99,7 @@ def required_root(name: str, layout: str, root: Path | None) -> Path:
     return root
 
 
-def _first_existing(folder: Path, names: Sequence[str], layout: str) -> Path:
+def _first_existing(folder: Path, names: Sequence[str], layout: Layout) -> Path:
     for file_name in names:
         if (folder / file_name).is_file():
             return folder / file_name
@@ -127,6 +130,7 @@ def kinetics_annotations(split: str, root: Path, annotation_folder: Path) -> Ann
 
 def ssv2_annotations(split: str, root: Path, annotation_folder: Path) -> Annotations:
     files = split_files("ssv2", split, annotation_folder)
+    assert files.class_file is not None  # SSv2 has a class file (CLASS_FILES): split_files found it or raised
     return read_ssv2(files.class_file, files.split_file, ssv2_video_root(root))
 
 

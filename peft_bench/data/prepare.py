@@ -122,6 +122,7 @@ def transcode(source: Path, target: Path, settings: EncodeSettings, suffix: str)
         reformatter = VideoReformatter()  # one scaling context for the whole video, not one per frame
         with av.open(str(target), "w", format=container_format, options=container_options) as writer:
             out_stream = None
+            width = height = 0  # from the first frame, below
             for frame in reader.decode(in_stream):
                 if out_stream is None:  # sizes from the first frame: some containers do not declare them
                     width, height = output_size(frame.width, frame.height, settings.short_side, codec == "libx264")
@@ -170,7 +171,7 @@ def prepare_one(job: PrepareJob) -> PrepareOutcome:
         frames = transcode(job.source, temporary, job.settings, job.target.suffix)
         os.replace(temporary, job.target)  # atomic: the target is either absent or complete
         return PrepareOutcome(job.source, True, f"{frames} frames")
-    except Exception as error:  # one bad video must not stop the run
+    except Exception as error:  # noqa: BLE001  -- one bad video must not stop the run; it is reported as failed
         return PrepareOutcome(job.source, False, f"{type(error).__name__}: {str(error).strip()[:300]}")
     finally:
         temporary.unlink(missing_ok=True)
@@ -193,8 +194,10 @@ class PrepareSummary:
 
     def text(self) -> str:
         lines = [
-            f"prepared {self.prepared} videos, skipped {self.skipped} already prepared, "
-            f"{len(self.failures)} failed; {len(self.annotation_files)} annotation files in {self.out}"
+            (
+                f"prepared {self.prepared} videos, skipped {self.skipped} already prepared, "
+                f"{len(self.failures)} failed; {len(self.annotation_files)} annotation files in {self.out}"
+            )
         ]
         for failure in self.failures[:10]:
             lines.append(f"  failed: {failure.source}: {failure.detail}")
@@ -314,7 +317,6 @@ def _remove_abandoned_partials(out: Path) -> None:
             if match and not process_alive(int(match["pid"])):
                 log.info("removing %s, left by an interrupted run", Path(folder) / name)
                 (Path(folder) / name).unlink(missing_ok=True)
-    return True
 
 
 def _write_failures(out: Path, failures: list[PrepareOutcome]) -> None:

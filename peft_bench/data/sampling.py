@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Literal, Protocol, get_args
 
-FRAME_INDEX_FORMULAS = ("released", "legacy")
+# "released": the released ST-Adapter code's formulas; "legacy": peft-bench's earlier ones.
+FrameIndexFormula = Literal["released", "legacy"]
+FRAME_INDEX_FORMULAS: tuple[FrameIndexFormula, ...] = get_args(FrameIndexFormula)
+
+
+class RandomSource(Protocol):
+    """What the samplers draw from: a ``random.Random``, or the ``random`` module's global one."""
+
+    def random(self) -> float: ...
+    def randint(self, a: int, b: int, /) -> int: ...
 
 
 def dense_indices(
@@ -23,7 +33,7 @@ def dense_indices(
     clip_index: int = 0,
     num_clips: int = 1,
     rng: random.Random | None = None,
-    formula: str = "released",
+    formula: FrameIndexFormula = "released",
 ) -> list[int]:
     """`num_frames` indices `stride` apart.
 
@@ -60,7 +70,7 @@ def segment_indices(
     *,
     train: bool,
     rng: random.Random | None = None,
-    formula: str = "released",
+    formula: FrameIndexFormula = "released",
 ) -> list[int]:
     """One index per segment of the video (TSN): a random frame of it in training, its middle at test.
 
@@ -75,15 +85,15 @@ def segment_indices(
     """
     _check_positive(num_video_frames=num_video_frames, num_segments=num_segments)
     _check_formula(formula)
-    rng = rng or random
+    source: RandomSource = random if rng is None else rng
     if formula == "legacy":
         segment_length = num_video_frames / num_segments
-        offsets = [rng.random() if train else 0.5 for _ in range(num_segments)]
+        offsets = [source.random() if train else 0.5 for _ in range(num_segments)]
         return [min(math.floor((k + u) * segment_length), num_video_frames - 1) for k, u in enumerate(offsets)]
     size = (num_video_frames - 1) / num_segments
     bounds = [(round(size * k), round(size * (k + 1))) for k in range(num_segments)]
     if train:
-        return [rng.randint(start, end) for start, end in bounds]
+        return [source.randint(start, end) for start, end in bounds]
     return [(start + end) // 2 for start, end in bounds]
 
 
@@ -98,7 +108,7 @@ def _legacy_dense(num_video_frames, num_frames, stride, train, clip_index, num_c
     return [min(start + k * stride, num_video_frames - 1) for k in range(num_frames)]
 
 
-def _check_formula(formula: str) -> None:
+def _check_formula(formula: object) -> None:
     if formula not in FRAME_INDEX_FORMULAS:
         raise ValueError(f"frame index formula must be one of {FRAME_INDEX_FORMULAS}, got {formula!r}")
 

@@ -15,28 +15,35 @@ This module imports nothing heavy (no torch, no numpy): the command line and the
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
-from importlib.resources.abc import Traversable
-from typing import Any
+from typing import Any, Literal, get_args
 
 from peft_bench.errors import UserError
 
+if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+else:  # Python 3.10 has it only here
+    from importlib.abc import Traversable
+
 # The annotation layouts `layouts.py` can read: the Kinetics CSVs, SSv2's JSON files, and list files of
 # "relative/path label_index" lines.
-LAYOUTS = ("kinetics", "ssv2", "list")
+Layout = Literal["kinetics", "ssv2", "list"]
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
     num_classes: int | None  # None: as many as the annotations give (list files)
-    layout: str  # how its annotation files are laid out: one of LAYOUTS
+    layout: Layout  # how its annotation files are laid out: one of LAYOUTS
     recipe: str  # its sampling and augmentation: peft_bench/data/recipes/<recipe>.yaml
     label: str  # as a table's title names it
     method_preset: str | None = None  # which of a method's presets (the released K400 / SSv2 configurations)
-    training: Mapping[str, Any] = field(default_factory=dict)  # its `train.*` defaults, before the user's
+    # Its `train.*` defaults, before the user's: TrainConfig's fields (config.py, a floor above, checks them).
+    training: Mapping[str, Any] = field(default_factory=dict)
     feature_cache_methods: tuple[str, ...] = ()  # trained from the frozen-feature cache unless turned off
     synthetic: bool = False  # generated under the cache (data/synthetic.py), not read from a data root
     stands_in_for: str | None = None  # the real dataset whose layout, recipe and preset a synthetic one copies
@@ -130,7 +137,7 @@ register_dataset(
         "k400",
         "Kinetics-400",
         method_preset="k400",
-        training=dict(epochs=12, warmup_epochs=2, batch_size=192, lr=7.5e-4, precision="fp16"),
+        training={"epochs": 12, "warmup_epochs": 2, "batch_size": 192, "lr": 7.5e-4, "precision": "fp16"},
         paper_column="k400",
         aliases=("kinetics400", "kinetics-400", "kinetics_400"),
     )
@@ -143,7 +150,7 @@ register_dataset(
         "ssv2",
         "Something-Something v2",
         method_preset="ssv2",
-        training=dict(epochs=50, warmup_epochs=2, batch_size=256, lr=1e-3, precision="fp16"),
+        training={"epochs": 50, "warmup_epochs": 2, "batch_size": 256, "lr": 1e-3, "precision": "fp16"},
         paper_column="ssv2",
         aliases=("something-something-v2", "sthsthv2", "sth-sth-v2"),
     )
@@ -159,15 +166,15 @@ register_dataset(
 # The stand-ins keep the optimisation they were tuned with, not the released one: with warm-up from lr 0
 # and no clipping, temporal_ft's motion top-1 fell from 41.9 to 36.9 (seed 0), below the 20-point margin
 # over the order-blind methods that the embedded default exists to show.
-_STAND_IN_TRAINING = dict(
-    batch_size=16,
-    lr=2e-3,
-    backbone_lr_scale=0.1,
-    head_dropout=0.0,
-    num_workers=0,
-    warmup_from_zero=False,
-    grad_clip_norm=1000.0,
-)
+_STAND_IN_TRAINING = {
+    "batch_size": 16,
+    "lr": 2e-3,
+    "backbone_lr_scale": 0.1,
+    "head_dropout": 0.0,
+    "num_workers": 0,
+    "warmup_from_zero": False,
+    "grad_clip_norm": 1000.0,
+}
 # Methods trained from the frozen-feature cache by default: where it was measured to keep top-1
 # (results/feature_cache.md, three seeds). The linear probe on both synthetic datasets and attentional
 # pooling on appearance kept it within a point; attentional pooling on motion lost 5.6 points (12 epochs

@@ -198,7 +198,8 @@ def random_still_images(n: int, size: int, seed: int, with_attributes: bool = Fa
     for i, label in enumerate(labels):
         canvas = random_background(rng, size)[None]
         for _ in range(int(rng.integers(0, 2))):  # sometimes a small grey speck, so "one blob" is not a cue
-            speck = render_shape("circle", size, *rng.uniform(0, size, 2), rng.uniform(0.04, 0.08) * size)
+            speck_x, speck_y = rng.uniform(0, size, 2)
+            speck = render_shape("circle", size, speck_x, speck_y, rng.uniform(0.04, 0.08) * size)
             canvas = composite(canvas, speck, hsv_colour(0, 0, rng.uniform(0.1, 0.9)))
         relative_radius = rng.uniform(0.18, 0.34)
         radius = relative_radius * size
@@ -423,7 +424,7 @@ def _write_motion_dataset(folder: Path, seed: int, num_train: int, num_val: int,
                 _VideoJob("motion", label, (seed, 1, split_code, number), video_folder / f"{video_id}.webm")
             )
     shapes = run([job for split_jobs in jobs.values() for job in split_jobs])
-    shape_of = dict(zip([job.path for split_jobs in jobs.values() for job in split_jobs], shapes))
+    shape_of = dict(zip([job.path for split_jobs in jobs.values() for job in split_jobs], shapes, strict=True))
     for file_name, split_jobs in jobs.items():
         entries = [_ssv2_entry(job, shape_of[job.path]) for job in split_jobs]
         # One entry per line, like the published files.

@@ -24,6 +24,7 @@ import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import Literal, TypeGuard, get_args
 
 import numpy as np
 import torch
@@ -32,16 +33,23 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, RandAugment, RandomResizedCrop
 
-from peft_bench.data.sampling import FRAME_INDEX_FORMULAS
+from peft_bench.data.sampling import FRAME_INDEX_FORMULAS, FrameIndexFormula
 from peft_bench.errors import UserError
 
 REFERENCE_INPUT_SIZE = 224
-SAMPLINGS = ("dense", "segment")
-INTERPOLATIONS = ("bicubic", "bilinear")
-SHORT_SIDE_DRAWS = ("float", "integer")
-CROP_OFFSETS = ("released", "all")
-RANDAUGMENT_LIBRARIES = ("timm", "torchvision")
-RANDAUGMENT_PLACES = ("before_crop", "after_crop")
+# The recipe's choice fields: each Literal is the field's type, and its tuple what _validate_recipe accepts.
+Sampling = Literal["dense", "segment"]
+Interpolation = Literal["bicubic", "bilinear"]
+ShortSideDraw = Literal["float", "integer"]
+CropOffsets = Literal["released", "all"]
+RandAugmentLibrary = Literal["timm", "torchvision"]
+RandAugmentPlace = Literal["before_crop", "after_crop"]
+SAMPLINGS: tuple[Sampling, ...] = get_args(Sampling)
+INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
+SHORT_SIDE_DRAWS: tuple[ShortSideDraw, ...] = get_args(ShortSideDraw)
+CROP_OFFSETS: tuple[CropOffsets, ...] = get_args(CropOffsets)
+RANDAUGMENT_LIBRARIES: tuple[RandAugmentLibrary, ...] = get_args(RandAugmentLibrary)
+RANDAUGMENT_PLACES: tuple[RandAugmentPlace, ...] = get_args(RandAugmentPlace)
 # RandAugment magnitudes follow the 0..10 scale of the RandAugment paper and timm ("m7" = 7/10 of the
 # maximum), so torchvision gets 11 bins instead of its default 31.
 RANDAUGMENT_MAGNITUDE_BINS = 11
@@ -68,19 +76,19 @@ class Recipe:
     """
 
     name: str
-    sampling: str  # "dense" (fixed stride) or "segment" (TSN uniform segments)
+    sampling: Sampling  # "dense" (fixed stride) or "segment" (TSN uniform segments)
     num_frames: int = 8
     stride: int = 16  # dense sampling only
-    frame_indices: str = "released"  # the sampler's formula: "released" or "legacy" (see sampling.py)
+    frame_indices: FrameIndexFormula = "released"  # the sampler's formula: "released" or "legacy" (see sampling.py)
     train_short_side_range: tuple[int, int] | None = None  # short-side jitter, then a random square crop
-    short_side_draw: str = "float"  # "float": round(uniform(low, high)); "integer": uniform over low..high
-    crop_offsets: str = "released"  # "released": never the last offset (an off-by-one); "all": every offset
+    short_side_draw: ShortSideDraw = "float"  # "float": round(uniform(low, high)); "integer": uniform over low..high
+    crop_offsets: CropOffsets = "released"  # "released": never the last offset (an off-by-one); "all": every offset
     train_random_resized_crop_area: tuple[float, float] | None = None  # e.g. (0.08, 1.0)
     hflip: bool = False
     randaugment: str | None = None  # timm's grammar, e.g. "rand-m7-n4-mstd0.5-inc1"
-    randaugment_library: str = "timm"  # "timm", or "torchvision" (ops always applied; only m and n)
-    randaugment_at: str = "before_crop"  # "before_crop" (the full frame) or "after_crop"
-    interpolation: str = "bicubic"  # of every resize, and of RandAugment's geometric ops
+    randaugment_library: RandAugmentLibrary = "timm"  # "timm", or "torchvision" (ops always applied; only m and n)
+    randaugment_at: RandAugmentPlace = "before_crop"  # "before_crop" (the full frame) or "after_crop"
+    interpolation: Interpolation = "bicubic"  # of every resize, and of RandAugment's geometric ops
     antialias: bool = False  # when shrinking
     test_short_side: int = 224
     test_crops: int = 1  # 1 centre crop, or 3 along the long side
@@ -104,8 +112,10 @@ def recipe_field_names() -> list[str]:
 
 
 def _validate_recipe(recipe: Recipe) -> None:
-    if not isinstance(recipe.name, str) or not recipe.name:
-        raise RecipeValueError("name", f"must be a non-empty string, got {recipe.name!r}")
+    """The field values a recipe was given (from YAML or --set, so not yet of the fields' types) checked."""
+    name: object = recipe.name
+    if not isinstance(name, str) or not name:
+        raise RecipeValueError("name", f"must be a non-empty string, got {name!r}")
     choices = {
         "sampling": SAMPLINGS,
         "frame_indices": FRAME_INDEX_FORMULAS,
@@ -144,14 +154,26 @@ def _require_positive_int(key: str, value: object) -> None:
         raise RecipeValueError(key, f"must be a positive integer, got {value!r}")
 
 
-def _is_pair(value: object) -> bool:
+def _is_pair(value: object) -> TypeGuard[tuple[object, object]]:
     return isinstance(value, tuple) and len(value) == 2
+
+
+def _is_number(value: object, kinds: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _is_int_pair(value: object) -> TypeGuard[tuple[int, int]]:
+    return _is_pair(value) and all(_is_number(v, int) for v in value)
+
+
+def _is_number_pair(value: object) -> TypeGuard[tuple[float, float]]:
+    return _is_pair(value) and all(_is_number(v, (int, float)) for v in value)
 
 
 def _validate_short_side_range(value: object) -> None:
     if value is None:
         return
-    if not _is_pair(value) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if not _is_int_pair(value):
         raise RecipeValueError("train_short_side_range", f"must be two integers [low, high], got {value!r}")
     low, high = value
     if not REFERENCE_INPUT_SIZE <= low <= high:
@@ -163,14 +185,14 @@ def _validate_short_side_range(value: object) -> None:
 def _validate_crop_area(value: object) -> None:
     if value is None:
         return
-    if not _is_pair(value) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if not _is_number_pair(value):
         raise RecipeValueError("train_random_resized_crop_area", f"must be two numbers [low, high], got {value!r}")
     low, high = value
     if not 0 < low <= high <= 1:
         raise RecipeValueError("train_random_resized_crop_area", f"needs 0 < low <= high <= 1, got {list(value)}")
 
 
-def _randaugment_settings(config: object, library: str) -> dict[str, int]:
+def _randaugment_settings(config: object, library: RandAugmentLibrary) -> dict[str, int]:
     """The m and n of a RandAugment string in timm's grammar ("rand-m7-n4-mstd0.5-inc1").
 
     timm's own parser judges a string meant for timm; torchvision's RandAugment has no magnitude noise and
@@ -186,7 +208,7 @@ def _randaugment_settings(config: object, library: str) -> dict[str, int]:
             rand_augment_transform(config, {})
         except (AssertionError, ValueError, KeyError) as error:
             raise RecipeValueError(
-                "randaugment", f"timm does not accept {config!r} ({error or 'unknown section'})"
+                "randaugment", f"timm does not accept {config!r} ({str(error) or 'unknown section'})"
             ) from None
         return {}
     settings = {}
@@ -219,7 +241,7 @@ def clip_to_tchw(clip: Tensor) -> Tensor:
     return clip.permute(0, 3, 1, 2)
 
 
-def resize(clip: Tensor, size: tuple[int, int], interpolation: str, antialias: bool) -> Tensor:
+def resize(clip: Tensor, size: tuple[int, int], interpolation: Interpolation, antialias: bool) -> Tensor:
     """Float (T, 3, H, W) -> (T, 3, *size); bicubic values may overshoot 0..255, as in the released code."""
     if tuple(clip.shape[-2:]) == tuple(size):
         return clip
@@ -239,20 +261,20 @@ def short_side_size(height: int, width: int, short_side: int, *, integer_divisio
     return long, short_side
 
 
-def draw_short_side(low: int, high: int, draw: str) -> int:
+def draw_short_side(low: int, high: int, draw: ShortSideDraw) -> int:
     if draw == "integer":
         return int(torch.randint(low, high + 1, (1,)))
     # round(uniform(low, high)), as released: the two ends come up half as often as the sizes between.
     return round(low + (high - low) * float(torch.rand((), dtype=torch.float64)))
 
 
-def random_square_crop(clip: Tensor, size: int, offsets: str) -> Tensor:
+def random_square_crop(clip: Tensor, size: int, offsets: CropOffsets) -> Tensor:
     height, width = clip.shape[-2:]
     top, left = _crop_offset(height, size, offsets), _crop_offset(width, size, offsets)
     return clip[..., top : top + size, left : left + size]
 
 
-def _crop_offset(length: int, size: int, offsets: str) -> int:
+def _crop_offset(length: int, size: int, offsets: CropOffsets) -> int:
     if length == size:
         return 0
     # The released random_crop draws np.random.randint(0, length - size), whose upper end is exclusive: the
@@ -262,7 +284,7 @@ def _crop_offset(length: int, size: int, offsets: str) -> int:
 
 
 def random_resized_crop(
-    clip: Tensor, area: tuple[float, float], size: int, interpolation: str, antialias: bool
+    clip: Tensor, area: tuple[float, float], size: int, interpolation: Interpolation, antialias: bool
 ) -> Tensor:
     # One box for the whole clip: get_params reads only the clip's height and width. Its draw has the
     # distribution of the released _get_param_spatial_crop (area, log aspect ratio 3/4..4/3, 10 tries,
@@ -323,7 +345,9 @@ def replayed_global_rngs(seed: int) -> Iterator[Callable[[], None]]:
         np.random.set_state(saved[1])
 
 
-def timm_randaugment_clip(frames: np.ndarray, config: str, seed: int, interpolation: str = "bicubic") -> np.ndarray:
+def timm_randaugment_clip(
+    frames: np.ndarray, config: str, seed: int, interpolation: Interpolation = "bicubic"
+) -> np.ndarray:
     """timm's `rand_augment_transform(config)` on every frame of uint8 (T, H, W, 3) `frames`, with the same ops,
     probabilities, magnitudes and signs on each: its draws are replayed from `seed` for every frame.
 
@@ -352,8 +376,8 @@ class ClipRandAugment:
     """uint8 (T, 3, H, W) -> uint8 (T, 3, H, W): one RandAugment draw for the whole clip (timm or torchvision)."""
 
     config: str
-    library: str = "timm"
-    interpolation: str = "bicubic"
+    library: RandAugmentLibrary = "timm"
+    interpolation: Interpolation = "bicubic"
 
     def __post_init__(self) -> None:
         self.torchvision = None
@@ -401,7 +425,8 @@ class TrainTransform:
         if recipe.randaugment is not None:
             self.randaugment = ClipRandAugment(recipe.randaugment, recipe.randaugment_library, recipe.interpolation)
         side_range = recipe.train_short_side_range or (REFERENCE_INPUT_SIZE, REFERENCE_INPUT_SIZE)
-        self.short_side_range = tuple(max(scaled_size(v, self.input_size), self.input_size) for v in side_range)
+        low, high = (max(scaled_size(v, self.input_size), self.input_size) for v in side_range)
+        self.short_side_range = (low, high)
 
     def __call__(self, clip: Tensor) -> Tensor:
         recipe, size = self.recipe, self.input_size
@@ -442,7 +467,8 @@ class TestViews:
         recipe = self.recipe
         short_side = max(scaled_size(recipe.test_short_side, self.input_size), self.input_size)
         x = clip_to_tchw(clip).float()
-        new_size = short_side_size(*x.shape[-2:], short_side, integer_division=True)
+        height, width = x.shape[-2:]
+        new_size = short_side_size(height, width, short_side, integer_division=True)
         x = resize(x, new_size, recipe.interpolation, recipe.antialias)
         crops = long_side_crops(x, self.input_size, recipe.test_crops)
         return normalize(torch.stack(crops), self.mean, self.std)
@@ -459,4 +485,4 @@ def test_views(recipe: Recipe, input_size: int, mean: Sequence[float], std: Sequ
 
 
 # The name starts with "test_": tell pytest it is not a test when a test module imports it.
-test_views.__test__ = False
+test_views.__test__ = False  # type: ignore[attr-defined]  # pytest reads it; a function takes any attribute

@@ -118,6 +118,7 @@ class CommandProgress:
             if not run.running:
                 left += overhead if overhead is not None else 0.1 * left
             elif overhead is not None:
+                assert run.started is not None  # it is running
                 left += max(0.0, overhead - (self.clock() - run.started - run.training_s))
             work += left
             if run.running:
@@ -133,6 +134,7 @@ class CommandProgress:
         if done < len(self.runs):
             left = self.seconds_left()
             text += f", about {_clock(left)} left" if left is not None else ", time left: measuring"
+        assert self.started is not None  # set in __post_init__
         text += f" ({_clock(self.clock() - self.started)} elapsed)"
         running = [run for run in self.runs if run.running]
         if running:

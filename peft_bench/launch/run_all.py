@@ -15,6 +15,7 @@ which prints them above the progress line (:mod:`peft_bench.launch.progress`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import logging.handlers
@@ -30,6 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from mlflow.tracking import MlflowClient
@@ -41,7 +43,11 @@ from peft_bench.launch.progress import CommandProgress, RunState, StatusLine
 from peft_bench.system import usable_cpu_count
 from peft_bench.track.tracking import default_tracking_uri, get_or_create_experiment, quiet_mlflow_logging
 from peft_bench.train import distributed, preemption
-from peft_bench.train.runner import resolve_device, run
+from peft_bench.train.runner import RunResult, resolve_device, run
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +170,9 @@ def run_all(
 
 def _one_after_another(configs, resume, progress: CommandProgress, status: StatusLine, on_outcome) -> None:
     for index, cfg in enumerate(configs):
-        if preemption.requested():  # a stop signal between two runs: the next one does not start
-            raise preemption.Preempted(
-                f"stopped by {preemption.received().name} before {cfg.run_name()}", preemption.received()
-            )
+        signum = preemption.received()
+        if signum is not None:  # a stop signal between two runs: the next one does not start
+            raise preemption.Preempted(f"stopped by {signum.name} before {cfg.run_name()}", signum)
         progress.start(index)
         status.show(progress.line(), force=True)
 
@@ -238,7 +243,7 @@ def _in_one_pool(
                         never_began.append(index)
                         continue
                     outcome = Outcome(index, error="its worker process died (killed, or out of memory?)")
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001  -- a failed run is recorded as failed; the others go on
                     outcome = Outcome(index, error=str(err) or type(err).__name__)
                 if progress.runs[index].started is None:
                     progress.start(index)
@@ -299,11 +304,11 @@ def _handle_events(events, progress: CommandProgress, timeout: float) -> None:
 
 # --- in a worker process -----------------------------------------------------------------------------
 
-_events = None  # the queue to the parent
-_stop = None  # set by the parent when the command is interrupted
+_events: Queue | None = None  # the queue to the parent
+_stop: Event | None = None  # set by the parent when the command is interrupted
 
 
-def _start_worker(events, stop, threads: int, log_level: int) -> None:
+def _start_worker(events: Queue, stop: Event, threads: int, log_level: int) -> None:
     global _events, _stop
     _events, _stop = events, stop
     _die_with_parent()
@@ -317,23 +322,23 @@ def _start_worker(events, stop, threads: int, log_level: int) -> None:
 def _die_with_parent() -> None:
     """Linux: a worker whose command was killed outright (SIGKILL) gets SIGTERM instead of training on."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # best effort: no libc, or no prctl in it
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
 
 
-def _run_in_worker(index: int, cfg: RunConfig, resume: bool):
+def _run_in_worker(index: int, cfg: RunConfig, resume: bool) -> RunResult | None:
+    assert _events is not None and _stop is not None  # _start_worker, the pool's initializer, set them
+    events = _events
     if _stop.is_set():  # the command is stopping: no new run
         return None
-    _events.put(("start", index))
+    events.put(("start", index))
     last_sent = [0.0]
 
     def report(done: int, total: int) -> None:
         now = time.monotonic()
         if done == 0 or done == total or now - last_sent[0] >= REPORT_EVERY_S:
             last_sent[0] = now
-            _events.put(("step", index, done, total))
+            events.put(("step", index, done, total))
 
     try:
         return run(cfg, progress=False, resume=resume, report=report)

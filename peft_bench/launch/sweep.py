@@ -224,7 +224,7 @@ def parse_timeout_minutes(text: str) -> int:
         raise UserError(f"--timeout '{text}': expected minutes, '90m', '24h', '2d' or 'H:MM:SS'")
     if minutes < 1:
         raise UserError(f"--timeout '{text}' is under a minute")
-    return int(round(minutes))
+    return round(minutes)
 
 
 def parse_sbatch_options(items: list[str]) -> dict[str, str]:
@@ -277,20 +277,20 @@ def local_record_finished(run_dir: Path) -> str | None:
 def make_executor(args, folder: Path):
     _export_code_location()
     if args.executor == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=parse_timeout_minutes(args.timeout))
-        return executor
+        local = submitit.LocalExecutor(folder=folder)
+        local.update_parameters(timeout_min=parse_timeout_minutes(args.timeout))
+        return local
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     tasks = max(1, args.gpus_per_node or 0)  # one process per GPU: DDP inside the job
-    params = dict(
-        timeout_min=parse_timeout_minutes(args.timeout),
-        nodes=1,
-        tasks_per_node=tasks,
-        cpus_per_task=args.cpus_per_task,
-        slurm_signal_delay_s=args.signal_delay,
-        slurm_additional_parameters=parse_sbatch_options(args.sbatch),
-        slurm_setup=[f"export PYTHONPATH={code_root()}${{PYTHONPATH:+:$PYTHONPATH}}"],
-    )
+    params: dict[str, object] = {
+        "timeout_min": parse_timeout_minutes(args.timeout),
+        "nodes": 1,
+        "tasks_per_node": tasks,
+        "cpus_per_task": args.cpus_per_task,
+        "slurm_signal_delay_s": args.signal_delay,
+        "slurm_additional_parameters": parse_sbatch_options(args.sbatch),
+        "slurm_setup": [f"export PYTHONPATH={code_root()}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    }
     if args.partition:
         params["slurm_partition"] = args.partition
     if args.gpus_per_node:
@@ -319,8 +319,9 @@ def submit_slurm(executor, tasks: list[SweepTask]) -> list:
 
 def run_local(executor, tasks: list[SweepTask], combos: list[Combination], max_parallel: int, on_submit) -> list:
     """Local processes, at most ``max_parallel`` at once; returns when all are done."""
-    running, jobs = [], []
-    for task, combo in zip(tasks, combos):
+    running: list[submitit.Job] = []
+    jobs: list[submitit.Job] = []
+    for task, combo in zip(tasks, combos, strict=True):
         while len(running) >= max_parallel:
             running = [j for j in running if not j.done()]
             time.sleep(0.5)
@@ -503,7 +504,7 @@ def cmd_sweep(args) -> int:
 def _check_slurm_reachable() -> None:
     if shutil.which("sbatch") is None:
         raise UserError("--executor slurm: no sbatch on PATH (is this a SLURM login node?)")
-    if subprocess.run(["squeue", "-h", "-u", str(os.getuid())], capture_output=True).returncode != 0:
+    if subprocess.run(["squeue", "-h", "-u", str(os.getuid())], capture_output=True, check=False).returncode != 0:
         raise UserError("--executor slurm: squeue fails; is slurmctld up?")
 
 
@@ -573,7 +574,7 @@ def submit(args, sweep_dir: Path) -> int:
     executor = make_executor(args, Path(manifest.folder))
     if args.executor == "slurm":
         jobs = submit_slurm(executor, tasks)
-        for combo, job in zip(todo, jobs):
+        for combo, job in zip(todo, jobs, strict=True):
             combo.job_id = job.job_id
         manifest.save(sweep_dir)
         print(

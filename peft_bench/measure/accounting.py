@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # torch and fvcore are imported where used: `peft-bench --hel
     import torch
     from torch import nn
 
+    from peft_bench.method_api.model import VideoClassifier
+
 Convention = Literal["all", "matmul"]
 CONVENTIONS: tuple[str, ...] = ("all", "matmul")
 Handle = Callable[[list, list], Any]
@@ -63,8 +65,12 @@ def _fvcore(module: str = "fvcore.nn"):
         return importlib.import_module(module)
 
 
-def _shape(value) -> list[int] | None:
-    return _fvcore("fvcore.nn.jit_handles").get_shape(value)
+def _shape(value) -> list[int]:
+    """The shape of a traced op's tensor input or output (the handlers below read only those)."""
+    shape = _fvcore("fvcore.nn.jit_handles").get_shape(value)
+    if shape is None:  # fvcore's answer for a value that is not a tensor of known shape
+        raise ValueError(f"cannot count FLOPs: the traced value {value} has no known tensor shape")
+    return shape
 
 
 def _numel(shape: list[int]) -> int:
@@ -386,7 +392,7 @@ class Account:
 
 def build_for_counting(
     method: str, backbone: str, num_classes: int, preset: str | None, frames: int = 8
-) -> tuple[nn.Module, str | None]:
+) -> tuple[VideoClassifier, str | None]:
     """The method on a frozen backbone with random weights, as the runner builds it (for ``frames``-frame
     clips), and the preset applied (None when the method has no such preset: a linear probe is the same
     on every dataset)."""
@@ -477,8 +483,10 @@ def _markdown(accounts: list[Account]) -> str:
     notes = "; ".join(f"'{c}': {CONVENTION_NOTES[c]}" for c in sorted({a.convention for a in accounts}))
     lines += [
         "",
-        f"GFLOPs: fvcore trace, 1 multiply-add = 1 FLOP, convention {notes}. Random weights "
-        "(counts depend on shapes only); ops listed as uncounted had no FLOP handler.",
+        (
+            f"GFLOPs: fvcore trace, 1 multiply-add = 1 FLOP, convention {notes}. Random weights "
+            "(counts depend on shapes only); ops listed as uncounted had no FLOP handler."
+        ),
     ]
     return "\n".join(lines)
 
@@ -486,11 +494,11 @@ def _markdown(accounts: list[Account]) -> str:
 def _csv(accounts: list[Account]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS + ("convention", "input_size", "preset"))
+    writer.writerow((*COLUMNS, "convention", "input_size", "preset"))
     for a in accounts:
         row = asdict(a)
         row["uncounted_ops"] = _uncounted_text(a.uncounted_ops)
-        writer.writerow([row[c] for c in COLUMNS + ("convention", "input_size", "preset")])
+        writer.writerow([row[c] for c in (*COLUMNS, "convention", "input_size", "preset")])
     return out.getvalue().rstrip("\n")
 
 
@@ -512,11 +520,12 @@ def counted_datasets() -> list[str]:
     return [name for name in available_datasets() if get_dataset(name).num_classes is not None]
 
 
-def dataset_setting(dataset: str) -> tuple[int, str]:
+def dataset_setting(dataset: str) -> tuple[int, str | None]:
     """(number of classes, method preset) for a dataset name; the method preset follows the dataset as in a run."""
     if dataset not in counted_datasets():
         raise ValueError(f"unknown dataset '{dataset}'; available: {', '.join(counted_datasets())}")
     spec = get_dataset(dataset)
+    assert spec.num_classes is not None  # counted_datasets() holds only datasets with a fixed class count
     return spec.num_classes, spec.method_preset
 
 
@@ -589,7 +598,7 @@ def cmd_account(args) -> int:
                     convention=args.convention,
                 )
             )
-        except Exception as err:  # one method that cannot be built or traced must not cost the others their rows
+        except Exception as err:  # noqa: BLE001  -- one method that cannot be built or traced must not cost the others their rows
             failed.append((method, err))
             print(f"peft-bench account: {method}: {type(err).__name__}: {err}", file=sys.stderr)
     text = render(accounts, args.format)

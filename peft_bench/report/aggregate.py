@@ -48,7 +48,7 @@ def mean_top1_frame(runs: pd.DataFrame, index: list[str], every_run: bool) -> pd
     stats = seed_statistics(runs, every_run)
     if stats.empty:
         return pd.DataFrame(index=pd.Index(index, name="method"))
-    stats["column"] = [column_name(b, d) for b, d in zip(stats["backbone"], stats["dataset"])]
+    stats["column"] = [column_name(b, d) for b, d in zip(stats["backbone"], stats["dataset"], strict=True)]
     return stats.pivot(index="method", columns="column", values="mean").reindex(index)
 
 

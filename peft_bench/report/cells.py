@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -50,12 +51,18 @@ def format_gflops(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
 
 
+def is_missing(value: Any) -> bool:
+    """Whether one table value is missing (NaN, None, pd.NA, NaT): ``pd.isna`` of a scalar, as a plain bool.
+    pandas-stubs type that check as one no float passes, so on a float NaN it would read as dead code."""
+    return bool(pd.isna(value))
+
+
 def format_reported(value: float) -> str:
-    return "" if pd.isna(value) else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    return "" if is_missing(value) else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
 def format_difference(value: float) -> str:
-    return "" if pd.isna(value) else f"{value:+.1f}"
+    return "" if is_missing(value) else f"{value:+.1f}"
 
 
 def format_bytes(value: float) -> str:
@@ -135,5 +142,5 @@ def with_cost_columns(table: pd.DataFrame, runs: pd.DataFrame, names: list[str])
             column = COST_COLUMNS[name]
             values = cell[column.metric].dropna() if column.metric in cell else pd.Series(dtype=float)
             costs.loc[method, column.label] = column.format(values.mean()) if len(values) else ""
-    at = table.columns.get_loc("GFLOPs") + 1
+    at = list(table.columns).index("GFLOPs") + 1
     return pd.concat([table.iloc[:, :at], costs, table.iloc[:, at:]], axis=1)

@@ -111,7 +111,8 @@ def tracking_uri_set(tracking_uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)  # None unsets it again (and the env var mlflow set)
+        # None unsets it again (and the env var mlflow set)
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # mlflow takes None, its annotation says not
 
 
 def runs_frame(raw: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
@@ -202,9 +203,9 @@ def recipe_hash(params: pd.Series) -> str | None:
     computed when a table is made, never stored).
     """
     recipe = {
-        key: str(value)
+        str(key): str(value)
         for key, value in params.items()
-        if not pd.isna(value) and key not in NOT_RECIPE_PARAMS and not key.startswith(VERSION_PARAM_PREFIX)
+        if not pd.isna(value) and key not in NOT_RECIPE_PARAMS and not str(key).startswith(VERSION_PARAM_PREFIX)
     }
     if not recipe:
         return None
@@ -214,9 +215,9 @@ def recipe_hash(params: pd.Series) -> str | None:
 def versions_text(params: pd.Series) -> str | None:
     """ "python 3.11.4, torch 2.5.1, ...": the library versions a run logged (``version.*`` params)."""
     versions = [
-        f"{key[len(VERSION_PARAM_PREFIX) :]} {value}"
+        f"{str(key)[len(VERSION_PARAM_PREFIX) :]} {value}"
         for key, value in sorted(params.items())
-        if key.startswith(VERSION_PARAM_PREFIX) and not pd.isna(value)
+        if str(key).startswith(VERSION_PARAM_PREFIX) and not pd.isna(value)
     ]
     python = [text for text in versions if text.startswith("python ")]
     others = [text for text in versions if not text.startswith("python ")]

@@ -166,11 +166,11 @@ def fill(template: str, values: dict[str, str]) -> str:
 def cell_rows(used: pd.DataFrame, method_order: list[str]) -> list[pd.DataFrame]:
     """The runs of each cell, in the table's row order, then by backbone and dataset."""
     position = {method: index for index, method in enumerate(method_order)}
-    cells = used.groupby(["method", "backbone", "dataset"], sort=False)
+    cells = dict(iter(used.groupby(["method", "backbone", "dataset"], sort=False)))
     keys = sorted(
-        cells.groups, key=lambda key: (position.get(key[0], len(position)), str(key[0]), str(key[1]), str(key[2]))
+        cells, key=lambda key: (position.get(str(key[0]), len(position)), str(key[0]), str(key[1]), str(key[2]))
     )
-    return [cells.get_group(key) for key in keys]
+    return [cells[key] for key in keys]
 
 
 def short_commits(runs: pd.DataFrame) -> list[str]:
@@ -292,7 +292,7 @@ def record_files(runs: pd.DataFrame, uri: str | None, scratch: Path) -> dict[str
     Runs logged before records existed have none, and are left out.
     """
     if "record_path" in runs:
-        return {str(run_id): Path(path) for run_id, path in zip(runs["run_id"], runs["record_path"])}
+        return {str(run_id): Path(path) for run_id, path in zip(runs["run_id"], runs["record_path"], strict=True)}
     client = MlflowClient(uri)
     found = {}
     with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # one bar per run

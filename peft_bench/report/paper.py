@@ -29,6 +29,7 @@ from peft_bench.report.cells import (
     format_gflops,
     format_reported,
     format_top1,
+    is_missing,
 )
 from peft_bench.report.gather import RANDOM_INIT_SUFFIX
 
@@ -86,11 +87,15 @@ def with_paper_columns(table: pd.DataFrame, means: pd.DataFrame) -> tuple[pd.Dat
     if matched:
         at = compared.columns.get_loc("params (M)") + 1
         params = paper["params_m"].reindex(table.index)
-        compared.insert(at, "params (M) paper", params.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"))
+        compared.insert(at, "params (M) paper", params.map(format_params_m))
         if authors["params_m"].notna().any():
             theirs = authors["params_m"].reindex(table.index)
-            compared.insert(at + 1, "params (M) authors", theirs.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"))
+            compared.insert(at + 1, "params (M) authors", theirs.map(format_params_m))
     return compared, matched
+
+
+def format_params_m(value: float) -> str:
+    return "" if is_missing(value) else f"{value:.2f}"
 
 
 def later_authors(table: pd.DataFrame) -> pd.DataFrame:
@@ -125,9 +130,9 @@ def system_table(
             "group": paper["group"],
             "pre-training": paper["pretrain"].fillna(""),
             "frames × crops × clips": [
-                views_text(*views) for views in zip(paper["frames"], paper["crops"], paper["clips"])
+                views_text(*views) for views in zip(paper["frames"], paper["crops"], paper["clips"], strict=True)
             ],
-            "GFLOPs": paper["gflops"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+            "GFLOPs": paper["gflops"].map(format_reported_gflops),
             "top-1": paper["top1"].map(format_reported),
             "top-5": paper["top5"].map(format_reported),
             "source": REPORTED,
@@ -161,10 +166,10 @@ def paper_dataset_label(kind: str) -> str:
 def measured_system_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, numbers = [], []
     order = paper_method_order()
-    cells = runs.groupby(["method", "backbone", "dataset"], sort=False)
-    keys = sorted(cells.groups, key=lambda key: (str(key[1]), str(key[2]), rank_in(order, key[0])))
+    cells = dict(iter(runs.groupby(["method", "backbone", "dataset"], sort=False)))
+    keys = sorted(cells, key=lambda key: (str(key[1]), str(key[2]), rank_in(order, str(key[0]))))
     for method, backbone, dataset in keys:
-        cell = cells.get_group((method, backbone, dataset))
+        cell = cells[(method, backbone, dataset)]
         top1, top5 = cell["top1"].dropna(), cell["top5"].dropna()
         rows.append(
             {
@@ -192,8 +197,12 @@ def pretraining_name(backbone: str) -> str:
     return PRETRAINING_NAMES.get(prefix, backbone)
 
 
-def views_text(frames: object, crops: object, clips: object) -> str:
-    if any(pd.isna(value) for value in (frames, crops, clips)):
+def format_reported_gflops(value: float) -> str:
+    return "" if is_missing(value) else f"{value:g}"
+
+
+def views_text(frames: float, crops: float, clips: float) -> str:
+    if any(is_missing(value) for value in (frames, crops, clips)):
         return ""
     return f"{int(frames)} × {int(crops)} × {int(clips)}"
 

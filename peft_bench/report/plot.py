@@ -15,9 +15,11 @@ ViT-B/16 on K400 or SSv2). Every marker carries a ``gid`` ("measured:<method>", 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -41,7 +43,11 @@ from peft_bench.reference import (
 from peft_bench.report.aggregate import benchmark_runs, column_name
 from peft_bench.report.paper import authors_column, paper_column
 
+if TYPE_CHECKING:
+    from matplotlib.typing import ColorType
+
 MARKERS = "osD^v<>pP*Xh"
+Style = tuple[str, "ColorType"]  # a method's (marker, colour), the same in every panel
 PANEL_SIZE = (4.2, 3.4)  # inches
 FORMATS = ("png", "svg")
 
@@ -147,10 +153,10 @@ def pareto_front(points: list[Point]) -> list[Point]:
     return front
 
 
-def method_styles(methods: list[str], later: set[str] = frozenset()) -> dict[str, tuple[str, str]]:
+def method_styles(methods: list[str], later: AbstractSet[str] = frozenset()) -> dict[str, Style]:
     """(marker, colour) per method, fixed across panels; paper order first so the styles are stable."""
     ordered = ordered_methods(sorted(set(methods)), paper_method_order(), later)
-    colours = plt.get_cmap("tab10").colors
+    colours = matplotlib.color_sequences["tab10"]  # the "tab10" colour map's colours
     return {method: (MARKERS[i % len(MARKERS)], colours[i % len(colours)]) for i, method in enumerate(ordered)}
 
 
@@ -178,7 +184,7 @@ def accuracy_figure(runs: pd.DataFrame, cost: CostAxis, every_run: bool, front: 
     authors = {key: authors_points(*key, later) if cost.metric == "trainable_params" else [] for key in keys}
     styles = method_styles([p.method for points in [*panels.values(), *paper.values()] for p in points], later)
     figure, axes = plt.subplots(1, len(keys), figsize=(PANEL_SIZE[0] * len(keys), PANEL_SIZE[1]), squeeze=False)
-    for axis, key in zip(axes[0], keys):
+    for axis, key in zip(axes[0], keys, strict=True):
         draw_panel(axis, key, panels[key], paper[key], styles, cost.label, authors[key])
         if front:
             draw_front(axis, pareto_front(panels[key]))
@@ -192,9 +198,9 @@ def draw_panel(
     key: tuple[str, str],
     measured: list[Point],
     paper: list[Point],
-    styles: dict[str, tuple[str, str]],
+    styles: dict[str, Style],
     xlabel: str = "trainable parameters",
-    authors: list[Point] = (),
+    authors: Sequence[Point] = (),
 ) -> None:
     for point in paper:
         marker, colour = styles[point.method]
@@ -260,10 +266,10 @@ def draw_front(axis, front: list[Point]) -> None:
 
 def add_legend(
     figure: Figure,
-    styles: dict[str, tuple[str, str]],
+    styles: dict[str, Style],
     has_paper: bool,
     has_front: bool = False,
-    later: set[str] = frozenset(),
+    later: AbstractSet[str] = frozenset(),
     has_authors: bool = False,
 ) -> None:
     handles = [

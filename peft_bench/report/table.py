@@ -97,8 +97,12 @@ def cross_modality_table(
     for method in methods:
         described = runs_in_description_order(runs[runs["method"] == method], result_columns)
         table.loc[method, DESCRIPTION_COLUMNS] = describe_method(described)
-    for cell in seed_statistics(runs, every_run=True).itertuples(index=False):  # runs: already reduced
-        table.loc[cell.method, column_name(cell.backbone, cell.dataset)] = format_top1(cell.mean, cell.std, cell.n)
+    stats = seed_statistics(runs, every_run=True)  # runs: already reduced
+    cells = zip(
+        stats["method"], stats["backbone"], stats["dataset"], stats["mean"], stats["std"], stats["n"], strict=True
+    )
+    for method, backbone, dataset, mean, std, n in cells:
+        table.loc[method, column_name(backbone, dataset)] = format_top1(mean, std, n)
     return table
 
 
@@ -173,8 +177,10 @@ def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_da
     used = system_runs(runs, kind, every_run, any_dataset)
     name = paper_dataset_label(kind)
     notes = [
-        f"rows '{REPORTED}': {PAPER_SOURCE} (peft_bench/reference/{SYSTEM_TABLE_FILES[kind]}); "
-        f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"
+        (
+            f"rows '{REPORTED}': {PAPER_SOURCE} (peft_bench/reference/{SYSTEM_TABLE_FILES[kind]}); "
+            f"rows '{MEASURED}': peft-bench runs; GFLOPs count all test views"
+        )
     ]
     if used.empty:
         notes.append(f"no run on {kind} matched: only the paper's rows are shown")
@@ -186,7 +192,7 @@ def system_report(runs: pd.DataFrame, kind: str, every_run: bool = False, any_da
         title=f"{name}: published systems and runs measured here",
         best={"top-1": numbers["top-1"], "top-5": numbers["top-5"]},
         group_column="group",
-        notes=notes + [measured_row_legend(every_run)] + found.lines(),
+        notes=[*notes, measured_row_legend(every_run), *found.lines()],
         warnings=found.warnings,
     )
 

@@ -92,8 +92,13 @@ def to_html(report: TableReport) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _index_name(cells: pd.DataFrame, default: str) -> str:
+    name = cells.index.name
+    return name if isinstance(name, str) and name else default
+
+
 def to_json(report: TableReport) -> str:
-    index_name = report.cells.index.name or "row"
+    index_name = _index_name(report.cells, "row")
     rows = [{index_name: str(label), **row.to_dict()} for label, row in report.cells.iterrows()]
     document = {
         "title": report.title,
@@ -112,7 +117,7 @@ def to_latex(report: TableReport) -> str:
     caption is the author's to write.
     """
     cells = report.cells
-    header = [latex_escape(cells.index.name or "")] + [latex_escape(str(c)) for c in cells.columns]
+    header = [latex_escape(_index_name(cells, ""))] + [latex_escape(str(c)) for c in cells.columns]
     lines = [
         "% peft-bench table; needs \\usepackage{booktabs}",
         *(f"% WARNING: {latex_comment(text)}" for text in report.warnings),
@@ -146,7 +151,7 @@ def latex_body(report: TableReport) -> list[str]:
         texts = [latex_escape(str(label))]
         for column, value in row.items():
             text = latex_escape("" if pd.isna(value) else str(value))
-            texts.append(f"\\textbf{{{text}}}" if text and label in best.get(column, ()) else text)
+            texts.append(f"\\textbf{{{text}}}" if text and label in best.get(str(column), ()) else text)
         lines.append(" & ".join(texts) + r" \\")
     return lines
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -281,7 +281,7 @@ def sync_unsent(run_dirs: Iterable[Path]) -> tuple[int, int]:
     for run_dir in run_dirs:
         try:
             sent += sync_run_dir(run_dir)
-        except Exception as err:  # the docstring says why: its records stay in the journal
+        except Exception as err:  # noqa: BLE001  -- the docstring says why: its records stay in the journal
             log.warning(
                 "%s: results not sent to tracking yet (%s); `peft-bench sync %s` sends them",
                 Path(run_dir).name,
@@ -357,7 +357,7 @@ class JournaledTracker:
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> bool:
+    ) -> Literal[False]:
         if exc_type is None:
             status = RunStatus.FINISHED
         else:
@@ -424,7 +424,7 @@ class JournaledTracker:
             if journal.path != self.journal.path and journal.unsynced():
                 try:
                     flush(journal)
-                except Exception as err:  # this run goes on; the earlier one waits for a sync
+                except Exception as err:  # noqa: BLE001  -- this run goes on; the earlier one waits for a sync
                     log.warning(
                         "an earlier run in %s is not synced yet (%s); its journal is kept for `peft-bench sync`",
                         self.run_dir,
@@ -451,7 +451,7 @@ class JournaledTracker:
         pending = len(self._unjournaled)  # the run may add more meanwhile: only these are cleared below
         try:
             flush(self.journal, self._unjournaled[:pending])
-        except Exception as err:  # whatever stops the send, the records wait in the journal
+        except Exception as err:  # noqa: BLE001  -- whatever stops the send, the records wait in the journal
             reason = f"{type(err).__name__}: {err}"
             if self._failure is None:
                 log.warning(
@@ -520,7 +520,7 @@ class OffRankTracker:
     def __enter__(self) -> OffRankTracker:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:

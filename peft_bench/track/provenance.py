@@ -55,7 +55,7 @@ def provenance(runs: pd.DataFrame) -> Provenance:
 
 
 def commit_lines(runs: pd.DataFrame) -> list[str]:
-    labels = [commit_label(commit, dirty) for commit, dirty in zip(runs["git_commit"], runs["git_dirty"])]
+    labels = [commit_label(commit, dirty) for commit, dirty in zip(runs["git_commit"], runs["git_dirty"], strict=True)]
     return counted_values(pd.Series(labels, dtype=object))
 
 
@@ -71,7 +71,9 @@ def hardware_of(runs: pd.DataFrame) -> pd.Series:
         parts = [str(value) for value in (device, host) if isinstance(value, str) and value]
         return " on ".join(parts) or None
 
-    return pd.Series([describe(device, host) for device, host in zip(runs["device"], runs["host"])], dtype=object)
+    return pd.Series(
+        [describe(device, host) for device, host in zip(runs["device"], runs["host"], strict=True)], dtype=object
+    )
 
 
 def decoding_of(runs: pd.DataFrame) -> pd.Series:
@@ -81,7 +83,9 @@ def decoding_of(runs: pd.DataFrame) -> pd.Series:
     def describe(decoder: object, ffmpeg: object) -> str | None:
         return f"{decoder} on {ffmpeg}" if isinstance(decoder, str) and decoder else None
 
-    return pd.Series([describe(d, f) for d, f in zip(runs["decoder_version"], runs["ffmpeg"])], dtype=object)
+    return pd.Series(
+        [describe(d, f) for d, f in zip(runs["decoder_version"], runs["ffmpeg"], strict=True)], dtype=object
+    )
 
 
 def counted_values(values: pd.Series) -> list[str]:
@@ -101,8 +105,10 @@ def dirty_tree_warnings(runs: pd.DataFrame) -> list[str]:
     if not dirty:
         return []
     return [
-        f"{plural(dirty, 'run')} came from a checkout with uncommitted changes: "
-        "its commit does not name the code that ran"
+        (
+            f"{plural(dirty, 'run')} came from a checkout with uncommitted changes: "
+            "its commit does not name the code that ran"
+        )
     ]
 
 

@@ -23,14 +23,14 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import jsonschema
 
@@ -55,6 +55,136 @@ RECORD_NAME = "result.json"  # in the run folder, and the mlflow artifact's name
 METER_NAME = "meter.json"
 FLOP_CONVENTION = "1 multiply-add = 1 FLOP"
 # Metrics a record adds to its mlflow run, so that a table from mlflow and one from records agree.
+
+# --- the record's shape: result_schema.json's, as types for the code that builds it -------------------------
+# (Records read back from files or mlflow are plain dicts, checked against the schema, not these types.)
+
+
+class RunInfo(TypedDict):
+    name: str
+    experiment: str
+    mlflow_run_id: str | None  # None when tracking was never reached
+    config_hash: str  # 12 hex digits
+    started_at: str  # ISO 8601 with its time zone
+    finished_at: str
+    segments: int  # processes that worked on the run: 1 for an unbroken run
+    status: Literal[RunStatus.FINISHED]
+
+
+class Description(TypedDict):
+    group: str
+    architecture: str
+    models_time: str  # "yes", "no" or ""
+    pretrained: str
+    feature_cache: str
+
+
+class ViewProtocol(TypedDict):
+    """The test views top-1 and top-5 were measured under."""
+
+    frames: int
+    crops: int
+    clips: int
+    views: int  # crops x clips
+
+
+class Result(TypedDict):
+    protocol: ViewProtocol
+    top1: float  # percent
+    top5: float
+    videos: int
+
+
+class Params(TypedDict):
+    trainable: int
+    total: int
+    trainable_state_bytes: int
+
+
+class Flops(TypedDict):
+    gflops: float  # all views
+    gflops_per_view: float
+    views: int
+    frames: int
+    input_size: int
+    convention: str  # FLOP_CONVENTION
+    counter: str
+
+
+class PeakMemory(TypedDict):
+    device: str
+    allocated_bytes: int | None
+    reserved_bytes: int | None
+    resident_bytes: int | None
+    resident_scope: str  # "run" or "process"
+
+
+class Cost(TypedDict):
+    wall_time_s: float
+    train_time_s: float
+    eval_time_s: float
+    devices: int
+    device_hours: float
+    train_clips: int
+    eval_clips: int
+    train_clips_per_s: float | None  # None when the phase took no measurable time
+    eval_clips_per_s: float | None
+    peak_memory: PeakMemory
+
+
+class SplitSummary(TypedDict):
+    listed: int
+    missing: int
+    left_out: int
+    used: int
+    decode_failures: int
+    sample_list_sha256: str
+
+
+class DecoderInfo(TypedDict):
+    requested: str  # "auto", "pyav", "torchcodec" or "decord"
+    used: str
+    version: str
+    device: str  # "cpu" or "cuda"
+    libraries: dict[str, str]
+
+
+class DataInfo(TypedDict):
+    train: SplitSummary
+    val: SplitSummary
+    decoder: DecoderInfo
+
+
+class Environment(TypedDict):
+    git_commit: str
+    git_dirty: str  # "yes", "no" or "unknown"
+    versions: dict[str, str]
+    device: str
+    host: str
+    torch_cuda: str | None
+
+
+class ResultRecord(TypedDict):
+    """One finished run's record, as ``build_record`` makes it (``result_schema.json``, docs/result-schema.md)."""
+
+    schema: str  # SCHEMA_ID
+    schema_version: int  # SCHEMA_VERSION
+    run: RunInfo
+    config: dict[str, Any]
+    config_digest: str
+    method: str
+    backbone: str
+    dataset: str
+    seed: int
+    description: Description
+    results: list[Result]
+    params: Params
+    flops: Flops
+    cost: Cost
+    data: DataInfo
+    environment: Environment
+
+
 COST_METRICS = (
     "train_time_s",
     "eval_time_s",
@@ -193,7 +323,7 @@ def peak_resident_bytes() -> int:
 # --- the data a run used -----------------------------------------------------------------------------
 
 
-def split_summary(dataset, used: int | None = None) -> dict[str, Any]:
+def split_summary(dataset, used: int | None = None) -> SplitSummary:
     """Counts and the sample-list hash of one split; ``used``: the first N samples only (val_subset)."""
     samples = list(dataset.samples)
     chosen = samples if used is None else samples[:used]
@@ -217,12 +347,13 @@ def sample_list_hash(samples: Sequence, class_names: Sequence[str]) -> str:
     paths = [Path(sample.path) for sample in samples]
     root = Path(os.path.commonpath([str(path.parent) for path in paths])) if paths else Path()
     lines = sorted(
-        f"{path.relative_to(root).as_posix()}\t{class_names[sample.label]}" for path, sample in zip(paths, samples)
+        f"{path.relative_to(root).as_posix()}\t{class_names[sample.label]}"
+        for path, sample in zip(paths, samples, strict=True)
     )
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
-def decoder_description(requested: str, device: str = "cpu", tags: dict[str, str] | None = None) -> dict[str, Any]:
+def decoder_description(requested: str, device: str = "cpu", tags: dict[str, str] | None = None) -> DecoderInfo:
     """The decoder the run asked for, the one that decodes (``auto``'s choice), the device, and the versions
     of the libraries behind it. The run's tags already hold what decoded (the runner's ``decoder_provenance``):
     taken from there, so the record says what mlflow says."""
@@ -265,7 +396,7 @@ def build_record(
     run_name: str,
     mlflow_run_id: str | None,
     tags: dict[str, str],
-    protocol: dict[str, int],
+    protocol: ViewProtocol,
     final: dict[str, float],
     trainable_params: int,
     total_params: int,
@@ -274,12 +405,12 @@ def build_record(
     input_size: int,
     meter: MeterState,
     world_size: int,
-    splits: dict[str, dict],
+    splits: dict[str, SplitSummary],
     decoder: str,
     device_type: str,
     resident_scope: str,
     decode_device: str = "cpu",
-) -> dict:
+) -> ResultRecord:
     """The record of a finished run (see docs/result-schema.md) from its figures; the environment is read here."""
     logged_config = {**config, "config_digest": config_digest}  # what log_config sends to mlflow
     commit, dirty = git_state()
@@ -352,7 +483,11 @@ def build_record(
                 "resident_scope": resident_scope,
             },
         },
-        "data": {**splits, "decoder": decoder_description(decoder, decode_device, tags)},
+        "data": {
+            "train": splits["train"],
+            "val": splits["val"],
+            "decoder": decoder_description(decoder, decode_device, tags),
+        },
         "environment": {
             "git_commit": commit,
             "git_dirty": dirty,
@@ -375,11 +510,11 @@ def record_finished_run(
     gflops_per_view: float,
     val_set,
     final: dict,
-    splits: dict[str, dict],
+    splits: dict[str, SplitSummary],
     clip_sets: dict,
     input_size: int,
     world_size: int,
-) -> dict | None:
+) -> ResultRecord | None:
     """The end of a run: its record written beside it, logged to mlflow as an artifact with its cost metrics.
 
     A failure here is logged, never raised: the run's results are already tracked, and an error now would
@@ -417,15 +552,15 @@ def _record_finished_run(
     gflops_per_view: float,
     val_set,
     final: dict,
-    splits: dict[str, dict],
+    splits: dict[str, SplitSummary],
     clip_sets: dict,
     input_size: int,
     world_size: int,
-) -> dict:
+) -> ResultRecord:
     for split, dataset in clip_sets.items():
         splits[split]["decode_failures"] = int(getattr(dataset, "failed_count", 0))
     recipe = getattr(val_set, "recipe", None)
-    protocol = {
+    protocol: ViewProtocol = {
         "frames": cfg.num_frames,
         "crops": int(getattr(recipe, "test_crops", 1)),
         "clips": int(getattr(recipe, "test_clips", 1)),
@@ -471,7 +606,7 @@ def iso_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def cost_metrics(record: dict) -> dict[str, float]:
+def cost_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """The record's cost figures as mlflow metrics (``COST_METRICS``; absent ones left out)."""
     cost = record["cost"]
     values = {
@@ -486,7 +621,7 @@ def cost_metrics(record: dict) -> dict[str, float]:
     return {key: float(value) for key, value in values.items() if value is not None}
 
 
-def peak_memory_bytes(record: dict) -> int | None:
+def peak_memory_bytes(record: Mapping[str, Any]) -> int | None:
     """The memory the run needed on its device: GPU allocated at peak, or the CPU's peak resident set."""
     peak = record["cost"]["peak_memory"]
     return peak["allocated_bytes"] if peak["device"] == "cuda" else peak["resident_bytes"]
@@ -506,7 +641,7 @@ def validation_errors(record: Any) -> list[str]:
     ]
 
 
-def write_record(run_dir: Path, record: dict) -> Path:
+def write_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
     """``<run_dir>/result.json``, atomically. A record that breaks the schema is still written (the run's
     results must not be lost to a bug here), with an error in the log."""
     errors = validation_errors(record)

@@ -191,7 +191,7 @@ def _schema_head() -> str | None:
         from mlflow.store.db.utils import _get_alembic_config  # (the same reason)
 
         return ScriptDirectory.from_config(_get_alembic_config("")).get_current_head()
-    except Exception:  # mlflow moved its internals: the leftover-table check above still stands
+    except Exception:  # noqa: BLE001  -- mlflow moved its internals: the leftover-table check above still stands
         return None
 
 

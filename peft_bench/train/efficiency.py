@@ -7,6 +7,7 @@ the helpers here apply the optional ones: frozen weights in bf16, activation che
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 from torch import nn
@@ -44,5 +45,5 @@ def apply_speed_options(model: nn.Module, speed, device: torch.device) -> tuple[
         applied.append("activation checkpointing")
     if speed.compile:
         applied.append("torch.compile")
-        return torch.compile(model), applied
+        return cast(nn.Module, torch.compile(model)), applied  # torch.compile of a Module returns a Module
     return model, applied

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from peft_bench.data.dataset import VideoClipDataset
 from peft_bench.method_api.model import VideoClassifier
 from peft_bench.precision import autocast, resolve_precision
 from peft_bench.system import usable_cpu_count
@@ -111,6 +112,8 @@ def dataset_fingerprint(dataset: Dataset) -> dict:
         inner = dataset_fingerprint(dataset.dataset)
         inner["subset"] = hashlib.sha256(json.dumps([int(i) for i in dataset.indices]).encode()).hexdigest()
         return inner
+    if not isinstance(dataset, VideoClipDataset):
+        raise TypeError(f"the feature cache serves clips of a VideoClipDataset, not {type(dataset).__name__}")
     files = hashlib.sha256()
     for sample in dataset.samples:
         stat = Path(sample.path).stat()
@@ -184,8 +187,8 @@ def read_entry(folder: Path, key: str) -> CacheEntry:
 def write_entry(
     folder: Path,
     key: str,
-    model: nn.Module,
-    dataset: Dataset,
+    model: VideoClassifier,
+    dataset: VideoClipDataset | Subset,
     epoch: int | None,
     dtype: str,
     device: torch.device,
@@ -212,8 +215,8 @@ def write_entry(
             video = batch["video"].to(device, non_blocking=True)  # (B, V, T, C, H, W)
             b, v = video.shape[:2]
             with autocast(device, precision):
-                out = model.pack_features(model.forward_features(video.flatten(0, 1)))
-            out = out.float().view(b, v, *out.shape[1:]).cpu().numpy()
+                packed = model.pack_features(model.forward_features(video.flatten(0, 1)))
+            out = packed.float().view(b, v, *packed.shape[1:]).cpu().numpy()
             if tokens is None:  # the token shape is known after the first batch
                 tokens = np.lib.format.open_memmap(
                     tmp / "tokens.npy", mode="w+", dtype=NUMPY_DTYPES[dtype], shape=(len(dataset), *out.shape[1:])
@@ -223,6 +226,9 @@ def write_entry(
             start += b
     finally:
         backbone.train(was_training)
+    if tokens is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError("the feature cache was given no clips to extract features from (an empty dataset)")
     tokens.flush()
     np.save(tmp / "labels.npy", labels, allow_pickle=False)
     failed = getattr(dataset, "failed_count", 0)
@@ -253,8 +259,8 @@ def set_augmentation_epoch(dataset: Dataset, epoch: int) -> None:
 
 def get_or_build(
     cache_dir: Path,
-    model: nn.Module,
-    dataset: Dataset,
+    model: VideoClassifier,
+    dataset: VideoClipDataset | Subset,
     epoch: int | None,
     dtype: str,
     device: torch.device,
@@ -295,8 +301,8 @@ def get_or_build(
 
 
 class CachedFeatures(Dataset):
-    """Items dict(tokens=float32 (V, T, L, D) or packed (V, T, S, L, D), label) read from cache entries; with several entries
-    (augmented copies), ``set_epoch(e)`` selects copy e mod copies."""
+    """Items dict(tokens=float32 (V, T, L, D) or packed (V, T, S, L, D), label) read from cache entries; with
+    several entries (augmented copies), ``set_epoch(e)`` selects copy e mod copies."""
 
     loader_workers = 0  # reading a memory map needs no worker processes
 
@@ -333,9 +339,9 @@ class FeatureCacheReport:
 
 
 def cached_datasets(
-    model: nn.Module,
-    train_set: Dataset,
-    val_set: Dataset,
+    model: VideoClassifier,
+    train_set: VideoClipDataset | Subset,
+    val_set: VideoClipDataset | Subset,
     epochs: int,
     speed,
     device: torch.device,

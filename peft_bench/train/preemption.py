@@ -19,8 +19,15 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TypeAlias
 
 log = logging.getLogger(__name__)
+
+# What signal.getsignal returns and signal.signal takes back: a function, SIG_DFL or SIG_IGN, or None (a
+# handler installed outside Python).
+SignalHandler: TypeAlias = "Callable[[int, FrameType | None], Any] | int | signal.Handlers | None"
 
 
 class Preempted(SystemExit):
@@ -45,7 +52,7 @@ class PreemptionGuard:
     def __init__(self) -> None:
         self.signum = preemption_signal()
         self.received: signal.Signals | None = None
-        self._previous: dict[signal.Signals, object] = {}
+        self._previous: dict[signal.Signals, SignalHandler] = {}
 
     @property
     def requested(self) -> bool:
@@ -60,9 +67,8 @@ class PreemptionGuard:
         PreemptionGuard._active = self
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self._restore()
-        return False
 
     def _note(self, signum, frame) -> None:
         sig = signal.Signals(signum)

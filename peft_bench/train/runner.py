@@ -23,19 +23,21 @@ import pickle
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from peft_bench.backbones import VideoBackbone, create_backbone
 from peft_bench.config import RunConfig, tracked_config
 from peft_bench.data.build import build_dataset
+from peft_bench.data.dataset import VideoClipDataset
 from peft_bench.data.decode import decoder_provenance
 from peft_bench.measure.accounting import count_video_flops
 from peft_bench.method_api.checks import measures_time
@@ -49,7 +51,7 @@ from peft_bench.method_api.model import (
 from peft_bench.method_api.optim import make_optimizer
 from peft_bench.method_api.registry import MethodSpec, RunContext, get_method
 from peft_bench.precision import DTYPES, autocast, grad_scaler, hold_frozen_in, resolve_precision
-from peft_bench.track.records import RunMeter, record_finished_run, split_summary
+from peft_bench.track.records import RunMeter, SplitSummary, record_finished_run, split_summary
 from peft_bench.train import distributed, preemption
 from peft_bench.train.efficiency import apply_speed_options
 from peft_bench.train.feature_cache import CachedFeatures, HeadOnCachedFeatures, cached_datasets, feature_cache_refusal
@@ -67,7 +69,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class RunResult:
-    run_id: str
+    run_id: str | None  # None when tracking was never reached (the run's journal keeps its results)
     top1: float
     top5: float
     trainable_params: int
@@ -101,7 +103,7 @@ def run_context(cfg: RunConfig, num_classes: int | None = None, class_names=None
     )
 
 
-def build_model(cfg: RunConfig, num_classes: int, backbone=None, class_names=None) -> nn.Module:
+def build_model(cfg: RunConfig, num_classes: int, backbone=None, class_names=None) -> VideoClassifier:
     """The backbone, frozen, with the method's additions; only what the method trains has requires_grad.
     The head, and its dropout, are the run's (``train.head_dropout``), the same whatever the method."""
     spec = get_method(cfg.method)
@@ -127,12 +129,16 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_ratio: flo
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     k = min(k, probs.shape[1])
-    return (probs.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
+    return int((probs.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item())
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False, precision: str = "auto"
+    model: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    progress: bool = False,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Multi-view accuracy: softmax per view, then the mean over views, then top-1/top-5."""
     model.eval()
@@ -147,8 +153,8 @@ def evaluate(
         correct1 += topk_correct(probs, labels, 1)
         correct5 += topk_correct(probs, labels, 5)
         seen += b
-    correct1, correct5, seen = distributed.sum_over_ranks([correct1, correct5, seen])  # each rank saw a share
-    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "clips": seen}
+    all1, all5, all_seen = distributed.sum_over_ranks([correct1, correct5, seen])  # each rank saw a share
+    return {"top1": 100.0 * all1 / max(all_seen, 1), "top5": 100.0 * all5 / max(all_seen, 1), "clips": all_seen}
 
 
 def _progress(iterable, enabled: bool, desc: str):
@@ -262,10 +268,11 @@ class _WriteErrors:
     """A file wrapper that remembers the OSError a write raised: torch reports a full disk only as
     "unexpected pos 5824 vs 5718", dropping the errno that says what happened."""
 
-    def __init__(self, file) -> None:
-        self.file, self.error = file, None
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         try:
             return self.file.write(data)
         except OSError as err:
@@ -284,10 +291,10 @@ def write_checkpoint(path: Path, state: dict) -> None:
     try:
         with open(tmp, "wb") as f:
             out = _WriteErrors(f)
-            torch.save(state, out)
+            torch.save(state, out)  # type: ignore[arg-type]  # torch stubs: it takes any object with write and flush
             f.flush()
             os.fsync(f.fileno())
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  -- any failed write: the temporary goes, CheckpointError says why
         cause = out.error if out is not None and out.error is not None else err
         tmp.unlink(missing_ok=True)
         reason = f"{cause.strerror} (errno {cause.errno})" if isinstance(cause, OSError) and cause.strerror else cause
@@ -318,7 +325,7 @@ def load_checkpoint(path: Path) -> dict:
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError(f"the checkpoint {path} is empty (0 bytes)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # noqa: TID251  -- weights_only: no unpickling
     except FileNotFoundError:
         raise CheckpointError(f"the checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as err:
@@ -332,7 +339,7 @@ def load_checkpoint(path: Path) -> dict:
             f"the checkpoint {path} holds more than tensors and plain data and was refused "
             f"(checkpoints load with weights_only=True): {first}"
         ) from None
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  -- whatever a damaged file makes torch raise, CheckpointError names it
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"the checkpoint {path} is damaged (cut short or corrupt): {first}") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
@@ -499,31 +506,37 @@ def _run(cfg: RunConfig, progress: bool, resume: bool, report: Callable[[int, in
 class RunData:
     """The data stage's datasets: the clips, the ones evaluated, and what the result record says of them."""
 
-    train_set: Dataset
-    val_set: Dataset
-    val_items: Dataset  # val_set, or its first train.val_subset clips
-    splits: dict[str, dict]
-    clip_sets: dict[str, Dataset]  # their counts of missing, unreadable and short videos
+    train_set: VideoClipDataset
+    val_set: VideoClipDataset
+    val_items: VideoClipDataset | Subset  # val_set, or its first train.val_subset clips
+    splits: dict[str, SplitSummary]
+    clip_sets: dict[str, VideoClipDataset]  # their counts of missing, unreadable and short videos
 
 
 def build_data(cfg: RunConfig, backbone: VideoBackbone) -> RunData:
     """The run's training and validation clips, read and transformed for ``backbone``."""
-    data_kwargs = dict(
-        root=Path(cfg.data_root) if cfg.data_root else None,
-        annotations=Path(cfg.annotations) if cfg.annotations else None,
-        input_size=backbone.input_size,
-        mean=backbone.mean,
-        std=backbone.std,
-        num_frames=cfg.num_frames,
-        seed=cfg.seed,
-        decoder=cfg.data.decoder,
-        decode_device=cfg.data.decode_device,
-        classes=cfg.classes,
-        recipe=cfg.recipe,
-    )
-    train_set = build_dataset(cfg.dataset, "train", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
-    val_set = build_dataset(cfg.dataset, "val", max_failure_fraction=cfg.train.max_failure_fraction, **data_kwargs)
-    val_items = val_set
+
+    def clips(split: str) -> VideoClipDataset:
+        return build_dataset(
+            cfg.dataset,
+            split,
+            root=Path(cfg.data_root) if cfg.data_root else None,
+            annotations=Path(cfg.annotations) if cfg.annotations else None,
+            input_size=backbone.input_size,
+            mean=backbone.mean,
+            std=backbone.std,
+            num_frames=cfg.num_frames,
+            seed=cfg.seed,
+            decoder=cfg.data.decoder,
+            decode_device=cfg.data.decode_device,
+            max_failure_fraction=cfg.train.max_failure_fraction,
+            classes=cfg.classes,
+            recipe=cfg.recipe,
+        )
+
+    train_set = clips("train")
+    val_set = clips("val")
+    val_items: VideoClipDataset | Subset = val_set
     if cfg.train.val_subset:
         val_items = torch.utils.data.Subset(val_set, range(min(cfg.train.val_subset, len(val_set))))
     splits = {"train": split_summary(train_set), "val": split_summary(val_set, len(val_items))}
@@ -546,7 +559,7 @@ class BuiltModel:
 
 
 def build_run_model(
-    cfg: RunConfig, spec: MethodSpec, backbone: VideoBackbone, train_set: Dataset, device: torch.device
+    cfg: RunConfig, spec: MethodSpec, backbone: VideoBackbone, train_set: VideoClipDataset, device: torch.device
 ) -> BuiltModel:
     """The method's model on ``backbone`` for the training set's classes, on ``device``, in the run's precision and
     with its speed options."""
@@ -634,7 +647,7 @@ def training_module(built: BuiltModel, cached: bool, compile_steps: bool) -> nn.
     if distributed.world_size() == 1:
         return built.step_model
     wrapped = distributed.data_parallel(HeadOnCachedFeatures(built.model) if cached else built.model, built.device)
-    return torch.compile(wrapped) if compile_steps else wrapped
+    return cast(nn.Module, torch.compile(wrapped)) if compile_steps else wrapped  # compile(Module): a Module
 
 
 def open_run_dir(cfg: RunConfig, run_dir: Path) -> None:
