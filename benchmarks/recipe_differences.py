@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from peft_bench.config import resolve_config
 from peft_bench.data.specs import embedded_datasets
 from peft_bench.train.runner import run
@@ -329,7 +331,14 @@ def main(argv: list[str] | None = None) -> None:
         default="runs/recipe_differences",
         help="the runs' checkpoints and mlflow store, and the running CSV",
     )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for this process (default 1; 0: torch's default)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        # As `peft-bench run` gives each of its parallel runs: on a shared 2-core machine two processes of two
+        # threads each took several times the CPU of one thread each (README, "Two commands").
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     names = args.rows.split(",")
     unknown = set(names) - set(ROW_NAMES)
