@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from peft_bench.backbones.base import BackboneInfo
+if TYPE_CHECKING:  # the registry imports this module, and loads without torch
+    from peft_bench.backbones.base import BackboneInfo
 
 
 @dataclass(frozen=True)

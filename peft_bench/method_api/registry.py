@@ -34,16 +34,18 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
-from peft_bench.backbones.base import VideoBackbone
 from peft_bench.dataclass_io import ConfigError, from_dict
 from peft_bench.errors import UserError
 from peft_bench.method_api.context import RunContext as RunContext  # re-exported: methods import it from here
-from peft_bench.method_api.model import VideoClassifier
 
 if TYPE_CHECKING:
+    # Types only: the registry, and the config that reads it, load without torch (tests/test_dataset_specs.py).
     from _typeshed import DataclassInstance
+
+    from peft_bench.backbones.base import VideoBackbone
+    from peft_bench.method_api.model import VideoClassifier
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class BuildMethod(Protocol[ConfigT_contra]):
 
 # A method's ``merge``: folds the trained additions into the backbone's weights, in place, and returns the
 # model (the same classifier) for evaluation.
-MergeMethod = Callable[[VideoClassifier], VideoClassifier]
+MergeMethod: TypeAlias = "Callable[[VideoClassifier], VideoClassifier]"
 
 
 def from_context(key: str, help: str = "") -> Any:
