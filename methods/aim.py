@@ -174,6 +174,7 @@ class AIMBlock(WrappedBlock):
     },
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: AIMConfig) -> VideoClassifier:
+    assert cfg.num_frames is not None  # a from_context field: MethodSpec.create has resolved it
     layers = resolve_layers(cfg.layers, len(backbone.blocks))
     width = int(backbone.width * cfg.ratio)
     depth = len(backbone.blocks)

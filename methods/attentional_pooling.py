@@ -67,5 +67,6 @@ class AttentionalPool(nn.Module):
     models_time=True,
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: AttentionalPoolingConfig) -> VideoClassifier:
+    assert cfg.num_frames is not None  # a from_context field: MethodSpec.create has resolved it
     pool = AttentionalPool(backbone.width, backbone.num_heads, cfg.num_frames)
     return VideoClassifier(backbone, context, pool=pool)

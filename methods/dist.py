@@ -330,8 +330,10 @@ class DiSTNetwork(nn.Module):
             )
         x = self.stem(video.transpose(1, 2))  # (B, c, T, h, w)
         carried: Tensor | float = 0.0
-        for layer, stage in zip(self.layers, self.stages):
+        u: Tensor | None = None
+        for layer, stage in zip(self.layers, self.stages, strict=True):
             x, u, carried = stage(x, features.intermediates[layer], carried)
+        assert u is not None  # __init__ refuses an empty self.layers
         tokens = u + carried
         video_token = self.video_token.to(tokens.dtype).expand(b, -1, -1)
         frame_tokens = self.frame_token.to(tokens.dtype).expand(b * n, -1, -1)

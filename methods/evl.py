@@ -127,6 +127,8 @@ class TemporalCrossAttention(nn.Module):
     patches of frame s, averaged over heads, (P, P); each entry weighs the learned D-vector of its
     relative spatial offset, summed over the keys -> (P, D) per frame. Both tables start at zero."""
 
+    offset_index: Tensor  # a buffer (register_buffer below)
+
     def __init__(self, dim: int, grid: tuple[int, int]):
         super().__init__()
         height, width = grid
@@ -187,6 +189,11 @@ class LocalTemporal(nn.Module):
         if self.position is not None:
             out = out + self.position.for_frames(t).to(tokens.dtype)[None, :, None]
         if self.cross_attention is not None:
+            if qk is None:
+                raise ValueError(
+                    "EVL's temporal cross-attention reads the blocks' attention q and k: "
+                    "build the classifier with qk=True"
+                )
             out = out + self.cross_attention(*qk).to(tokens.dtype)
         return out
 
@@ -201,11 +208,12 @@ class DecoderLayer(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
         hidden = round(mlp_ratio * dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), QuickGELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        fc1, fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.mlp = nn.Sequential(fc1, QuickGELU(), nn.Dropout(dropout), fc2)
         with torch.no_grad():
             for weight in (*self.attn.qkv.weight.chunk(3), self.attn.proj.weight):  # q, k, v and out, each D x D
                 nn.init.xavier_uniform_(weight)
-            for fc in (self.mlp[0], self.mlp[3]):
+            for fc in (fc1, fc2):
                 nn.init.xavier_uniform_(fc.weight)
                 nn.init.normal_(fc.bias, std=1e-6)
 
@@ -231,7 +239,7 @@ class EVLDecoder(nn.Module):
         first = features.intermediates[self.blocks[0]]
         b, t, length, dim = first.shape
         x = self.query.to(first.dtype).expand(b, 1, dim)
-        for block, temporal, layer in zip(self.blocks, self.temporal, self.layers):
+        for block, temporal, layer in zip(self.blocks, self.temporal, self.layers, strict=True):
             frames = temporal(features.intermediates[block], features.qk.get(block))
             x = layer(x, frames.reshape(b, t * length, dim))
         return self.norm(x[:, 0])
@@ -239,6 +247,8 @@ class EVLDecoder(nn.Module):
 
 @register_method("evl", config=EVLConfig, group=LATER_METHODS, architecture="SA", models_time=True)
 def build(backbone: VideoBackbone, context: RunContext, cfg: EVLConfig) -> VideoClassifier:
+    assert cfg.num_frames is not None  # a from_context field: MethodSpec.create has resolved it
+    assert context.num_classes is not None  # MethodSpec.create refuses a context without it
     blocks = take_indices(cfg.num_layers, len(backbone.blocks))
     side = backbone.input_size // backbone.patch_size
     decoder = EVLDecoder(backbone.width, cfg.num_heads or backbone.num_heads, blocks, cfg.num_frames, (side, side), cfg)

@@ -35,6 +35,7 @@ class FullFTTAConfig:
 
 @register_method("full_ft_ta", config=FullFTTAConfig, group="Full fine-tuning", architecture="SA+TA", models_time=True)
 def build(backbone: VideoBackbone, context: RunContext, cfg: FullFTTAConfig) -> VideoClassifier:
+    assert cfg.num_frames is not None  # a from_context field: MethodSpec.create has resolved it
     backbone.requires_grad_(True)
     add_divided_attention(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.num_frames)
     return VideoClassifier(backbone, context)

@@ -121,6 +121,7 @@ class TemporalAggregation(nn.Module):
 
 @register_method("full_ft_ts", config=FullFTTSConfig, group="Full fine-tuning", architecture="SA+TS", models_time=True)
 def build(backbone: VideoBackbone, context: RunContext, cfg: FullFTTSConfig) -> VideoClassifier:
+    assert cfg.num_frames is not None  # a from_context field: MethodSpec.create has resolved it
     backbone.requires_grad_(True)
     for i, block in enumerate(backbone.blocks):
         embedding = TemporalEmbedding(backbone.width, cfg.num_frames) if i == 0 else None

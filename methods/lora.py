@@ -22,10 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from peft_bench.backbones import VideoBackbone
-from peft_bench.method_api.layers import resolve_layers
+from peft_bench.method_api.layers import ModelT, resolve_layers
 from peft_bench.method_api.model import VideoClassifier
 from peft_bench.method_api.registry import LATER_METHODS, RunContext, register_method
 
@@ -56,7 +54,7 @@ def target_module_names(backbone: VideoBackbone, layers: list[int], targets: tup
     return [names[id(backbone.blocks[i].linear_layers()[target])] for i in layers for target in targets]
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: ModelT) -> ModelT:
     """Fold every LoRA update into its base layer and put the base layer back in the wrapper's place."""
     from peft.tuners.tuners_utils import BaseTunerLayer  # peft loads with a LoRA model only: see build()
 
@@ -76,7 +74,11 @@ def build(backbone: VideoBackbone, context: RunContext, cfg: LoRAConfig) -> Vide
 
     names = target_module_names(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.targets)
     peft_config = LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=names, bias="none"
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides it by r
+        lora_dropout=cfg.dropout,
+        target_modules=names,
+        bias="none",
     )
     inject_adapter_in_model(peft_config, backbone)  # only the LoRA matrices train inside the backbone
     return VideoClassifier(backbone, context)

@@ -37,6 +37,7 @@ class PartialFTTAConfig:
     "partial_ft_ta", config=PartialFTTAConfig, group="Partial fine-tuning", architecture="SA+TA", models_time=True
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: PartialFTTAConfig) -> VideoClassifier:
+    assert cfg.num_frames is not None  # a from_context field: MethodSpec.create has resolved it
     layers = last_blocks(backbone, cfg.trainable_blocks)
     for i in layers:
         backbone.blocks[i].requires_grad_(True)  # before wrapping: only the original block unfreezes

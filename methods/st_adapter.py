@@ -28,12 +28,18 @@ from peft_bench.method_api.layers import hook_blocks
 from peft_bench.method_api.model import VideoClassifier
 from peft_bench.method_api.registry import RunContext, register_method
 
-ACTIVATIONS = {"none": nn.Identity, "gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": None}
-
 
 class QuickGELU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "none": nn.Identity,
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "quick_gelu": QuickGELU,
+}
 
 
 @dataclass
@@ -58,14 +64,16 @@ class STAdapter(nn.Module):
     def __init__(self, dim: int, width: int, kernel_size: tuple[int, int, int], activation: str):
         super().__init__()
         self.down = nn.Linear(dim, width)
-        self.conv = nn.Conv3d(width, width, kernel_size, padding=tuple(k // 2 for k in kernel_size), groups=width)
-        self.act = QuickGELU() if activation == "quick_gelu" else ACTIVATIONS[activation]()
+        kt, kh, kw = kernel_size
+        self.conv = nn.Conv3d(width, width, kernel_size, padding=(kt // 2, kh // 2, kw // 2), groups=width)
+        self.act = ACTIVATIONS[activation]()
         self.up = nn.Linear(width, dim)
+        assert self.conv.bias is not None  # Conv3d's default bias=True
         for zeroed in (self.conv.weight, self.conv.bias, self.down.bias, self.up.bias):
             nn.init.zeros_(zeroed)
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
-        n, length, _ = x.shape
+        length = x.shape[1]
         side = math.isqrt(int(length) - 1)  # int(): under tracing, sizes are 0-d tensors
         if side * side != length - 1:
             raise ValueError(f"ST-Adapter needs [CLS] plus a square grid of patches, got {length} tokens")

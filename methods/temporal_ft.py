@@ -30,5 +30,6 @@ class TemporalFTConfig:
     "temporal_ft", config=TemporalFTConfig, group="Temporal fine-tuning", architecture="SA+TA", models_time=True
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: TemporalFTConfig) -> VideoClassifier:
+    assert cfg.num_frames is not None  # a from_context field: MethodSpec.create has resolved it
     add_divided_attention(backbone, resolve_layers(cfg.layers, len(backbone.blocks)), cfg.num_frames)
     return VideoClassifier(backbone, context)

@@ -33,8 +33,8 @@ Facts from the released code, leexinhao/ZeroI2V at ce04d8b (``mmaction/models/ba
 * Adapters (``num_tadapter=2``: T_Adapter_in, S_Adapter, MLP_Adapter, MLP_Adapter_out), width
   ``0.25 D`` = 192, ``adapter_scale`` 0.5 (K400) / 1 (SSv2), dropout 0.1 (K400) / 0 (SSv2); ``down``
   truncated-normal std 0.02, zero biases, ``up`` zero (``LinearAdapter``'s own init).
-* Pooling: ``ln_post`` on each frame's [CLS], then the I3D head's average over frames (``peft_bench.method_api.model.NormedClsMean``;
-  this project's default averages first and normalises after).
+* Pooling: ``ln_post`` on each frame's [CLS], then the I3D head's average over frames
+  (``peft_bench.method_api.model.NormedClsMean``; this project's default averages first and normalises after).
 
 Difference from the released code: its backbone also trains a temporal embedding (8 x 768 = 6,144
 parameters, zero-initialised, added before ``ln_pre``), which no merge can remove (its eval model
@@ -144,6 +144,7 @@ class DualHeadAttentionBlock(WrappedBlock):
     merge=merge_modules,  # the adapters fold into qkv, proj, fc1, fc2; STDHA stays, it has no weights
 )
 def build(backbone: VideoBackbone, context: RunContext, cfg: ZeroI2VConfig) -> VideoClassifier:
+    assert cfg.num_frames is not None  # a from_context field: MethodSpec.create has resolved it
     layers = resolve_layers(cfg.layers, len(backbone.blocks))
     for i in layers:  # STDHA innermost: the adapters' HookedBlock wraps it and calls its attend
         backbone.blocks[i] = DualHeadAttentionBlock(backbone.blocks[i], cfg.head_offsets)

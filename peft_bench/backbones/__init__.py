@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from peft_bench.backbones.base import BackboneInfo, Features, FrameBlock, VideoBackbone, take_indices
 from peft_bench.backbones.clip import ClipBackbone
-from peft_bench.backbones.timm_vit import TimmViTBackbone
+from peft_bench.backbones.timm_vit import TimmBlockParts, TimmViTBackbone
 from peft_bench.backbones.weights import (
     AUTO,
     NO_WEIGHTS,
@@ -122,8 +123,10 @@ def _make_timm(name: str):
 
     def factory(pretrained: str) -> VideoBackbone:
         import timm  # seconds to import: only the timm backbones need it
+        from timm.models.vision_transformer import VisionTransformer  # (the same reason)
 
         vit = timm.create_model(model_name, pretrained=False, num_classes=0)
+        assert isinstance(vit, VisionTransformer)  # what every architecture in _TIMM_ARCHS builds
         if pretrained != NO_WEIGHTS:
             if pretrained == AUTO:
                 repo = f"timm/{model_name}"
@@ -146,7 +149,7 @@ def _make_timm(name: str):
             pretrained,
             vit.embed_dim,
             len(vit.blocks),
-            vit.blocks[0].attn.num_heads,
+            cast(TimmBlockParts, vit.blocks[0]).attn.num_heads,
             vit.patch_embed.patch_size[0],
             vit.patch_embed.img_size[0],
         )
@@ -159,7 +162,7 @@ for _name in _TIMM_ARCHS:
     register_backbone(_name)(_make_timm(_name))
 
 # --- tiny: the embedded default --------------------------------------------------------------------
-from peft_bench.backbones import tiny  # noqa: E402  (registers "tiny")
+from peft_bench.backbones import tiny  # noqa: E402, F401  (imported to register "tiny", after the registry exists)
 
 __all__ = [
     "AUTO",

@@ -18,13 +18,16 @@ temporal modelling.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+from torch.utils.hooks import RemovableHandle
 
 from peft_bench.errors import UserError
 
@@ -50,7 +53,7 @@ class QKTap(nn.Module):
         return q, k
 
 
-class FrameBlock(nn.Module):
+class FrameBlock(nn.Module, ABC):
     """A pre-norm transformer block, ``x + attention(x)`` then ``x + mlp(x)``, as named stages:
 
     ``norm1 -> project_qkv -> attend -> project_out -> scale_attention`` (+ residual), then
@@ -62,19 +65,25 @@ class FrameBlock(nn.Module):
     LoRA) and methods that fold weights into them (merging) work on any backbone. ``attend`` runs
     ``scaled_dot_product_attention``, whatever library built the weights, so that every backbone takes
     the fast kernels and the FLOP counter sees one op; a method changes how tokens attend by overriding it.
+
+    A subclass must implement the abstract stages (``norm1``, ``project_qkv``, ``project_out``, ``norm2``,
+    ``feed_forward``) and ``linear_layers``/``attention_weights``, and set ``num_heads``.
     """
 
     num_heads: int
 
     # -- the stages a backbone provides ------------------------------------------------------------
 
+    @abstractmethod
     def norm1(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    @abstractmethod
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalised tokens (N, L, D) -> q, k, v each (N, heads, L, d); q and k pass ``qk_tap``."""
         raise NotImplementedError
 
+    @abstractmethod
     def project_out(self, attended: Tensor) -> Tensor:
         """Attended values (N, heads, L, d) -> the output projection's result (N, L, D), before layer scale."""
         raise NotImplementedError
@@ -83,9 +92,11 @@ class FrameBlock(nn.Module):
         """Layer scale and drop path of the attention branch (identity in CLIP and the paper's ViTs)."""
         return x
 
+    @abstractmethod
     def norm2(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    @abstractmethod
     def feed_forward(self, x: Tensor) -> Tensor:
         """Normalised tokens -> the MLP's output (fc1, activation, fc2), before layer scale."""
         raise NotImplementedError
@@ -93,10 +104,12 @@ class FrameBlock(nn.Module):
     def scale_mlp(self, x: Tensor) -> Tensor:
         return x
 
+    @abstractmethod
     def linear_layers(self) -> dict[str, nn.Linear]:
         """The block's own linear layers: ``qkv`` (fused, q then k then v), ``proj``, ``fc1``, ``fc2``."""
         raise NotImplementedError
 
+    @abstractmethod
     def attention_weights(self) -> dict[str, Tensor | None]:
         """The attention branch's weights, library-neutral: ``norm_weight``, ``norm_bias``, ``qkv_weight``
         (3D x D, q then k then v), ``qkv_bias``, ``proj_weight``, ``proj_bias``. For layers that start
@@ -126,6 +139,12 @@ class FrameBlock(nn.Module):
     def base_block(self) -> FrameBlock:
         """The backbone's own block under any wrappers (``WrappedBlock.inner`` chains end here)."""
         return self
+
+
+def rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    """A backbone's per-channel mean or std as an (R, G, B) triple."""
+    red, green, blue = values
+    return red, green, blue
 
 
 def linear_over(weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Linear:
@@ -190,10 +209,30 @@ def take_indices(indices: int | Sequence[int] | None, depth: int) -> list[int]:
     return sorted(resolved)
 
 
-class VideoBackbone(nn.Module):
-    """A frame-wise image ViT. Subclasses fill in ``embed_patches``, ``pre_norm``, ``blocks`` and ``final_norm``."""
+class FrameBlocks(nn.ModuleList):
+    """A backbone's blocks: an ``nn.ModuleList`` whose every entry is a :class:`FrameBlock` (a method's
+    wrappers included), typed as such so that ``backbone.blocks[i]`` offers the block's stages. Nothing
+    is checked at run time: ``ModuleList``'s own types say only ``Module``, hence the casts."""
 
-    blocks: nn.ModuleList
+    @overload
+    def __getitem__(self, idx: slice) -> FrameBlocks: ...
+
+    @overload
+    def __getitem__(self, idx: int) -> FrameBlock: ...
+
+    def __getitem__(self, idx: int | slice) -> FrameBlock | FrameBlocks:
+        return cast("FrameBlock | FrameBlocks", super().__getitem__(idx))
+
+    def __iter__(self) -> Iterator[FrameBlock]:
+        return cast("Iterator[FrameBlock]", super().__iter__())
+
+
+class VideoBackbone(nn.Module, ABC):
+    """A frame-wise image ViT. Subclasses implement ``embed_patches`` and ``pre_norm`` and set ``blocks``,
+    ``final_norm``, ``width``, ``num_heads``, ``patch_size``, ``input_size``, ``mean``, ``std`` and ``info``;
+    they may override ``no_weight_decay()``."""
+
+    blocks: FrameBlocks
     final_norm: nn.Module
     width: int
     num_heads: int
@@ -205,7 +244,7 @@ class VideoBackbone(nn.Module):
     # Recompute each block's activations during backward instead of keeping them (SpeedConfig).
     checkpoint_blocks: bool = False
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         # A method's module run as ``hook(tokens, num_frames)`` between the position embedding and the
         # pre-norm (where AIM and ZeroI2V add their temporal embedding); None: nothing runs there. Set
@@ -217,10 +256,12 @@ class VideoBackbone(nn.Module):
         """[CLS] plus one token per patch at the native input size."""
         return 1 + (self.input_size // self.patch_size) ** 2
 
+    @abstractmethod
     def embed_patches(self, frames: Tensor) -> Tensor:
         """(N, C, H, W) -> patch tokens with [CLS] and the position embedding (N, L, D), before the pre-norm."""
         raise NotImplementedError
 
+    @abstractmethod
     def pre_norm(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -280,17 +321,17 @@ class VideoBackbone(nn.Module):
         if qk and set(recorded) != set(wanted):
             missing = sorted(set(wanted) - set(recorded))
             raise RuntimeError(f"blocks {missing} computed no attention q/k through their qk_tap")
-        fold = {i: tuple(u.view(b, t, *u.shape[1:]) for u in pair) for i, pair in recorded.items()}
+        fold = {i: (q.view(b, t, *q.shape[1:]), k.view(b, t, *k.shape[1:])) for i, (q, k) in recorded.items()}
         return Features(x.view(b, t, *x.shape[1:]), self.final_norm, intermediates, fold)
 
-    def _record_qk(self, index: int, into: dict[int, tuple[Tensor, Tensor]]):
+    def _record_qk(self, index: int, into: dict[int, tuple[Tensor, Tensor]]) -> RemovableHandle:
         tap = getattr(self.blocks[index].base_block(), "qk_tap", None)
         if tap is None:
             raise RuntimeError(
                 f"block {index} ({type(self.blocks[index]).__name__}) has no qk_tap to read q and k from"
             )
 
-        def keep(module, inputs, outputs) -> None:
+        def keep(module: nn.Module, inputs: tuple[Tensor, Tensor], outputs: tuple[Tensor, Tensor]) -> None:
             into[index] = outputs
 
         return tap.register_forward_hook(keep)

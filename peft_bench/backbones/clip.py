@@ -6,21 +6,30 @@ dropped and ``final_norm`` is ``ln_post``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
 import torch
 from torch import Tensor, nn
 
 from peft_bench.backbones.base import (
     BackboneInfo,
     FrameBlock,
+    FrameBlocks,
     QKTap,
     VideoBackbone,
     linear_over,
     merge_heads,
+    rgb,
     split_heads,
 )
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+if TYPE_CHECKING:
+    # open_clip ships no type information: to the type checker these are Any, to a reader the classes taken.
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 
 class ClipAttention(nn.Module):
@@ -33,18 +42,40 @@ class ClipAttention(nn.Module):
     before the swap, and the same ``aten::linear`` ops (same outputs, same FLOPs).
     """
 
-    def __init__(self, attn: nn.Module):
+    def __init__(self, attn: nn.MultiheadAttention):
         super().__init__()
         self.num_heads = attn.num_heads
         self.qkv = linear_over(attn.in_proj_weight, attn.in_proj_bias)
-        self.proj = attn.out_proj
+        self.proj: nn.Linear = attn.out_proj
+
+
+class _ClipMlp(Protocol):
+    """open_clip's MLP as :class:`ClipBlock` reads it (an ``nn.Sequential``: ``c_fc``, activation, ``c_proj``)."""
+
+    c_fc: nn.Linear
+    c_proj: nn.Linear
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+class _ClipResidualBlock(Protocol):
+    """open_clip's ``ResidualAttentionBlock`` as :class:`ClipBlock` holds it, its attention swapped."""
+
+    ln_1: nn.LayerNorm
+    attn: ClipAttention
+    ls_1: nn.Module
+    ln_2: nn.LayerNorm
+    mlp: _ClipMlp
+    ls_2: nn.Module
 
 
 class ClipBlock(FrameBlock):
     """open_clip's ``ResidualAttentionBlock``, its attention swapped for :class:`ClipAttention` and run
     through SDPA. The block is taken over: open_clip's own forward of it no longer applies."""
 
-    def __init__(self, block: nn.Module):
+    block: _ClipResidualBlock
+
+    def __init__(self, block: ResidualAttentionBlock):
         super().__init__()
         block.attn = ClipAttention(block.attn)
         self.block = block
@@ -93,19 +124,25 @@ class ClipBlock(FrameBlock):
 class ClipBackbone(VideoBackbone):
     """Wraps an open_clip ``VisionTransformer``; takes its modules, leaves the projection behind."""
 
-    def __init__(self, visual: nn.Module, info: BackboneInfo, mean=CLIP_MEAN, std=CLIP_STD):
+    def __init__(
+        self,
+        visual: VisionTransformer,
+        info: BackboneInfo,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ):
         super().__init__()
-        self.conv1 = visual.conv1
-        self.class_embedding = visual.class_embedding
-        self.positional_embedding = visual.positional_embedding
-        self.ln_pre = visual.ln_pre
-        self.blocks = nn.ModuleList(ClipBlock(b) for b in visual.transformer.resblocks)
+        self.conv1: nn.Conv2d = visual.conv1
+        self.class_embedding: nn.Parameter = visual.class_embedding
+        self.positional_embedding: nn.Parameter = visual.positional_embedding
+        self.ln_pre: nn.Module = visual.ln_pre
+        self.blocks = FrameBlocks(ClipBlock(b) for b in visual.transformer.resblocks)
         self.final_norm = visual.ln_post
         self.width = self.class_embedding.shape[0]
         self.num_heads = self.blocks[0].num_heads
         self.patch_size = self.conv1.kernel_size[0]
         self.input_size = info.input_size
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = rgb(mean), rgb(std)
         self.info = info
 
     def embed_patches(self, frames: Tensor) -> Tensor:

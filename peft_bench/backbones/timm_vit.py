@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, cast
+
 import torch
 from torch import Tensor, nn
 
-from peft_bench.backbones.base import BackboneInfo, FrameBlock, QKTap, VideoBackbone, merge_heads
+from peft_bench.backbones.base import BackboneInfo, FrameBlock, FrameBlocks, QKTap, VideoBackbone, merge_heads, rgb
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer  # timm takes seconds to import: see the factory
+
+
+class TimmAttention(Protocol):
+    """timm's ``Attention`` as :class:`TimmBlock` reads it."""
+
+    num_heads: int
+    qkv: nn.Linear
+    q_norm: nn.Module
+    k_norm: nn.Module
+    proj: nn.Linear
+
+
+class _TimmMlp(Protocol):
+    """timm's ``Mlp`` as :class:`TimmBlock` reads it."""
+
+    fc1: nn.Linear
+    fc2: nn.Linear
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+class TimmBlockParts(Protocol):
+    """timm's ``Block`` as :class:`TimmBlock` reads it. timm builds its attention and MLP from layer classes
+    passed in as arguments, so its own types say only ``nn.Module`` for them."""
+
+    norm1: nn.LayerNorm
+    attn: TimmAttention
+    ls1: nn.Module
+    drop_path1: nn.Module
+    norm2: nn.LayerNorm
+    mlp: _TimmMlp
+    ls2: nn.Module
+    drop_path2: nn.Module
 
 
 class TimmBlock(FrameBlock):
@@ -18,12 +57,14 @@ class TimmBlock(FrameBlock):
     modules here, so wrapping them (peft's LoRA) takes effect.
     """
 
+    block: TimmBlockParts
+
     def __init__(self, block: nn.Module):
         super().__init__()
         if getattr(block.attn, "gate", None) is not None:
             raise ValueError("peft-bench does not support timm attention with an output gate")
-        self.block = block
-        self.num_heads = block.attn.num_heads
+        self.block = cast(TimmBlockParts, block)
+        self.num_heads = self.block.attn.num_heads
         self.qk_tap = QKTap()
 
     def norm1(self, x: Tensor) -> Tensor:
@@ -72,21 +113,28 @@ class TimmBlock(FrameBlock):
 class TimmViTBackbone(VideoBackbone):
     """Wraps a timm ``VisionTransformer`` with a class token (``global_pool='token'``)."""
 
-    def __init__(self, vit: nn.Module, info: BackboneInfo, mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD):
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        info: BackboneInfo,
+        mean: Sequence[float] = IMAGENET_INCEPTION_MEAN,
+        std: Sequence[float] = IMAGENET_INCEPTION_STD,
+    ):
         super().__init__()
-        if getattr(vit, "cls_token", None) is None or getattr(vit, "no_embed_class", False):
+        cls_token, pos_embed = getattr(vit, "cls_token", None), getattr(vit, "pos_embed", None)
+        if cls_token is None or pos_embed is None or getattr(vit, "no_embed_class", False):
             raise ValueError("peft-bench needs a timm ViT with a class token inside its position embedding")
-        self.patch_embed = vit.patch_embed
-        self.cls_token = vit.cls_token
-        self.pos_embed = vit.pos_embed
+        self.patch_embed: nn.Module = vit.patch_embed
+        self.cls_token: nn.Parameter = cls_token
+        self.pos_embed: nn.Parameter = pos_embed
         self.norm_pre = vit.norm_pre
-        self.blocks = nn.ModuleList(TimmBlock(b) for b in vit.blocks)
+        self.blocks = FrameBlocks(TimmBlock(b) for b in vit.blocks)
         self.final_norm = vit.norm
         self.width = vit.embed_dim
         self.num_heads = self.blocks[0].num_heads
         self.patch_size = vit.patch_embed.patch_size[0]
         self.input_size = info.input_size
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = rgb(mean), rgb(std)
         self.info = info
 
     def embed_patches(self, frames: Tensor) -> Tensor:

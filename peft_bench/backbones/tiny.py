@@ -151,10 +151,11 @@ def _pretrain(cfg: TinyConfig, steps: int, losses: list[float]) -> dict[str, tor
     for step in range(steps):
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
         tokens = backbone(images[idx].unsqueeze(1))[:, 0]  # one-frame clips -> (B, L, D)
-        loss = 0.0
+        loss: torch.Tensor | float = 0.0
         for pooled in (tokens[:, 0], tokens[:, 1:].mean(dim=1)):
             logits = head(backbone.final_norm(pooled)).split(sizes, dim=1)
             loss = loss + sum(F.cross_entropy(lg, targets[idx, i]) for i, lg in enumerate(logits))
+        assert isinstance(loss, torch.Tensor)  # two poolings, each adding its cross-entropies
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -58,7 +58,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # noqa: TID251  (tensors only, no code)
     except RuntimeError:
         # OpenAI's original CLIP files are TorchScript archives, not pickles.
         state = torch.jit.load(str(path), map_location="cpu").state_dict()

@@ -16,13 +16,14 @@ from __future__ import annotations
 import copy
 import csv
 import io
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peft_bench.backbones import NO_WEIGHTS, VideoBackbone, create_backbone
-from peft_bench.method_api.model import count_parameters
+from peft_bench.method_api.model import VideoClassifier, count_parameters
 from peft_bench.method_api.optim import AdamWSettings, make_optimizer
 from peft_bench.method_api.registry import RunContext, available_methods, get_method
 from peft_bench.reference import reference_text
@@ -51,8 +52,12 @@ def authors_params_m() -> dict[str, float]:
 
 
 def build_method(
-    method_name: str, backbone: VideoBackbone, num_classes: int, method_args: dict | None = None, num_frames: int = 8
-) -> nn.Module:
+    method_name: str,
+    backbone: VideoBackbone,
+    num_classes: int,
+    method_args: dict[str, Any] | None = None,
+    num_frames: int = 8,
+) -> VideoClassifier:
     """The method with its default configuration (or ``method_args``) on ``backbone``, built as the runner
     builds it (``MethodSpec.create``: backbone frozen, config resolved against the context)."""
     context = RunContext(num_classes=num_classes, num_frames=num_frames)
@@ -161,7 +166,7 @@ def params_without_gradient(method_name: str, backbone_name: str = "tiny") -> li
     ]
 
 
-def merge_difference(method_name: str, backbone_name: str = "tiny") -> tuple[float, nn.Module, nn.Module]:
+def merge_difference(method_name: str, backbone_name: str = "tiny") -> tuple[float, VideoClassifier, VideoClassifier]:
     """(max abs logit difference, unmerged model, merged model) for a method that merges: trainable
     parameters perturbed (so that the additions are not the identity), then folded into the backbone
     by the method's ``merge``; both in double precision, in evaluation mode."""

@@ -22,25 +22,43 @@ folded into that layer's weights after training (``merge_into``); :meth:`HookedB
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from peft_bench.backbones.base import FrameBlock, take_indices
+from peft_bench.backbones.base import FrameBlock, VideoBackbone, take_indices
 
 SERIAL_SITES = ("before_attention", "after_norm1", "after_attention", "before_mlp", "after_norm2", "after_mlp")
 PARALLEL_SITES = ("beside_attention", "beside_mlp")
 SITES = SERIAL_SITES + PARALLEL_SITES
 # The names method configs have used since the first adapters: "attention" / "mlp" = before that branch.
 SITE_ALIASES = {"attention": "before_attention", "mlp": "before_mlp"}
+Side = Literal["input", "output"]  # which side of a linear layer a hook sits on
 # Where a hook at a site folds into: (the block's linear layer, which side of it the hook sits on).
-MERGE_TARGETS: dict[str, tuple[str, Literal["input", "output"]]] = {
+MERGE_TARGETS: dict[str, tuple[str, Side]] = {
     "after_norm1": ("qkv", "input"),
     "after_attention": ("proj", "output"),
     "after_norm2": ("fc1", "input"),
     "after_mlp": ("fc2", "output"),
 }
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+@runtime_checkable
+class FoldsIntoLinear(Protocol):
+    """A hook that can be folded into the linear layer beside it after training (:class:`LinearAdapter`)."""
+
+    def merge_into(self, linear: nn.Linear, side: Side) -> None: ...
+
+
+@runtime_checkable
+class Mergeable(Protocol):
+    """A module that :func:`merge_modules` replaces by ``merged()``, what it is once its additions are
+    folded into the weights (:meth:`HookedBlock.merged`)."""
+
+    def merged(self) -> nn.Module: ...
 
 
 class WrappedBlock(FrameBlock):
@@ -56,7 +74,7 @@ class WrappedBlock(FrameBlock):
     def norm1(self, x: Tensor) -> Tensor:
         return self.inner.norm1(x)
 
-    def project_qkv(self, x: Tensor):
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.inner.project_qkv(x)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, num_frames: int) -> Tensor:
@@ -80,7 +98,7 @@ class WrappedBlock(FrameBlock):
     def linear_layers(self) -> dict[str, nn.Linear]:
         return self.inner.linear_layers()
 
-    def attention_weights(self):
+    def attention_weights(self) -> dict[str, Tensor | None]:
         return self.inner.attention_weights()
 
     def base_block(self) -> FrameBlock:
@@ -92,7 +110,17 @@ class HookedBlock(WrappedBlock):
 
     Its hooks live in its branches, so a HookedBlock should be the outermost wrapper of a block:
     :func:`hook_blocks` adds hooks to a block's existing HookedBlock instead of wrapping it again.
+    Each hook is a module called as ``hook(x, num_frames)``, returning a tensor of ``x``'s shape.
     """
+
+    before_attention: nn.Module | None
+    after_norm1: nn.Module | None
+    after_attention: nn.Module | None
+    before_mlp: nn.Module | None
+    after_norm2: nn.Module | None
+    after_mlp: nn.Module | None
+    beside_attention: nn.Module | None
+    beside_mlp: nn.Module | None
 
     def __init__(self, block: FrameBlock, **hooks: nn.Module | None):
         super().__init__(block)
@@ -140,7 +168,7 @@ class HookedBlock(WrappedBlock):
         block itself when no hook is left. Raises if a hook cannot be folded (it has no ``merge_into``)."""
         layers = self.linear_layers()
         for site, hook in self.hooks().items():
-            if site not in MERGE_TARGETS or not hasattr(hook, "merge_into"):
+            if site not in MERGE_TARGETS or not isinstance(hook, FoldsIntoLinear):
                 raise ValueError(f"the hook at '{site}' ({type(hook).__name__}) cannot be merged into the block")
             name, side = MERGE_TARGETS[site]
             hook.merge_into(layers[name], side)
@@ -149,7 +177,10 @@ class HookedBlock(WrappedBlock):
 
 
 def hook_blocks(
-    backbone, layers: tuple[int, ...] | None, positions: tuple[str, ...] | str, make_hook: Callable[[], nn.Module]
+    backbone: VideoBackbone,
+    layers: tuple[int, ...] | None,
+    positions: tuple[str, ...] | str,
+    make_hook: Callable[[], nn.Module],
 ) -> None:
     """Give each chosen block a fresh ``make_hook()`` at each site in ``positions`` (see SITES; "attention"
     and "mlp" mean before those branches). A block already hooked gets the new hooks added."""
@@ -159,7 +190,7 @@ def hook_blocks(
             add_hook(backbone, i, site, make_hook())
 
 
-def add_hook(backbone, index: int, site: str, hook: nn.Module) -> None:
+def add_hook(backbone: VideoBackbone, index: int, site: str, hook: nn.Module) -> None:
     """Put ``hook`` at ``site`` of block ``index``, wrapping the block in a HookedBlock unless it is one."""
     block = backbone.blocks[index]
     if not isinstance(block, HookedBlock):
@@ -167,7 +198,9 @@ def add_hook(backbone, index: int, site: str, hook: nn.Module) -> None:
     block.add_hook(site, hook)
 
 
-def hook_sites(backbone, layers: tuple[int, ...] | None, makers: Mapping[str, Callable[[], nn.Module]]) -> None:
+def hook_sites(
+    backbone: VideoBackbone, layers: tuple[int, ...] | None, makers: Mapping[str, Callable[[], nn.Module]]
+) -> None:
     """:func:`hook_blocks` for several sites at once, each with its own kind of hook."""
     for site, make_hook in makers.items():
         hook_blocks(backbone, layers, site, make_hook)
@@ -186,14 +219,15 @@ def resolve_layers(layers: tuple[int, ...] | None, depth: int) -> list[int]:
     return resolved
 
 
-def merge_modules(model: nn.Module) -> nn.Module:
+def merge_modules(model: ModelT) -> ModelT:
     """Replace every submodule that offers ``merged()`` by what it returns (outermost first), so that
     the additions folded into the backbone's weights leave the architecture they came from."""
     for name, module in list(model.named_modules()):
-        if name and hasattr(module, "merged"):
+        if name and isinstance(module, Mergeable):
             parent_name, _, child = name.rpartition(".")
-            if model.get_submodule(parent_name).get_submodule(child) is module:  # not already replaced
-                setattr(model.get_submodule(parent_name), child, module.merged())
+            parent = model.get_submodule(parent_name)
+            if getattr(parent, child) is module:  # not already replaced
+                setattr(parent, child, module.merged())
     return model
 
 
@@ -224,7 +258,7 @@ class LinearAdapter(nn.Module):
         return matrix, self.scale * (self.up.weight @ self.down.bias + self.up.bias)
 
     @torch.no_grad()
-    def merge_into(self, linear: nn.Linear, side: Literal["input", "output"]) -> None:
+    def merge_into(self, linear: nn.Linear, side: Side) -> None:
         """Fold this adapter into ``linear``: on its input side ``linear(adapter(x))``, on its output
         side ``adapter(linear(x))``. The linear layer must have a bias (every ViT layer here does)."""
         if linear.bias is None:

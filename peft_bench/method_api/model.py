@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from peft_bench.backbones import VideoBackbone
 from peft_bench.backbones.base import Features, take_indices
-from peft_bench.method_api.registry import RunContext
+from peft_bench.method_api.context import RunContext
 
 
 class ClsTemporalMean(nn.Module):
@@ -81,7 +81,8 @@ class VideoClassifier(nn.Module):
         frame_stride: int = 1,
     ):
         super().__init__()
-        if not isinstance(context, RunContext) or context.num_classes is None:
+        num_classes = getattr(context, "num_classes", None)  # read so: callers have passed other objects
+        if num_classes is None:
             raise TypeError("VideoClassifier needs the run's RunContext, with num_classes")
         if frame_stride < 1:
             raise ValueError(f"frame_stride must be at least 1, got {frame_stride}")
@@ -89,7 +90,7 @@ class VideoClassifier(nn.Module):
         self.pool = pool if pool is not None else ClsTemporalMean()
         self.dropout = nn.Dropout(context.head_dropout)
         if head is None:
-            head = nn.Linear(feature_dim or backbone.width, context.num_classes)
+            head = nn.Linear(feature_dim or backbone.width, num_classes)
             nn.init.trunc_normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
         self.head = head

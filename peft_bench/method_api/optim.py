@@ -1,8 +1,9 @@
 """The optimizer's view of a model: which parameters decay, in which groups, at which learning rate.
 
-Each module names what must not decay (``no_weight_decay()``, timm's name) and may declare optimizer groups
-(``param_groups()`` returning :class:`ParamGroup`), both collected with the module's path as open_clip does,
-so a wrapper nested deep in the backbone keeps its declaration. :func:`make_optimizer` is the AdamW every run
+Each module names what must not decay (``no_weight_decay()``, timm's name: :class:`DeclaresNoWeightDecay`)
+and may declare optimizer groups (``param_groups()`` returning :class:`ParamGroup` objects:
+:class:`DeclaresParamGroups`), both collected with the module's path as open_clip does, so a wrapper nested
+deep in the backbone keeps its declaration. :func:`make_optimizer` is the AdamW every run
 trains with (the runner's, and the registry-wide checks'); it reads only the three settings of
 :class:`OptimizerSettings`, which a run's ``TrainConfig`` has.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -21,11 +23,17 @@ log = logging.getLogger(__name__)
 
 
 class OptimizerSettings(Protocol):
-    """What the optimizer reads of a run's training settings (``config.TrainConfig`` has these fields)."""
+    """What the optimizer reads of a run's training settings (``config.TrainConfig`` has these fields).
+    Read-only: a frozen dataclass (:class:`AdamWSettings`) provides them too."""
 
-    lr: float
-    weight_decay: float
-    backbone_lr_scale: float
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def weight_decay(self) -> float: ...
+
+    @property
+    def backbone_lr_scale(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -61,29 +69,47 @@ class ParamGroup:
     decay_mult: float = 1.0
 
 
-def _declared(model: nn.Module, method: str):
-    """(path prefix, value) of every submodule's ``method()`` (open_clip's collect_no_weight_decay): a
+@runtime_checkable
+class DeclaresNoWeightDecay(Protocol):
+    """A module whose ``no_weight_decay()`` names parameters (or fnmatch patterns), relative to itself,
+    that never get weight decay (timm's hook; a backbone's position embedding, a method's temporal one)."""
+
+    def no_weight_decay(self) -> Iterable[str]: ...
+
+
+@runtime_checkable
+class DeclaresParamGroups(Protocol):
+    """A module whose ``param_groups()`` puts some of its parameters in optimizer groups of their own."""
+
+    def param_groups(self) -> Iterable[ParamGroup]: ...
+
+
+def _with_prefix(path: str) -> str:
+    """A submodule's path as the prefix of its declared names (open_clip's collect_no_weight_decay): a
     declaration nested at ``backbone.blocks.3.inner`` is not lost, and its names stay relative to it."""
-    for path, module in model.named_modules():
-        declare = getattr(module, method, None)
-        if callable(declare):
-            yield (f"{path}." if path else ""), declare()
+    return f"{path}." if path else ""
 
 
 def no_weight_decay_patterns(model: nn.Module) -> set[str]:
     """Every ``no_weight_decay()`` name or fnmatch pattern in ``model``, prefixed with its module's path."""
-    return {prefix + name for prefix, names in _declared(model, "no_weight_decay") for name in names}
+    return {
+        _with_prefix(path) + name
+        for path, module in model.named_modules()
+        if isinstance(module, DeclaresNoWeightDecay)
+        for name in module.no_weight_decay()
+    }
 
 
 def declared_param_groups(model: nn.Module) -> list[ParamGroup]:
     return [
-        ParamGroup(group.name, tuple(prefix + p for p in group.patterns), group.lr_mult, group.decay_mult)
-        for prefix, groups in _declared(model, "param_groups")
-        for group in groups
+        ParamGroup(group.name, tuple(_with_prefix(path) + p for p in group.patterns), group.lr_mult, group.decay_mult)
+        for path, module in model.named_modules()
+        if isinstance(module, DeclaresParamGroups)
+        for group in module.param_groups()
     ]
 
 
-def matches(name: str, patterns) -> bool:
+def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
@@ -93,7 +119,7 @@ def optimizer_param_groups(
     weight_decay: float,
     backbone_lr_scale: float = 1.0,
     pretrained: set[int] | frozenset[int] = frozenset(),
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """AdamW parameter groups over the trainable parameters of ``model``, each named (and logged).
 
     Weight decay goes to tensors of 2 or more dimensions (not biases, norms or other 1-D tensors) that no
@@ -114,7 +140,7 @@ def optimizer_param_groups(
         buckets.setdefault((group, decays, id(p) in pretrained), []).append(p)
     if not buckets:
         raise ValueError("the method left no trainable parameters")
-    groups = []
+    groups: list[dict[str, Any]] = []
     for (group, decays, is_pretrained), params in sorted(buckets.items()):
         lr_mult, decay_mult = multipliers[group]
         label = " ".join(
@@ -136,7 +162,7 @@ def optimizer_param_groups(
     return groups
 
 
-def log_param_groups(groups: list[dict], exempt: set[str]) -> None:
+def log_param_groups(groups: list[dict[str, Any]], exempt: set[str]) -> None:
     for group in groups:
         log.info(
             "optimizer group %-28s %4d tensors %12s parameters  lr %.3g  weight decay %.3g",

@@ -31,11 +31,21 @@ import pkgutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
 from peft_bench.dataclass_io import ConfigError, from_dict
 from peft_bench.errors import UserError
+from peft_bench.method_api.context import RunContext as RunContext  # re-exported: methods import it from here
+
+if TYPE_CHECKING:
+    # Types only: the registry, and the config that reads it, load without torch (tests/test_dataset_specs.py).
+    from _typeshed import DataclassInstance
+
+    from peft_bench.backbones.base import VideoBackbone
+    from peft_bench.method_api.model import VideoClassifier
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +54,30 @@ ENTRY_POINT_GROUP = "peft_bench.methods"
 # PEFT baselines): rows after the paper's groups, labelled as later methods.
 LATER_METHODS = "Later methods"
 
+# Where a method changes the image model (the paper's column): spatial adaptation only, with temporal
+# attention added, or with the spatial attention made spatio-temporal.
+Architecture = Literal["SA", "SA+TA", "SA+TS"]
 
-@dataclass(frozen=True)
-class RunContext:
-    """What a method may know about the run it is built for.
+# A method's config: a dataclass (its fields are what a run records and hashes).
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
+ConfigT_contra = TypeVar("ConfigT_contra", bound="DataclassInstance", contravariant=True)
 
-    ``num_classes`` and ``head_dropout`` size the shared head; ``num_frames`` is the clip length the run
-    samples (what ``from_context("num_frames")`` fields take); ``dataset`` and ``class_names`` name the
-    data; ``backbone`` and ``input_size`` are filled from the backbone by ``MethodSpec.create``. Fields
-    a caller cannot know yet (the classes, while a config is being resolved) are None.
-    """
 
-    num_classes: int | None = None
-    num_frames: int = 8
-    dataset: str | None = None
-    class_names: tuple[str, ...] | None = None
-    head_dropout: float = 0.5
-    backbone: Any = None  # BackboneInfo
-    input_size: int | None = None
+class BuildMethod(Protocol[ConfigT_contra]):
+    """What a method registers: ``build(backbone, context, cfg) -> VideoClassifier``, called positionally.
+
+    ``backbone`` arrives with every parameter frozen; ``context`` is the run's; ``cfg`` is an instance of
+    the config class the method registered with, resolved against the context (no ``from_context`` field
+    left at None)."""
+
+    def __call__(self, backbone: VideoBackbone, context: RunContext, cfg: ConfigT_contra, /) -> VideoClassifier: ...
+
+    def __hash__(self) -> int: ...  # a plain function is: the runner caches measurements by it
+
+
+# A method's ``merge``: folds the trained additions into the backbone's weights, in place, and returns the
+# model (the same classifier) for evaluation.
+MergeMethod: TypeAlias = "Callable[[VideoClassifier], VideoClassifier]"
 
 
 def from_context(key: str, help: str = "") -> Any:
@@ -71,9 +87,9 @@ def from_context(key: str, help: str = "") -> Any:
     return field(default=None, metadata={"from_context": key, "help": help})
 
 
-def resolve_from_context(cfg: Any, context: RunContext) -> Any:
+def resolve_from_context(cfg: ConfigT, context: RunContext) -> ConfigT:
     """``cfg`` with every ``from_context`` field that is None set to the context's value (checks re-run)."""
-    updates = {}
+    updates: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         key = f.metadata.get("from_context")
         if key is not None and getattr(cfg, f.name) is None and getattr(context, key) is not None:
@@ -82,16 +98,18 @@ def resolve_from_context(cfg: Any, context: RunContext) -> Any:
 
 
 @dataclass(frozen=True)
-class MethodSpec:
+class MethodSpec(Generic[ConfigT]):
+    """A registered method: its ``build`` function, its config class and what it declares about itself."""
+
     name: str
-    build: Callable[..., Any]
-    config_class: type
+    build: BuildMethod[ConfigT]
+    config_class: type[ConfigT]
     group: str  # the paper's row group, e.g. "Full fine-tuning"; LATER_METHODS for methods after it
-    architecture: str  # "SA", "SA+TA" or "SA+TS"
+    architecture: Architecture
     models_time: bool  # as declared; `peft-bench methods --check` measures it
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = ""  # the module it came from
-    merge: Callable[[Any], Any] | None = None  # folds the trained additions into the backbone's weights
+    merge: MergeMethod | None = None  # folds the trained additions into the backbone's weights
 
     @property
     def later(self) -> bool:
@@ -106,7 +124,7 @@ class MethodSpec:
         preset: str | list[str] | None = None,
         overrides: dict[str, Any] | None = None,
         context: RunContext | None = None,
-    ):
+    ) -> ConfigT:
         """The config: class defaults, then each named preset the method has (in order), then overrides,
         then (with a context) the fields left to the run filled from it.
 
@@ -123,7 +141,9 @@ class MethodSpec:
         except (ConfigError, TypeError, ValueError) as err:
             raise ConfigError(f"method '{self.name}': {err}") from None
 
-    def create(self, backbone, context: RunContext, cfg: Any = None):
+    def create(
+        self, backbone: VideoBackbone, context: RunContext, cfg: ConfigT | dict[str, Any] | None = None
+    ) -> VideoClassifier:
         """The method on ``backbone`` for ``context``: the backbone frozen, ``cfg`` (a config, a dict of
         overrides, or None for the defaults) resolved against the context, then ``build``."""
         if context.num_classes is None:
@@ -137,23 +157,23 @@ class MethodSpec:
         return self.build(backbone, context, cfg)
 
 
-_METHODS: dict[str, MethodSpec] = {}
-_discovered = False
+_METHODS: dict[str, MethodSpec[Any]] = {}
 
 
 def register_method(
     name: str,
     *,
-    config: type,
+    config: type[ConfigT],
     group: str,
-    architecture: str,
+    architecture: Architecture,
     models_time: bool,
     presets: dict[str, dict[str, Any]] | None = None,
-    merge: Callable[[Any], Any] | None = None,
-):
-    """Decorator for a method's ``build(backbone, context, cfg)`` function."""
+    merge: MergeMethod | None = None,
+) -> Callable[[BuildMethod[ConfigT]], BuildMethod[ConfigT]]:
+    """Decorator for a method's ``build(backbone, context, cfg)`` function (a :class:`BuildMethod` whose
+    ``cfg`` is a ``config``)."""
 
-    def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(build: BuildMethod[ConfigT]) -> BuildMethod[ConfigT]:
         previous = _METHODS.get(name)
         if previous is not None and previous.source != build.__module__:
             raise ValueError(f"method '{name}' is registered twice: by {previous.source} and by {build.__module__}")
@@ -165,11 +185,9 @@ def register_method(
     return decorate
 
 
+@cache  # once per process; a call that raised is not cached and runs again
 def discover() -> None:
     """Import every module of ``peft_bench.methods`` and every entry-point plugin (once)."""
-    global _discovered
-    if _discovered:
-        return
     builtin = _builtin_methods_package()
     for module in pkgutil.iter_modules(builtin.__path__):
         if not module.name.startswith("_"):
@@ -177,12 +195,11 @@ def discover() -> None:
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry.load()
-        except Exception as err:  # a broken third-party plugin must not hide the built-in methods
+        except Exception as err:  # noqa: BLE001  a broken third-party plugin must not hide the built-in methods
             log.warning("could not load method plugin %s (%s): %s", entry.name, entry.value, err)
-    _discovered = True
 
 
-def _builtin_methods_package():
+def _builtin_methods_package() -> ModuleType:
     """The repository's ``methods/`` folder, installed as ``peft_bench.methods`` (never a top-level
     ``methods``, which any folder of that name on the path would shadow)."""
     try:
@@ -204,6 +221,8 @@ def load_plugin(path: str | Path) -> None:
         raise FileNotFoundError(f"method plugin not found: {path}")
     module_name = f"peft_bench_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot import method plugin {path}: a plugin is a Python source file (.py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
@@ -214,7 +233,7 @@ def available_methods() -> list[str]:
     return list(_METHODS)
 
 
-def get_method(name: str) -> MethodSpec:
+def get_method(name: str) -> MethodSpec[Any]:
     discover()
     if name not in _METHODS:
         raise UserError(f"unknown method '{name}'; available: {', '.join(sorted(_METHODS))}")
