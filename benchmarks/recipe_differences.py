@@ -295,7 +295,8 @@ def markdown(results: list[Result], datasets: list[str], methods: list[str]) -> 
             "(load-dependent, provisional)."
         ),
         (
-            "- Every run: the embedded default's training for its dataset (`peft-bench run` settings), fp32 on CPU; "
+            "- Every run: the embedded default's training for its dataset (`peft-bench run` settings), fp32 on CPU, "
+            "one torch thread per process (`--threads`, as `peft-bench run` gives each of its parallel runs); "
             "the recipe as `--set recipe.KEY=VALUE` and `--set train.KEY=VALUE` changes (see `ROWS` in the "
             "script)."
         ),
