@@ -189,7 +189,8 @@ def test_ddp_on_two_processes_gives_the_gradients_and_step_of_one_process_on_the
         alone = one_step(method, cached)
         assert alone["grads"] and any(g.abs().max() > 0 for g in alone["grads"].values())
         for rank in range(2):
-            ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)  # noqa: TID251  -- weights only[f"{method}/{cached}"]
+            saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)  # noqa: TID251  -- weights only
+            ranked = saved[f"{method}/{cached}"]
             assert ranked["grads"].keys() == alone["grads"].keys()  # the same names: no "module." prefix
             assert ranked["weights"].keys() == alone["weights"].keys()
             for kind in ("grads", "weights"):
