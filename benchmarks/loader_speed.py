@@ -17,7 +17,6 @@ so that other processes on a shared machine do not count.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import io
@@ -49,6 +48,7 @@ from peft_bench.data.prepare import EncodeSettings, prepare_videos
 from peft_bench.data.recipes import load_recipe
 from peft_bench.data.sampling import dense_indices, segment_indices
 from peft_bench.data.transforms import Recipe, train_transform
+from peft_bench.system import cpu_model_name
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -583,9 +583,7 @@ def _count(value: float) -> str:
 
 
 def describe_setup(pinned: int | None) -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
-        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    cpu = cpu_model_name() or "unknown CPU"
     pinning = f"pinned to core {pinned}" if pinned is not None else "not pinned"
     decoders = "; ".join(
         f"{p['decoder_version']} on {p['ffmpeg']}"

@@ -19,7 +19,6 @@ with the hardware named.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import json
@@ -39,6 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+from peft_bench.system import cpu_model_name
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,7 @@ def resolve_device(name: str) -> torch.device:
 def hardware_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or "CPU"
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
-        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    cpu = cpu_model_name() or "CPU"
     return f"{cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores visible)"
 
 
