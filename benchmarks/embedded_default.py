@@ -76,11 +76,11 @@ def timed_command(case: str, caches: str, repeat: int, cache_dir: Path, workdir:
     return measurement
 
 
-def measure(cases: list[str], caches: list[str], repeats: int, extra: list[str], scratch: Path) -> list[Measurement]:
-    """Cold repeats first, each in an empty cache; the warm repeats then use the cache the last one left
-    (with warm alone, one cold run primes it and is not counted)."""
+def measure(plan: list[tuple[str, list[str]]], repeats: int, extra: list[str], scratch: Path) -> list[Measurement]:
+    """For each (case, caches): cold repeats first, each in an empty cache; the warm repeats then use the cache
+    the last one left (with warm alone, one cold run primes it and is not counted)."""
     measurements = []
-    for case in cases:
+    for case, caches in plan:
         cold_repeats = repeats if "cold" in caches else 1
         for repeat in range(1, cold_repeats + 1):
             folder = scratch / f"{case}-cold-{repeat}"
@@ -170,7 +170,12 @@ def write(measurements: list[Measurement], out: Path, command_line: str, reduced
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="default,all", help="default and/or all (default: both)")
+    parser.add_argument(
+        "--cases",
+        default="default,all",
+        help="default and/or all (default: both); CASE:cold or CASE:warm measures that case with those caches only "
+        "(default,all:cold: the three targets)",
+    )
     parser.add_argument("--caches", default="cold,warm", help="cold and/or warm (default: both)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -183,14 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/embedded_default_speed", help="CSV and Markdown, without suffix")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folders (caches, logs)")
     args = parser.parse_args(argv)
-    cases = [c for c in args.cases.split(",") if c]
     caches = [c for c in args.caches.split(",") if c]
-    if set(cases) - set(CASES) or set(caches) - {"cold", "warm"} or args.repeats < 1:
+    plan = []
+    for item in filter(None, args.cases.split(",")):
+        case, _, only = item.partition(":")
+        plan.append((case, [only] if only else caches))
+    chosen = {cache for _, case_caches in plan for cache in case_caches}
+    if {case for case, _ in plan} - set(CASES) or chosen - {"cold", "warm"} or args.repeats < 1:
         parser.error(f"cases from {sorted(CASES)}, caches from cold and warm, repeats at least 1")
     extra = [item for pair in args.set for item in ("--set", pair)]
     scratch = Path(tempfile.mkdtemp(prefix="peft-bench-embedded-"))
     try:
-        measurements = measure(cases, caches, args.repeats, extra, scratch)
+        measurements = measure(plan, args.repeats, extra, scratch)
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
