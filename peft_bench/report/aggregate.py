@@ -9,6 +9,7 @@ from peft_bench.data.specs import paper_dataset
 from peft_bench.method_api.registry import get_method
 from peft_bench.reference import ordered_methods
 from peft_bench.report.gather import RUN_KEY
+from peft_bench.track.states import RunStatus
 
 # The paper counts a method's parameters with the K400 head (400 classes): its runs on the dataset of this
 # paper column describe the method (params, GFLOPs, tags) where there are any.
@@ -17,7 +18,7 @@ DESCRIBED_BY = "k400"
 
 def latest_per_key(df: pd.DataFrame) -> pd.DataFrame:
     """The latest FINISHED run per (method, backbone, dataset, seed); a rerun replaces the earlier one."""
-    finished = df[df["status"] == "FINISHED"]
+    finished = df[df["status"] == RunStatus.FINISHED.value]
     by_start = finished.sort_values("start_time", kind="stable")
     latest = by_start.drop_duplicates(subset=RUN_KEY, keep="last")
     return latest.sort_values(RUN_KEY, kind="stable").reset_index(drop=True)
