@@ -193,6 +193,22 @@ def accuracy_figure(runs: pd.DataFrame, cost: CostAxis, every_run: bool, front: 
     return figure
 
 
+def draw_hollow(axis, points: Sequence[Point], styles: dict[str, Style], source: str, **size: float) -> None:
+    """Reported figures (the paper's, the later methods' authors'): hollow markers in each method's style."""
+    for point in points:
+        marker, colour = styles[point.method]
+        axis.plot(
+            [point.x],
+            [point.top1],
+            linestyle="none",
+            marker=marker,
+            markerfacecolor="none",
+            markeredgecolor=colour,
+            gid=f"{source}:{point.method}",
+            **size,
+        )
+
+
 def draw_panel(
     axis,
     key: tuple[str, str],
@@ -202,31 +218,8 @@ def draw_panel(
     xlabel: str = "trainable parameters",
     authors: Sequence[Point] = (),
 ) -> None:
-    for point in paper:
-        marker, colour = styles[point.method]
-        axis.plot(
-            [point.x],
-            [point.top1],
-            linestyle="none",
-            marker=marker,
-            markersize=8,
-            markerfacecolor="none",
-            markeredgecolor=colour,
-            gid=f"paper:{point.method}",
-        )
-    for point in authors:
-        marker, colour = styles[point.method]
-        axis.plot(
-            [point.x],
-            [point.top1],
-            linestyle="none",
-            marker=marker,
-            markersize=11,
-            markerfacecolor="none",
-            markeredgecolor=colour,
-            markeredgewidth=1.8,
-            gid=f"authors:{point.method}",
-        )
+    draw_hollow(axis, paper, styles, "paper", markersize=8)
+    draw_hollow(axis, authors, styles, "authors", markersize=11, markeredgewidth=1.8)  # larger: reported elsewhere
     for point in measured:
         marker, colour = styles[point.method]
         if not math.isnan(point.std):
