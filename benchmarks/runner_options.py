@@ -5,7 +5,10 @@
 * backbone without autograd (automatic for post-backbone methods): linear_probe and attentional_pooling
   with it, and with it switched off (the backbone then keeps its graph as before this option existed);
 * activation checkpointing: st_adapter and full_ft with and without;
-* torch.compile: st_adapter with and without.
+* torch.compile: st_adapter with and without;
+* bf16 autocast on CPU (fp32 is what ``precision: auto`` gives there): full_ft and st_adapter.
+
+``--threads 1`` measures a step as ``peft-bench run`` takes it on the embedded default (one thread per run).
 
 Each variant runs in a fresh process (``peft-bench bench``'s isolation), so resident-set peaks are its own.
 """
@@ -22,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from .method_speed import BenchConfig, Row, measure_method, peak_matmul_flops, resolve_device
 
 VARIANTS = [  # (what is compared, option name, method, BenchConfig changes, autograd through the frozen backbone)
@@ -35,6 +40,10 @@ VARIANTS = [  # (what is compared, option name, method, BenchConfig changes, aut
     ("activation checkpointing", "on", "full_ft", {"activation_checkpointing": True}, False),
     ("torch.compile", "off", "st_adapter", {}, False),
     ("torch.compile", "on", "st_adapter", {"compile": True}, False),
+    ("bf16 autocast", "off", "full_ft", {"precision": "fp32"}, False),
+    ("bf16 autocast", "on", "full_ft", {"precision": "bf16"}, False),
+    ("bf16 autocast", "off", "st_adapter", {"precision": "fp32"}, False),
+    ("bf16 autocast", "on", "st_adapter", {"precision": "bf16"}, False),
 ]
 
 
@@ -46,11 +55,17 @@ def measure_variant(cfg: BenchConfig, method: str, peak: float, frozen_autograd:
     return measure_method(cfg, method, peak)
 
 
-def in_fresh_process(cfg: BenchConfig, method: str, peak: float, frozen_autograd: bool) -> Row:
+def in_fresh_process(cfg: BenchConfig, method: str, peak: float, frozen_autograd: bool, threads: int = 0) -> Row:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         payload = json.dumps(
-            {"config": dataclasses.asdict(cfg), "method": method, "peak": peak, "frozen_autograd": frozen_autograd}
+            {
+                "config": dataclasses.asdict(cfg),
+                "method": method,
+                "peak": peak,
+                "frozen_autograd": frozen_autograd,
+                "threads": threads,
+            }
         )
         # The child imports this module under the name it has here (peft_bench.benchmarks or, from a clone's
         # root, benchmarks), from the caller's working folder.
@@ -62,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         data = json.loads(argv[1])
+        if data.get("threads"):
+            torch.set_num_threads(data["threads"])
         fields = {**data["config"], "methods": tuple(data["config"]["methods"])}
         row = measure_variant(BenchConfig(**fields), data["method"], data["peak"], data["frozen_autograd"])
         Path(argv[2]).write_text(json.dumps(dataclasses.asdict(row)))
@@ -71,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per measured process (0: torch's)")
     parser.add_argument("--only", help="comma-separated comparisons to run (default: all)")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--name", default="runner_options", help="results file stem")
@@ -80,18 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         backbone=args.backbone, frames=args.frames, batch=args.batch, warmup=1, repeats=args.repeats, isolate=True
     )
     device = resolve_device(base.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the peak below, as the measured processes run
     peak = peak_matmul_flops(device, base.resolved_precision(device))
     chosen = [v for v in VARIANTS if not args.only or v[0] in args.only.split(",")]
     results = []
     for comparison, option, method, changes, frozen_autograd in chosen:
-        row = in_fresh_process(dataclasses.replace(base, **changes), method, peak, frozen_autograd)
+        row = in_fresh_process(dataclasses.replace(base, **changes), method, peak, frozen_autograd, args.threads)
         results.append((comparison, option, row))
         print(comparison, option, method, f"{row.train_step_ms:.0f} ms", f"{row.peak_memory_mib:.0f} MiB", flush=True)
-    write(results, args, Path(args.results_dir), args.name)
+    write(results, args, Path(args.results_dir), args.name, peak)
     return 0
 
 
-def write(results, args, folder: Path, name: str) -> None:
+def write(results, args, folder: Path, name: str, peak: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{name}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -129,10 +149,14 @@ def write(results, args, folder: Path, name: str) -> None:
         "",
         (
             f"- {first.backbone}, random weights, {first.frames} frames, {first.resolution} px, batch "
-            f"{first.batch}, {first.precision}, {first.hardware}; each variant in a fresh process; one warm-up "
-            f"step, median of {args.repeats}."
+            f"{first.batch}, the device's `auto` precision (bf16 autocast rows aside), {first.hardware}; each "
+            f"variant in a fresh process; one warm-up step (it compiles, for torch.compile), median of {args.repeats}."
         ),
         "- peak RSS: the whole process's resident set (torch and the model included), sampled every 2 ms.",
+        (
+            f"- the device's matmul rate at these threads: {peak / 1e9:.0f} GFLOP/s (square 2048 products in the "
+            "step's precision, `method_speed.peak_matmul_flops`)."
+        ),
         f"- {time.strftime('%Y-%m-%d')}." + (f" {args.note}" if args.note else ""),
     ]
     (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
